@@ -1,0 +1,31 @@
+//! The cells that ship inside the `ww` binary, built from `protocols/` by `build.rs`.
+
+/// A cell compiled into the binary.
+#[derive(Debug, Clone, Copy)]
+pub struct Builtin {
+    /// Short name, also the crate's name under `protocols/`.
+    pub name: &'static str,
+    /// The libp2p protocol it is served on by default.
+    pub protocol: &'static str,
+    /// The component's bytes.
+    pub wasm: &'static [u8],
+}
+
+/// Every built-in cell, served by `ww run` when no cell is configured.
+pub const BUILTINS: &[Builtin] = &[
+    Builtin {
+        name: "echo",
+        protocol: "/ww/echo/0.1.0",
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/echo.wasm")),
+    },
+    Builtin {
+        name: "sha256",
+        protocol: "/ww/sha256/0.1.0",
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/sha256.wasm")),
+    },
+];
+
+/// Looks a built-in cell up by name.
+pub fn find(name: &str) -> Option<&'static Builtin> {
+    BUILTINS.iter().find(|cell| cell.name == name)
+}

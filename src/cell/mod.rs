@@ -1,0 +1,288 @@
+//! The cell host: one wasmtime [`Engine`] and [`Linker`] per process, each cell compiled
+//! and pre-instantiated once at start-up, and a fresh instance per peer stream.
+//!
+//! Per stream the only work is: a new `Store`, `instantiate_async` from the cell's
+//! [`CellPre`], and `wasi:cli/run`. The stream's halves are handed to the guest
+//! through `wetware:streams` (see `wit/streams.wit`) without channels or copies of
+//! our own; see [`io`] for the close and backpressure rules.
+
+pub mod builtin;
+mod host;
+mod io;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tokio::io::{AsyncRead, AsyncWrite};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p2::pipe::AsyncReadStream;
+
+pub use host::{Cell as CellBindings, CellPre, Connection, Host};
+pub use io::{GuestLog, PeerOutputStream};
+
+/// The interface a cell must import to reach its peer stream.
+pub const STREAMS_INTERFACE: &str = "wetware:streams/streams@0.1.0";
+/// The export a cell must provide (any `0.2.x` patch release links).
+const RUN_EXPORT_PREFIX: &str = "wasi:cli/run@0.2.";
+
+/// How often the engine's epoch advances. A guest in a busy loop yields its worker
+/// thread to other tasks once per tick.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Most instances alive at once; sizes the pooling allocator.
+pub const MAX_INSTANCES: u32 = 1000;
+/// Linear memory one instance may use, all memories together.
+pub const MAX_MEMORY_BYTES: usize = 64 << 20;
+
+/// Counters a node exposes about its instances.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Instances alive right now.
+    pub live: AtomicU64,
+    /// Instances that finished cleanly.
+    pub succeeded: AtomicU64,
+    /// Instances that failed: trap, error from `run`, non-zero exit, instantiation failure.
+    pub failed: AtomicU64,
+}
+
+/// The process-wide wasmtime state that cells are compiled and run with.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<Host>,
+    stats: Arc<Stats>,
+    /// Whether instances come from the pooling allocator.
+    pub pooling: bool,
+}
+
+impl Runtime {
+    /// Creates the engine (pooling allocator if this machine allows it, on-demand
+    /// otherwise), its linker with WASI and `wetware:streams`, and the epoch ticker.
+    /// Must be called inside a tokio runtime.
+    pub fn new() -> anyhow::Result<Arc<Self>> {
+        let (engine, pooling) = match Engine::new(&engine_config(true)) {
+            Ok(engine) => (engine, true),
+            Err(error) => {
+                tracing::warn!(%error, "pooling allocator unavailable; allocating instances on demand");
+                (Engine::new(&engine_config(false)).map_err(anyhow::Error::from)?, false)
+            }
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        host::streams::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |host| host)?;
+        spawn_epoch_ticker(&engine);
+        Ok(Arc::new(Self { engine, linker, stats: Arc::default(), pooling }))
+    }
+
+    /// Counters over every instance this runtime ran.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Compiles and validates a cell and prepares its instantiation. `source` names
+    /// the bytes in error messages (a file path, or `built-in echo`).
+    pub fn load(self: &Arc<Self>, source: &str, wasm: &[u8]) -> anyhow::Result<Cell> {
+        check_header(wasm).with_context(|| format!("{source}: not a WebAssembly component"))?;
+        let component = Component::new(&self.engine, wasm)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("{source}: invalid component"))?;
+        check_world(&self.engine, &component)
+            .with_context(|| format!("{source}: does not target the `wetware:streams/cell` world"))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("{source}: cannot be linked"))?;
+        let pre = CellPre::new(pre)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("{source}: does not export `wasi:cli/run`"))?;
+        Ok(Cell { runtime: self.clone(), pre })
+    }
+}
+
+/// A compiled, linked cell, ready to be instantiated once per stream.
+#[derive(Clone)]
+pub struct Cell {
+    runtime: Arc<Runtime>,
+    pre: CellPre<Host>,
+}
+
+/// How one instance ended.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The instance could not be created (pool exhausted, out of memory…).
+    #[error("instantiation failed: {0:#}")]
+    Instantiate(anyhow::Error),
+    /// `run` returned `err`.
+    #[error("run returned an error")]
+    RunError,
+    /// The guest exited with a non-zero status.
+    #[error("exited with status {0}")]
+    Exit(i32),
+    /// The guest trapped (including a host error it triggered).
+    #[error("trapped: {0:#}")]
+    Trap(anyhow::Error),
+}
+
+impl Cell {
+    /// Runs one fresh instance on a connection made of `reader` and `writer` (the two
+    /// halves of a peer stream, or of this process's stdio for `ww cell`).
+    ///
+    /// On success the output half is flushed and closed gracefully (the peer reads
+    /// EOF). On failure both halves are simply dropped, which aborts the stream: a
+    /// yamux stream that is still open gets a reset.
+    pub async fn serve<R, W>(&self, args: &[&str], reader: R, writer: W) -> Result<(), Failure>
+    where
+        R: AsyncRead + Send + 'static,
+        W: AsyncWrite + Send + Unpin + 'static,
+    {
+        let connection = Connection::new(
+            Box::new(AsyncReadStream::new(reader)),
+            Box::new(PeerOutputStream::new(writer)),
+        );
+        let stats = &self.runtime.stats;
+        stats.live.fetch_add(1, Ordering::Relaxed);
+        let _live = scopeguard(|| {
+            stats.live.fetch_sub(1, Ordering::Relaxed);
+        });
+        let outcome = self.run(args, Some(connection)).await;
+        let counter = if outcome.is_ok() { &stats.succeeded } else { &stats.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        outcome
+    }
+
+    async fn run(&self, args: &[&str], connection: Option<Connection>) -> Result<(), Failure> {
+        let wasi = WasiCtxBuilder::new()
+            .args(args)
+            .stdout(GuestLog { name: "stdout" })
+            .stderr(GuestLog { name: "stderr" })
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let mut store = Store::new(&self.runtime.engine, Host::new(wasi, connection));
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+
+        let cell = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| Failure::Instantiate(e.into()))?;
+        let result = cell.wasi_cli_run().call_run(&mut store).await;
+        let outcome = match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(())) => Err(Failure::RunError),
+            Err(error) => match error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                Some(exit) if exit.0 == 0 => Ok(()),
+                Some(exit) => Err(Failure::Exit(exit.0)),
+                None => Err(Failure::Trap(error.into())),
+            },
+        };
+        if outcome.is_ok() {
+            if let Some(mut output) = store.data_mut().take_output() {
+                // `cancel` on a peer output stream flushes and closes it.
+                output.cancel().await;
+            }
+        }
+        outcome
+    }
+}
+
+/// Runs `f` when dropped, so counters stay right even if the serving task is
+/// cancelled mid-await.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f()
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
+fn engine_config(pooling: bool) -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config.wasm_component_model(true);
+    if pooling {
+        let mut pool = PoolingAllocationConfig::default();
+        // A small Rust cell is one component instance made of a few core instances,
+        // one memory and a few tables; leave room for larger guests.
+        pool.total_component_instances(MAX_INSTANCES)
+            .total_core_instances(MAX_INSTANCES * 8)
+            .total_memories(MAX_INSTANCES * 2)
+            .total_tables(MAX_INSTANCES * 8)
+            .total_stacks(MAX_INSTANCES)
+            .max_memory_size(MAX_MEMORY_BYTES);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] for as long as the engine lives.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let engine = engine.weak();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(EPOCH_TICK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            ticks.tick().await;
+            match engine.upgrade() {
+                Some(engine) => engine.increment_epoch(),
+                None => return,
+            }
+        }
+    });
+}
+
+/// Tells a core module or a non-wasm file from a component, with a hint.
+fn check_header(wasm: &[u8]) -> anyhow::Result<()> {
+    const MAGIC: &[u8] = b"\0asm";
+    match wasm.get(..8) {
+        Some(header) if header.starts_with(MAGIC) => match &header[4..] {
+            [0x0d, 0x00, 0x01, 0x00] => Ok(()),
+            [0x01, 0x00, 0x00, 0x00] => bail!(
+                "this is a core WebAssembly module; a cell must be a component \
+                 (build it for `wasm32-wasip2`, or wrap it with `wasm-tools component new`)"
+            ),
+            version => bail!("unknown WebAssembly version or layer {version:02x?}"),
+        },
+        _ => bail!("no WebAssembly header (`\\0asm`): not a .wasm file"),
+    }
+}
+
+/// Checks what the linker cannot say clearly: that the component imports
+/// `wetware:streams` and exports `wasi:cli/run`.
+fn check_world(engine: &Engine, component: &Component) -> anyhow::Result<()> {
+    let ty = component.component_type();
+    let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
+    if !exports.iter().any(|name| name.starts_with(RUN_EXPORT_PREFIX)) {
+        bail!("it does not export `wasi:cli/run@0.2.x` (exports: {})", list(&exports));
+    }
+    let imports: Vec<&str> = ty.imports(engine).map(|(name, _)| name).collect();
+    if !imports.contains(&STREAMS_INTERFACE) {
+        bail!(
+            "it does not import `{STREAMS_INTERFACE}`, so it cannot reach its peer stream \
+             (imports: {})",
+            list(&imports)
+        );
+    }
+    Ok(())
+}
+
+fn list(names: &[&str]) -> String {
+    if names.is_empty() { "none".to_string() } else { names.join(", ") }
+}
+
+/// Loads a cell from a file, naming the file in every error.
+pub fn load_file(runtime: &Arc<Runtime>, path: &Path) -> anyhow::Result<Cell> {
+    let wasm = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    runtime.load(&path.display().to_string(), &wasm)
+}

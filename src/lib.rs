@@ -1,0 +1,23 @@
+//! # ww
+//!
+//! A libp2p node that hosts WebAssembly *cells*. Each cell is a component (WASI
+//! preview 2) bound to a libp2p protocol ID; every stream a peer opens on that
+//! protocol runs a fresh instance of the cell, which reaches the stream through the
+//! `wetware:streams` interface (`wit/streams.wit`).
+//!
+//! # Layout
+//! The modules follow the data path of a stream:
+//! - [`net`]: the swarm (TCP + noise + yamux, QUIC, identify, ping) and
+//!   [`net::router`], which accepts streams on cell protocols without losing any;
+//!   [`net::client`] dials nodes.
+//! - [`node`]: wiring — loads cells, runs the swarm, gives each stream its own task.
+//! - [`cell`]: the wasmtime engine, the `wetware:streams` host, one instance per stream.
+//! - [`config`], [`identity`]: the node's settings and its persistent peer ID.
+//! - [`dial`]: `ww dial`, a stream between this terminal and a remote cell.
+
+pub mod cell;
+pub mod config;
+pub mod dial;
+pub mod identity;
+pub mod net;
+pub mod node;

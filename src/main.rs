@@ -1,0 +1,140 @@
+//! The `ww` command line: parses arguments and hands over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use libp2p::Multiaddr;
+use ww::config::{self, CellSpec, NodeConfig};
+
+/// A libp2p node that serves WebAssembly cells: every stream on a cell's protocol
+/// runs a fresh guest.
+#[derive(Parser)]
+#[command(name = "ww", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node serving cells (the built-in ones if none are given).
+    Run {
+        /// Address to listen on; repeatable [default: /ip4/0.0.0.0/tcp/2025 and
+        /// /ip4/0.0.0.0/udp/2025/quic-v1].
+        #[arg(long, value_name = "MULTIADDR")]
+        listen: Vec<Multiaddr>,
+        /// Serve a component on a protocol; repeatable.
+        #[arg(long, value_name = "PROTOCOL=FILE.wasm", value_parser = CellSpec::parse_flag)]
+        cell: Vec<CellSpec>,
+        /// A TOML config file (see the README).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The identity file, created if missing [default: ~/.local/share/ww/identity.key].
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+    },
+    /// Open a stream to a cell: stdin goes to it, what it answers goes to stdout.
+    Dial {
+        /// The node's address, ending in /p2p/<peer-id>.
+        multiaddr: Multiaddr,
+        /// The cell's protocol, e.g. /ww/echo/0.1.0.
+        #[arg(value_parser = config::parse_protocol)]
+        protocol: libp2p::StreamProtocol,
+    },
+    /// Run a cell locally with its connection on this terminal's stdin and stdout.
+    Cell {
+        /// The component.
+        wasm: PathBuf,
+        /// Extra arguments for the guest (after its protocol argument).
+        args: Vec<String>,
+    },
+    /// Print a node's counters (live, succeeded and failed instances).
+    Status {
+        /// The node's address, ending in /p2p/<peer-id>.
+        multiaddr: Multiaddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log_filter(&cli.command))),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
+    let result = runtime.block_on(run(cli.command));
+    // Reading stdin occupies a blocking thread that never ends by itself.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ww: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `ww run` logs what it does; the one-shot commands stay quiet unless asked.
+fn default_log_filter(command: &Command) -> &'static str {
+    match command {
+        Command::Run { .. } => "info",
+        _ => "warn",
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run { listen, cell, config, identity } => {
+            let file = match config {
+                Some(path) => config::File::load(&path)?,
+                None => config::File::default(),
+            };
+            let config = NodeConfig::merge(file, listen, identity, cell)?;
+            ww::node::run(config, shutdown_signal()).await
+        }
+        Command::Dial { multiaddr, protocol } => {
+            ww::dial::dial(&multiaddr, protocol, tokio::io::stdin(), tokio::io::stdout()).await
+        }
+        Command::Cell { wasm, args } => {
+            let runtime = ww::cell::Runtime::new()?;
+            let cell = ww::cell::load_file(&runtime, &wasm)?;
+            let mut argv = vec![wasm.display().to_string()];
+            argv.extend(args);
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            cell.serve(&argv, tokio::io::stdin(), tokio::io::stdout())
+                .await
+                .with_context(|| format!("{}", wasm.display()))
+        }
+        Command::Status { multiaddr } => {
+            let protocol = ww::node::STATUS_PROTOCOL;
+            ww::dial::dial(&multiaddr, protocol, tokio::io::empty(), tokio::io::stdout()).await
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C: shutting down"),
+        () = term => tracing::info!("SIGTERM: shutting down"),
+    }
+}

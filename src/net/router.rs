@@ -1,0 +1,297 @@
+//! Routing of cell protocols: a [`NetworkBehaviour`] whose connection handler accepts
+//! inbound streams on the node's cell protocols and opens outbound ones on request.
+//!
+//! # No lost streams
+//! `libp2p-stream` hands inbound streams to its consumer through a one-slot channel
+//! and drops them when the slot is taken (rust-libp2p issue 5651). Here an accepted
+//! stream travels the swarm's own event path instead: handler → behaviour → swarm
+//! event. That path is bounded and applies backpressure: when the node's event loop
+//! falls behind, each connection task waits for room in its event buffer and stops
+//! polling its muxer, so the peer's streams wait in yamux/QUIC flow control rather
+//! than vanish. Between negotiation and that buffer a handler holds at most the
+//! streams its muxer let through, which the muxer's own stream limit bounds.
+//!
+//! A protocol the node does not serve is refused during multistream-select, so the
+//! peer sees "protocol not supported" and the connection stays up.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::{fmt, io};
+
+use futures::channel::oneshot;
+use libp2p::core::transport::PortUse;
+use libp2p::core::upgrade::{InboundUpgrade, ReadyUpgrade, UpgradeInfo};
+use libp2p::core::{Endpoint, Multiaddr};
+use libp2p::swarm::handler::{ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound};
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm,
+    NetworkBehaviour, NotifyHandler, Stream, StreamProtocol, StreamUpgradeError,
+    SubstreamProtocol, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+};
+use libp2p::PeerId;
+
+/// An inbound stream on one of the node's protocols, negotiated and ready.
+pub struct InboundStream {
+    /// Who opened it.
+    pub peer: PeerId,
+    /// The connection it arrived on.
+    pub connection: ConnectionId,
+    /// The protocol the peer asked for (one the node serves).
+    pub protocol: StreamProtocol,
+    /// The stream itself.
+    pub stream: Stream,
+}
+
+impl fmt::Debug for InboundStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InboundStream")
+            .field("peer", &self.peer)
+            .field("connection", &self.connection)
+            .field("protocol", &self.protocol)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an outbound stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenStreamError {
+    /// The peer does not serve the protocol.
+    #[error("the peer does not support protocol {0}")]
+    UnsupportedProtocol(StreamProtocol),
+    /// There is no connection to the peer (or it closed while opening).
+    #[error("not connected to the peer")]
+    NotConnected,
+    /// Negotiation took too long.
+    #[error("timed out negotiating the protocol")]
+    Timeout,
+    /// The transport failed.
+    #[error("stream failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// What a caller of [`Behaviour::open_stream`] waits on.
+pub type OpenStream = oneshot::Receiver<Result<Stream, OpenStreamError>>;
+
+/// Accepts streams on the served protocols and opens streams on request.
+pub struct Behaviour {
+    protocols: Arc<[StreamProtocol]>,
+    pending: VecDeque<ToSwarm<InboundStream, OpenRequest>>,
+    waker: Option<Waker>,
+}
+
+impl Behaviour {
+    /// A router serving `protocols` (may be empty: a pure client).
+    pub fn new(protocols: Vec<StreamProtocol>) -> Self {
+        Self { protocols: protocols.into(), pending: VecDeque::new(), waker: None }
+    }
+
+    /// Opens a stream to `peer` on `protocol` over any established connection.
+    /// Resolves to [`OpenStreamError::NotConnected`] if there is none.
+    pub fn open_stream(&mut self, peer: PeerId, protocol: StreamProtocol) -> OpenStream {
+        let (reply, receiver) = oneshot::channel();
+        self.pending.push_back(ToSwarm::NotifyHandler {
+            peer_id: peer,
+            handler: NotifyHandler::Any,
+            event: OpenRequest { protocol, reply },
+        });
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+        receiver
+    }
+
+    fn handler(&self, peer: PeerId, connection: ConnectionId) -> Handler {
+        Handler {
+            peer,
+            connection,
+            protocols: self.protocols.clone(),
+            inbound: VecDeque::new(),
+            requested: VecDeque::new(),
+            opening: 0,
+        }
+    }
+}
+
+impl NetworkBehaviour for Behaviour {
+    type ConnectionHandler = Handler;
+    type ToSwarm = InboundStream;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection: ConnectionId,
+        peer: PeerId,
+        _: &Multiaddr,
+        _: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(self.handler(peer, connection))
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        connection: ConnectionId,
+        peer: PeerId,
+        _: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(self.handler(peer, connection))
+    }
+
+    fn on_swarm_event(&mut self, _: FromSwarm) {}
+
+    fn on_connection_handler_event(
+        &mut self,
+        _: PeerId,
+        _: ConnectionId,
+        stream: THandlerOutEvent<Self>,
+    ) {
+        self.pending.push_back(ToSwarm::GenerateEvent(stream));
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        match self.pending.pop_front() {
+            Some(event) => Poll::Ready(event),
+            None => {
+                self.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// A request, from the behaviour to a connection, to open a stream.
+pub struct OpenRequest {
+    protocol: StreamProtocol,
+    reply: oneshot::Sender<Result<Stream, OpenStreamError>>,
+}
+
+impl fmt::Debug for OpenRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenRequest").field("protocol", &self.protocol).finish_non_exhaustive()
+    }
+}
+
+/// The per-connection half of [`Behaviour`].
+pub struct Handler {
+    peer: PeerId,
+    connection: ConnectionId,
+    protocols: Arc<[StreamProtocol]>,
+    /// Negotiated inbound streams not yet handed to the behaviour. Bounded by the
+    /// muxer's limit on concurrent streams.
+    inbound: VecDeque<InboundStream>,
+    /// Open requests not yet passed to the swarm.
+    requested: VecDeque<OpenRequest>,
+    /// Outbound streams being negotiated.
+    opening: usize,
+}
+
+impl ConnectionHandler for Handler {
+    type FromBehaviour = OpenRequest;
+    type ToBehaviour = InboundStream;
+    type InboundProtocol = ServedProtocols;
+    type OutboundProtocol = ReadyUpgrade<StreamProtocol>;
+    type InboundOpenInfo = ();
+    type OutboundOpenInfo = OpenRequestReply;
+
+    fn listen_protocol(&self) -> SubstreamProtocol<ServedProtocols> {
+        SubstreamProtocol::new(ServedProtocols(self.protocols.clone()), ())
+    }
+
+    fn connection_keep_alive(&self) -> bool {
+        // Open streams keep the connection alive by themselves; this covers the time
+        // between a request and its stream.
+        !self.requested.is_empty() || self.opening > 0
+    }
+
+    fn poll(
+        &mut self,
+        _: &mut Context<'_>,
+    ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, OpenRequestReply, InboundStream>> {
+        if let Some(stream) = self.inbound.pop_front() {
+            return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(stream));
+        }
+        if let Some(OpenRequest { protocol, reply }) = self.requested.pop_front() {
+            self.opening += 1;
+            let info = OpenRequestReply { protocol: protocol.clone(), reply };
+            return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
+                protocol: SubstreamProtocol::new(ReadyUpgrade::new(protocol), info),
+            });
+        }
+        Poll::Pending
+    }
+
+    fn on_behaviour_event(&mut self, request: OpenRequest) {
+        self.requested.push_back(request);
+    }
+
+    fn on_connection_event(
+        &mut self,
+        event: ConnectionEvent<ServedProtocols, Self::OutboundProtocol, (), OpenRequestReply>,
+    ) {
+        match event {
+            ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound {
+                protocol: (stream, protocol),
+                ..
+            }) => self.inbound.push_back(InboundStream {
+                peer: self.peer,
+                connection: self.connection,
+                protocol,
+                stream,
+            }),
+            ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
+                protocol: stream,
+                info,
+            }) => {
+                self.opening -= 1;
+                let _ = info.reply.send(Ok(stream));
+            }
+            ConnectionEvent::DialUpgradeError(DialUpgradeError { info, error }) => {
+                self.opening -= 1;
+                let error = match error {
+                    StreamUpgradeError::NegotiationFailed => {
+                        OpenStreamError::UnsupportedProtocol(info.protocol)
+                    }
+                    StreamUpgradeError::Timeout => OpenStreamError::Timeout,
+                    StreamUpgradeError::Io(error) => OpenStreamError::Io(error),
+                    StreamUpgradeError::Apply(never) => match never {},
+                };
+                let _ = info.reply.send(Err(error));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Where the result of an outbound stream request goes.
+pub struct OpenRequestReply {
+    protocol: StreamProtocol,
+    reply: oneshot::Sender<Result<Stream, OpenStreamError>>,
+}
+
+/// The inbound upgrade: offers every served protocol and yields the stream together
+/// with the protocol the peer picked.
+#[derive(Debug, Clone)]
+pub struct ServedProtocols(Arc<[StreamProtocol]>);
+
+impl UpgradeInfo for ServedProtocols {
+    type Info = StreamProtocol;
+    type InfoIter = Vec<StreamProtocol>;
+
+    fn protocol_info(&self) -> Self::InfoIter {
+        self.0.to_vec()
+    }
+}
+
+impl InboundUpgrade<Stream> for ServedProtocols {
+    type Output = (Stream, StreamProtocol);
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Output, Infallible>>;
+
+    fn upgrade_inbound(self, stream: Stream, protocol: StreamProtocol) -> Self::Future {
+        ready(Ok((stream, protocol)))
+    }
+}

@@ -1,0 +1,190 @@
+//! A running node: loads the cells, builds the swarm, listens, and routes every
+//! inbound stream to a fresh instance of its cell in a task of its own.
+//!
+//! # Shutdown
+//! When `shutdown` resolves the node stops listening and refuses new streams, gives
+//! running guests up to the grace period to finish (the swarm keeps running so their
+//! bytes still flow), then returns; whatever is still running is dropped, which
+//! resets its stream.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context as _;
+use futures::{AsyncWriteExt as _, StreamExt as _};
+use libp2p::core::transport::ListenerId;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{PeerId, StreamProtocol, Swarm};
+use tokio_util::compat::FuturesAsyncReadCompatExt as _;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use crate::cell::{self, Cell, Runtime};
+use crate::config::{CellSource, NodeConfig};
+use crate::net::router::InboundStream;
+use crate::net::{self, Behaviour, BehaviourEvent};
+
+/// A native protocol every node serves: a plain-text snapshot of its counters, one
+/// `name value` pair per line (`live`, `succeeded`, `failed`), then the stream closes.
+pub const STATUS_PROTOCOL: StreamProtocol = StreamProtocol::new("/ww/status/0.1.0");
+
+/// Runs a node until `shutdown` resolves. Listen addresses are printed on stdout,
+/// one full multiaddr (ending in `/p2p/<peer-id>`) per line, as soon as they are bound.
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let keypair = crate::identity::load_or_create(&config.identity)?;
+    let runtime = Runtime::new()?;
+    let cells = load_cells(&runtime, &config)?;
+    let mut protocols: Vec<StreamProtocol> = cells.keys().cloned().collect();
+    protocols.push(STATUS_PROTOCOL);
+    let mut swarm = net::build_swarm(keypair, protocols)?;
+    let mut listeners = Vec::new();
+    for addr in &config.listen {
+        listeners.push(swarm.listen_on(addr.clone()).with_context(|| format!("cannot listen on {addr}"))?);
+    }
+    tracing::info!(peer = %swarm.local_peer_id(), pooling = runtime.pooling, cells = cells.len(), "node starting");
+
+    let mut node = Node {
+        swarm,
+        listeners,
+        cells,
+        runtime,
+        tasks: TaskTracker::new(),
+        next_stream: 0,
+        accepting: true,
+    };
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            event = node.swarm.select_next_some() => node.on_event(event),
+        }
+    }
+    node.shut_down(config.shutdown_grace).await;
+    Ok(())
+}
+
+fn load_cells(runtime: &Arc<Runtime>, config: &NodeConfig) -> anyhow::Result<HashMap<StreamProtocol, Cell>> {
+    let mut cells = HashMap::new();
+    for spec in &config.cells {
+        let started = std::time::Instant::now();
+        let cell = match &spec.source {
+            CellSource::Builtin(builtin) => runtime.load(&format!("built-in cell `{}`", builtin.name), builtin.wasm)?,
+            CellSource::File(path) => cell::load_file(runtime, path)?,
+        };
+        tracing::info!(cell = %spec.name, protocol = %spec.protocol, elapsed = ?started.elapsed(), "cell loaded");
+        cells.insert(spec.protocol.clone(), cell);
+    }
+    Ok(cells)
+}
+
+struct Node {
+    swarm: Swarm<Behaviour>,
+    /// Our listeners, closed first on shutdown.
+    listeners: Vec<ListenerId>,
+    cells: HashMap<StreamProtocol, Cell>,
+    runtime: Arc<Runtime>,
+    /// Every stream's task, so shutdown can wait for them.
+    tasks: TaskTracker,
+    /// Numbers streams for logs.
+    next_stream: u64,
+    /// False once shutdown began: new streams are refused (reset).
+    accepting: bool,
+}
+
+impl Node {
+    fn on_event(&mut self, event: SwarmEvent<net::BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Router(inbound)) => self.accept(inbound),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address.with_p2p(*self.swarm.local_peer_id()).expect("our own peer ID");
+                tracing::info!(%full, "listening");
+                let mut stdout = std::io::stdout().lock();
+                let _ = writeln!(stdout, "{full}").and_then(|()| stdout.flush());
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                tracing::debug!(peer = %peer_id, connection = %connection_id, remote = %endpoint.get_remote_address(), "connection established");
+            }
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, cause, .. } => {
+                tracing::debug!(peer = %peer_id, connection = %connection_id, ?cause, "connection closed");
+            }
+            SwarmEvent::IncomingConnectionError { error, send_back_addr, .. } => {
+                tracing::debug!(%error, remote = %send_back_addr, "incoming connection failed");
+            }
+            SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "listener error"),
+            _ => {}
+        }
+    }
+
+    /// Hands an inbound stream to a task of its own; never does work inline.
+    fn accept(&mut self, inbound: InboundStream) {
+        let InboundStream { peer, connection, protocol, stream } = inbound;
+        let id = self.next_stream;
+        self.next_stream += 1;
+        let span = tracing::info_span!("stream", %peer, %protocol, id, %connection);
+        if !self.accepting {
+            span.in_scope(|| tracing::info!("refused: shutting down"));
+            return; // Dropping the stream resets it.
+        }
+        if protocol == STATUS_PROTOCOL {
+            let status = self.status();
+            self.tasks.spawn(send_status(stream, status).instrument(span));
+            return;
+        }
+        let cell = self.cells.get(&protocol).expect("the router only accepts served protocols").clone();
+        self.tasks.spawn(serve(cell, peer, protocol, stream).instrument(span));
+    }
+
+    fn status(&self) -> String {
+        let stats = self.runtime.stats();
+        format!(
+            "live {}\nsucceeded {}\nfailed {}\n",
+            stats.live.load(Ordering::Relaxed),
+            stats.succeeded.load(Ordering::Relaxed),
+            stats.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    async fn shut_down(mut self, grace: std::time::Duration) {
+        self.accepting = false;
+        tracing::info!(running = self.tasks.len(), ?grace, "shutting down");
+        for listener in self.listeners.drain(..) {
+            self.swarm.remove_listener(listener);
+        }
+        self.tasks.close();
+        let deadline = tokio::time::sleep(grace);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                () = self.tasks.wait() => break,
+                () = &mut deadline => {
+                    tracing::warn!(running = self.tasks.len(), "grace period over; aborting the remaining streams");
+                    break;
+                }
+                event = self.swarm.select_next_some() => self.on_event(event),
+            }
+        }
+    }
+}
+
+/// Serves one stream with a fresh instance of `cell`.
+async fn serve(cell: Cell, peer: PeerId, protocol: StreamProtocol, stream: libp2p::Stream) {
+    let (reader, writer) = tokio::io::split(stream.compat());
+    let args = [protocol.as_ref(), &peer.to_string()];
+    match cell.serve(&args, reader, writer).await {
+        Ok(()) => tracing::debug!("cell finished"),
+        Err(failure) => tracing::warn!(%failure, "cell failed; stream aborted"),
+    }
+}
+
+async fn send_status(mut stream: libp2p::Stream, status: String) {
+    let sent = async {
+        stream.write_all(status.as_bytes()).await?;
+        stream.close().await
+    };
+    if let Err(error) = sent.await {
+        tracing::debug!(%error, "status not delivered");
+    }
+}

@@ -1,0 +1,7 @@
+//! Integration tests: real `ww` processes on 127.0.0.1, real TCP and QUIC.
+
+mod echo;
+mod failures;
+mod lifecycle;
+mod startup;
+mod support;

@@ -1,0 +1,82 @@
+//! Start-up: bad input is a clear error naming the culprit; the identity persists.
+
+use crate::support::{Node, PATIENCE, WW, test_cell};
+
+/// Runs `ww run` expecting it to fail at start-up; returns its stderr.
+async fn run_fails(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = dir.path().join("id.key");
+    let output = tokio::process::Command::new(WW)
+        .args(["run", "--listen", "/ip4/127.0.0.1/tcp/0", "--identity"])
+        .arg(&identity)
+        .args(args)
+        .output();
+    let output = tokio::time::timeout(PATIENCE, output).await.unwrap().unwrap();
+    assert!(!output.status.success(), "ww run {args:?} should have failed");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_cells_are_refused_with_the_file_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"this is not wasm at all").unwrap();
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let broken = dir.path().join("broken.wasm");
+    std::fs::write(&broken, b"\0asm\x0d\0\x01\0\xff\xff").unwrap();
+    let missing = dir.path().join("missing.wasm");
+    let no_world = test_cell("no-world");
+
+    let cases = [
+        (&garbage, "no WebAssembly header"),
+        (&core, "core WebAssembly module"),
+        (&broken, "invalid component"),
+        (&missing, "cannot read"),
+        (&no_world, "does not import `wetware:streams/streams@0.1.0`"),
+    ];
+    for (file, reason) in cases {
+        let flag = format!("/x/1={}", file.display());
+        let err = run_fails(&["--cell", &flag]).await;
+        assert!(err.contains(&file.display().to_string()), "the file is not named: {err}");
+        assert!(err.contains(reason), "expected `{reason}` in: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_flags_and_config_are_clear_errors() {
+    let err = run_fails(&["--listen", "not-a-multiaddr"]).await;
+    assert!(err.contains("not-a-multiaddr"), "{err}");
+    let err = run_fails(&["--cell", "echo=x.wasm"]).await;
+    assert!(err.contains("must start with `/`"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ww.toml");
+    std::fs::write(&config, "[cells.x]\nprotocol = \"/x/1\"\nwasm = \"x.wasm\"\nbogus = 1\n").unwrap();
+    let err = run_fails(&["--config", &config.display().to_string()]).await;
+    assert!(err.contains("invalid config file") && err.contains("bogus"), "{err}");
+
+    let identity = dir.path().join("bad.key");
+    std::fs::write(&identity, b"garbage").unwrap();
+    let output = tokio::process::Command::new(WW)
+        .args(["run", "--listen", "/ip4/127.0.0.1/tcp/0", "--identity"])
+        .arg(&identity)
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(err.contains("bad.key") && err.contains("not a libp2p private key"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_identity_persists_across_restarts() {
+    let keep = tempfile::tempdir().unwrap();
+    let identity = keep.path().join("node.key");
+    let first = Node::start_with_identity(tempfile::tempdir().unwrap(), &identity, &[]).await;
+    let peer = first.peer;
+    drop(first);
+    let second = Node::start_with_identity(tempfile::tempdir().unwrap(), &identity, &[]).await;
+    assert_eq!(second.peer, peer);
+}

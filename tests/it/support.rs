@@ -1,0 +1,198 @@
+//! Shared test helpers: real `ww` processes on 127.0.0.1, the test cells, and a
+//! rust-libp2p client (ww's own `Client`) to talk to them.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use futures::{AsyncReadExt as _, AsyncWriteExt as _};
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+use ww::net::client::Client;
+
+/// The `ww` binary under test.
+pub const WW: &str = env!("CARGO_BIN_EXE_ww");
+/// Upper bound on anything a test waits for.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+pub const ECHO: StreamProtocol = StreamProtocol::new("/ww/echo/0.1.0");
+pub const SHA256: StreamProtocol = StreamProtocol::new("/ww/sha256/0.1.0");
+
+/// Builds `tests/cells` for wasm32-wasip2 (once per process; cargo's lock makes
+/// concurrent test processes wait for each other) and returns the path of `name`.
+pub fn test_cell(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("cells");
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-cells");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .current_dir(&root)
+            .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--target-dir"])
+            .arg(&target)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .status()
+            .expect("running cargo for tests/cells");
+        assert!(status.success(), "building tests/cells failed");
+        target.join("wasm32-wasip2").join("release")
+    });
+    // cargo names a cdylib's file with underscores and a binary's as the crate.
+    [name.to_string(), name.replace('-', "_")]
+        .into_iter()
+        .map(|file| dir.join(format!("{file}.wasm")))
+        .find(|path| path.exists())
+        .unwrap_or_else(|| panic!("test cell {name} was not built in {}", dir.display()))
+}
+
+/// A `ww run` child process, killed when dropped.
+pub struct Node {
+    pub child: Child,
+    pub peer: PeerId,
+    pub tcp: Multiaddr,
+    pub quic: Multiaddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl Node {
+    /// Starts `ww run` on loopback TCP and QUIC (ephemeral ports) with `args` added.
+    pub async fn start(args: &[&str]) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = dir.path().join("identity.key");
+        Self::start_with_identity(dir, &identity, args).await
+    }
+
+    pub async fn start_with_identity(dir: tempfile::TempDir, identity: &Path, args: &[&str]) -> Node {
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+        let mut child = Command::new(WW)
+            .args(["run", "--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])
+            .arg("--identity")
+            .arg(identity)
+            .args(args)
+            .env("RUST_LOG", "info,ww=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawning ww run");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut tcp, mut quic) = (None, None);
+        while tcp.is_none() || quic.is_none() {
+            let line = tokio::time::timeout(PATIENCE, lines.next_line())
+                .await
+                .expect("ww run printed no address in time")
+                .unwrap();
+            let Some(line) = line else {
+                panic!("ww run exited early:\n{}", std::fs::read_to_string(dir.path().join("stderr.log")).unwrap());
+            };
+            let addr: Multiaddr = line.parse().unwrap_or_else(|e| panic!("not a multiaddr: {line}: {e}"));
+            if addr.iter().any(|p| matches!(p, Protocol::QuicV1)) {
+                quic = Some(addr);
+            } else {
+                tcp = Some(addr);
+            }
+        }
+        let tcp = tcp.unwrap();
+        let Some(Protocol::P2p(peer)) = tcp.iter().last() else { panic!("no /p2p in {tcp}") };
+        Node { child, peer, tcp, quic: quic.unwrap(), dir }
+    }
+
+    /// What the node logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Reads the node's counters through its status protocol.
+    pub async fn status(&self, client: &Client) -> Status {
+        let peer = client.connect(&self.tcp).await.unwrap();
+        let mut stream = client.open(peer, ww::node::STATUS_PROTOCOL).await.unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.unwrap();
+        let value = |key: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("no `{key}` in status:\n{text}"))
+        };
+        Status { live: value("live"), succeeded: value("succeeded"), failed: value("failed") }
+    }
+
+    /// Waits (bounded) until no instance is alive.
+    pub async fn wait_idle(&self, client: &Client) -> Status {
+        for _ in 0..200 {
+            let status = self.status(client).await;
+            if status.live == 0 {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("instances still alive after 10 s:\n{}", self.log());
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    pub live: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+}
+
+/// Deterministic, non-repeating-looking test bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// Sends `data` on a new stream, closes the write side, and reads the answer to EOF.
+pub async fn request(
+    client: &Client,
+    peer: PeerId,
+    protocol: StreamProtocol,
+    data: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    let stream = client.open(peer, protocol).await.map_err(std::io::Error::other)?;
+    let (mut reader, mut writer) = stream.split();
+    let send = async {
+        writer.write_all(data).await?;
+        writer.close().await
+    };
+    let receive = async {
+        let mut answer = Vec::new();
+        reader.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    let (sent, answer) = futures::join!(send, receive);
+    sent?;
+    answer
+}
+
+/// Runs `ww` with `args`, feeding it `stdin`; returns (success, stdout, stderr).
+pub async fn ww(args: &[&str], stdin: &[u8]) -> (bool, Vec<u8>, String) {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = Command::new(WW)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    let feed = tokio::spawn(async move {
+        let _ = input.write_all(&stdin).await;
+    });
+    let output = tokio::time::timeout(PATIENCE, child.wait_with_output()).await.expect("ww timed out").unwrap();
+    let _ = feed.await;
+    (output.status.success(), output.stdout, String::from_utf8_lossy(&output.stderr).into_owned())
+}
