@@ -65,6 +65,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log_filter(&cli.command))),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
     let result = runtime.block_on(run(cli.command));
@@ -106,7 +107,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let mut argv = vec![wasm.display().to_string()];
             argv.extend(args);
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-            cell.serve(&argv, tokio::io::stdin(), tokio::io::stdout())
+            let stdout = ww::cell::PeerWriter::new(tokio::io::stdout(), false);
+            cell.serve(&argv, tokio::io::stdin(), stdout)
                 .await
                 .with_context(|| format!("{}", wasm.display()))
         }

@@ -17,15 +17,15 @@ use anyhow::Context as _;
 use futures::{AsyncWriteExt as _, StreamExt as _};
 use libp2p::core::transport::ListenerId;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{PeerId, StreamProtocol, Swarm};
+use libp2p::{StreamProtocol, Swarm};
 use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use crate::cell::{self, Cell, Runtime};
+use crate::cell::{self, Cell, PeerWriter, Runtime};
 use crate::config::{CellSource, NodeConfig};
 use crate::net::router::InboundStream;
-use crate::net::{self, Behaviour, BehaviourEvent};
+use crate::net::{self, Behaviour, BehaviourEvent, outcome};
 
 /// A native protocol every node serves: a plain-text snapshot of its counters, one
 /// `name value` pair per line (`live`, `succeeded`, `failed`), then the stream closes.
@@ -37,7 +37,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     let keypair = crate::identity::load_or_create(&config.identity)?;
     let runtime = Runtime::new()?;
     let cells = load_cells(&runtime, &config)?;
-    let mut protocols: Vec<StreamProtocol> = cells.keys().cloned().collect();
+    let mut protocols: Vec<StreamProtocol> = Vec::new();
+    for protocol in cells.keys() {
+        let protocol = StreamProtocol::try_from_owned(protocol.clone()).expect("checked by the config");
+        protocols.push(outcome::status_variant(&protocol));
+        protocols.push(protocol);
+    }
     protocols.push(STATUS_PROTOCOL);
     let mut swarm = net::build_swarm(keypair, protocols)?;
     let mut listeners = Vec::new();
@@ -66,7 +71,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     Ok(())
 }
 
-fn load_cells(runtime: &Arc<Runtime>, config: &NodeConfig) -> anyhow::Result<HashMap<StreamProtocol, Cell>> {
+/// Cells by the protocol ID they are served on.
+type Cells = HashMap<String, Cell>;
+
+fn load_cells(runtime: &Arc<Runtime>, config: &NodeConfig) -> anyhow::Result<Cells> {
     let mut cells = HashMap::new();
     for spec in &config.cells {
         let started = std::time::Instant::now();
@@ -75,7 +83,7 @@ fn load_cells(runtime: &Arc<Runtime>, config: &NodeConfig) -> anyhow::Result<Has
             CellSource::File(path) => cell::load_file(runtime, path)?,
         };
         tracing::info!(cell = %spec.name, protocol = %spec.protocol, elapsed = ?started.elapsed(), "cell loaded");
-        cells.insert(spec.protocol.clone(), cell);
+        cells.insert(spec.protocol.to_string(), cell);
     }
     Ok(cells)
 }
@@ -84,7 +92,7 @@ struct Node {
     swarm: Swarm<Behaviour>,
     /// Our listeners, closed first on shutdown.
     listeners: Vec<ListenerId>,
-    cells: HashMap<StreamProtocol, Cell>,
+    cells: Cells,
     runtime: Arc<Runtime>,
     /// Every stream's task, so shutdown can wait for them.
     tasks: TaskTracker,
@@ -133,8 +141,10 @@ impl Node {
             self.tasks.spawn(send_status(stream, status).instrument(span));
             return;
         }
-        let cell = self.cells.get(&protocol).expect("the router only accepts served protocols").clone();
-        self.tasks.spawn(serve(cell, peer, protocol, stream).instrument(span));
+        let (base, framed) = outcome::parse(&protocol);
+        let cell = self.cells.get(base).expect("the router only accepts served protocols").clone();
+        let args = [base.to_string(), peer.to_string()];
+        self.tasks.spawn(serve(cell, args, framed, stream).instrument(span));
     }
 
     fn status(&self) -> String {
@@ -169,13 +179,14 @@ impl Node {
     }
 }
 
-/// Serves one stream with a fresh instance of `cell`.
-async fn serve(cell: Cell, peer: PeerId, protocol: StreamProtocol, stream: libp2p::Stream) {
+/// Serves one stream with a fresh instance of `cell`; `args` are the guest's
+/// arguments (protocol, peer), `framed` whether the peer asked for `+status`.
+async fn serve(cell: Cell, args: [String; 2], framed: bool, stream: libp2p::Stream) {
     let (reader, writer) = tokio::io::split(stream.compat());
-    let args = [protocol.as_ref(), &peer.to_string()];
-    match cell.serve(&args, reader, writer).await {
+    let args = [args[0].as_str(), args[1].as_str()];
+    match cell.serve(&args, reader, PeerWriter::new(writer, framed)).await {
         Ok(()) => tracing::debug!("cell finished"),
-        Err(failure) => tracing::warn!(%failure, "cell failed; stream aborted"),
+        Err(failure) => tracing::warn!(failure = %format!("{failure:#}"), "cell failed"),
     }
 }
 

@@ -7,8 +7,8 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -17,40 +17,134 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::pipe::AsyncWriteStream;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 
+use crate::net::outcome::{Framer, Outcome, trailer};
+
 /// Bytes a guest may have written to the peer and not yet flushed. Also the most a
 /// single `check-write` permits; the writer task drains it into the peer stream.
 pub const OUTPUT_BUDGET: usize = 64 * 1024;
 
+/// The write half of a peer stream, shared by the guest's output stream (whose
+/// worker task writes through it) and the host, which ends the stream when the
+/// instance is over. The lock is only taken inside `poll_*` calls, never across an
+/// `.await`, and the two users take turns: the host only writes once the guest's
+/// output is flushed.
+#[derive(Clone)]
+pub struct PeerWriter(Arc<Mutex<WriterState>>);
+
+struct WriterState {
+    writer: Pin<Box<dyn AsyncWrite + Send>>,
+    /// `Some` on a `+status` stream: the guest's bytes go out in frames.
+    framer: Option<Framer>,
+    closed: bool,
+}
+
+impl PeerWriter {
+    /// Wraps the write half of a peer stream; `framed` for a `+status` stream.
+    pub fn new<W: AsyncWrite + Send + 'static>(writer: W, framed: bool) -> Self {
+        let framer = framed.then(Framer::default);
+        Self(Arc::new(Mutex::new(WriterState { writer: Box::pin(writer), framer, closed: false })))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, WriterState> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether the guest's bytes are framed (a `+status` stream).
+    pub fn is_framed(&self) -> bool {
+        self.state().framer.is_some()
+    }
+
+    /// Closes the write side gracefully (the peer reads EOF). Idempotent.
+    pub async fn close(&self) -> io::Result<()> {
+        poll_fn(|cx| {
+            let mut state = self.state();
+            if state.closed {
+                return Poll::Ready(Ok(()));
+            }
+            ready!(state.writer.as_mut().poll_shutdown(cx))?;
+            state.closed = true;
+            Poll::Ready(Ok(()))
+        })
+        .await
+    }
+
+    /// Ends the stream once the instance is over and its output flushed.
+    ///
+    /// A `+status` stream gets its trailer, then a graceful close. A plain stream is
+    /// closed gracefully on success; on failure nothing is sent and dropping the last
+    /// handle aborts the stream (a yamux reset). Returns an error if the stream could
+    /// not be ended as intended; the caller then drops it, which aborts it.
+    pub async fn end(&self, outcome: &Outcome) -> io::Result<()> {
+        match (self.is_framed(), outcome) {
+            (false, Outcome::Success) => self.close().await,
+            (false, Outcome::Failure(_)) => Ok(()),
+            (true, outcome) => {
+                if !self.state().framer.as_ref().is_some_and(Framer::at_boundary) {
+                    return Err(io::Error::other("the guest's last frame is incomplete"));
+                }
+                let trailer = trailer(outcome);
+                let mut sent = 0;
+                poll_fn(|cx| {
+                    let mut state = self.state();
+                    while sent < trailer.len() {
+                        let n = ready!(state.writer.as_mut().poll_write(cx, &trailer[sent..]))?;
+                        if n == 0 {
+                            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                        }
+                        sent += n;
+                    }
+                    state.writer.as_mut().poll_flush(cx)
+                })
+                .await?;
+                self.close().await
+            }
+        }
+    }
+}
+
+impl AsyncWrite for PeerWriter {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let state = &mut *self.state();
+        match &mut state.framer {
+            Some(framer) => framer.poll_write(state.writer.as_mut(), cx, buf),
+            None => state.writer.as_mut().poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.state().writer.as_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.state().writer.as_mut().poll_shutdown(cx)
+    }
+}
+
 /// The output half of a peer stream as a `wasi:io` output stream.
 ///
 /// Writes go through wasmtime-wasi's `AsyncWriteStream` (a task that drains a bounded
-/// budget into the stream, so a peer that stops reading stalls the guest). Unlike a
-/// plain `AsyncWriteStream`, cancelling this stream — the guest dropping it, or the
-/// host finishing a successful instance — flushes what was written and then *closes*
-/// the write side, which the peer reads as EOF. Merely dropping it does not: the peer
-/// stream is then dropped, which yamux turns into a reset.
+/// budget into the stream, so a peer that stops reading stalls the guest). When the
+/// guest drops it, what was written is flushed and — on a plain stream — the write
+/// side is closed at once, so the peer reads EOF even if the guest keeps running. A
+/// `+status` stream is ended by the host after `run` returns, with its trailer.
 pub struct PeerOutputStream {
     inner: AsyncWriteStream,
-    close: Arc<AtomicBool>,
+    writer: PeerWriter,
 }
 
 impl PeerOutputStream {
-    /// Adapts `writer`, the write half of a peer stream.
-    pub fn new<W: AsyncWrite + Send + Unpin + 'static>(writer: W) -> Self {
-        let close = Arc::new(AtomicBool::new(false));
-        let writer = CloseOnFlush { inner: writer, close: close.clone(), closed: false };
-        Self { inner: AsyncWriteStream::new(OUTPUT_BUDGET, writer), close }
+    /// A `wasi:io` output stream writing to `writer`.
+    pub fn new(writer: PeerWriter) -> Self {
+        Self { inner: AsyncWriteStream::new(OUTPUT_BUDGET, writer.clone()), writer }
     }
+}
 
-    /// Flushes everything written so far and closes the write side. Errors mean the
-    /// peer is gone; they are reported to the caller, who can only log them.
-    pub async fn close(&mut self) -> Result<(), StreamError> {
-        self.close.store(true, Ordering::Release);
-        self.inner.flush()?;
-        match self.inner.write_ready().await {
-            Ok(_) | Err(StreamError::Closed) => Ok(()),
-            Err(e) => Err(e),
-        }
+/// Waits until everything written to `output` reached the peer stream.
+pub async fn flush(output: &mut dyn OutputStream) -> Result<(), StreamError> {
+    output.flush()?;
+    match output.write_ready().await {
+        Ok(_) | Err(StreamError::Closed) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -69,8 +163,11 @@ impl OutputStream for PeerOutputStream {
     }
 
     async fn cancel(&mut self) {
-        if let Err(error) = self.close().await {
-            tracing::debug!(%error, "closing the peer stream failed");
+        let flushed = flush(&mut self.inner).await;
+        if flushed.is_ok() && !self.writer.is_framed() {
+            if let Err(error) = self.writer.close().await {
+                tracing::debug!(%error, "closing the peer stream failed");
+            }
         }
         self.inner.cancel().await;
     }
@@ -80,38 +177,6 @@ impl OutputStream for PeerOutputStream {
 impl Pollable for PeerOutputStream {
     async fn ready(&mut self) {
         self.inner.ready().await
-    }
-}
-
-/// A writer whose flush also shuts it down once `close` is set. This is how
-/// [`PeerOutputStream`] gets a graceful close through `AsyncWriteStream`, whose worker
-/// owns the writer and only ever writes and flushes.
-struct CloseOnFlush<W> {
-    inner: W,
-    close: Arc<AtomicBool>,
-    closed: bool,
-}
-
-impl<W: AsyncWrite + Unpin> AsyncWrite for CloseOnFlush<W> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
-        if self.close.load(Ordering::Acquire) && !self.closed {
-            ready!(Pin::new(&mut self.inner).poll_shutdown(cx))?;
-            self.closed = true;
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -234,9 +299,9 @@ mod tests {
     #[tokio::test]
     async fn close_flushes_then_sends_eof() {
         let (near, mut far) = tokio::io::duplex(1024);
-        let mut output = PeerOutputStream::new(near);
+        let mut output = PeerOutputStream::new(PeerWriter::new(near, false));
         output.write(Bytes::from_static(b"hello")).unwrap();
-        timeout(Duration::from_secs(5), output.close()).await.unwrap().unwrap();
+        timeout(Duration::from_secs(5), output.cancel()).await.unwrap();
         let mut got = Vec::new();
         timeout(Duration::from_secs(5), far.read_to_end(&mut got)).await.unwrap().unwrap();
         assert_eq!(got, b"hello");
@@ -247,11 +312,28 @@ mod tests {
         // The duplex holds 16 bytes; the budget is 64 KiB. Once both are full,
         // check-write must report no room instead of buffering more.
         let (near, _far) = tokio::io::duplex(16);
-        let mut output = PeerOutputStream::new(near);
+        let mut output = PeerOutputStream::new(PeerWriter::new(near, false));
         output.write(Bytes::from(vec![0u8; OUTPUT_BUDGET])).unwrap();
         let stalled = timeout(Duration::from_millis(200), output.write_ready()).await;
         assert!(stalled.is_err(), "write_ready must wait while the peer does not read");
         assert_eq!(output.check_write().unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_status_stream_ends_with_its_trailer() {
+        let (near, mut far) = tokio::io::duplex(1024);
+        let writer = PeerWriter::new(near, true);
+        let mut output = PeerOutputStream::new(writer.clone());
+        output.write(Bytes::from_static(b"partial")).unwrap();
+        timeout(Duration::from_secs(5), output.cancel()).await.unwrap();
+        drop(output);
+        let failure = Outcome::Failure("exited with status 1".into());
+        timeout(Duration::from_secs(5), writer.end(&failure)).await.unwrap().unwrap();
+        drop(writer);
+        let mut payload = Vec::new();
+        let outcome = crate::net::outcome::read_answer(&mut far, &mut payload).await.unwrap();
+        assert_eq!(payload, b"partial");
+        assert_eq!(outcome, failure);
     }
 
     #[test]

@@ -16,14 +16,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncRead;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::pipe::AsyncReadStream;
 
 pub use host::{Cell as CellBindings, CellPre, Connection, Host};
-pub use io::{GuestLog, PeerOutputStream};
+pub use io::{GuestLog, PeerOutputStream, PeerWriter};
+
+use crate::net::outcome::Outcome;
 
 /// The interface a cell must import to reach its peer stream.
 pub const STREAMS_INTERFACE: &str = "wetware:streams/streams@0.1.0";
@@ -38,6 +40,8 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub const MAX_INSTANCES: u32 = 1000;
 /// Linear memory one instance may use, all memories together.
 pub const MAX_MEMORY_BYTES: usize = 64 << 20;
+/// How long a failed instance's output may take to drain before its stream is ended.
+const FAILURE_FLUSH: Duration = Duration::from_secs(1);
 
 /// Counters a node exposes about its instances.
 #[derive(Debug, Default)]
@@ -128,21 +132,31 @@ pub enum Failure {
     Trap(anyhow::Error),
 }
 
+impl Failure {
+    /// One line for the peer (the outcome trailer): what went wrong, without the
+    /// backtrace that the node's log gets.
+    pub fn reason(&self) -> String {
+        match self {
+            Failure::Trap(error) => format!("trapped: {}", error.root_cause()),
+            other => other.to_string(),
+        }
+    }
+}
+
 impl Cell {
     /// Runs one fresh instance on a connection made of `reader` and `writer` (the two
     /// halves of a peer stream, or of this process's stdio for `ww cell`).
     ///
-    /// On success the output half is flushed and closed gracefully (the peer reads
-    /// EOF). On failure both halves are simply dropped, which aborts the stream: a
-    /// yamux stream that is still open gets a reset.
-    pub async fn serve<R, W>(&self, args: &[&str], reader: R, writer: W) -> Result<(), Failure>
+    /// When the instance is over, its remaining output is flushed and the stream is
+    /// ended according to the outcome (see [`PeerWriter::end`]): a graceful close on
+    /// success, an abort or a failure trailer otherwise.
+    pub async fn serve<R>(&self, args: &[&str], reader: R, writer: PeerWriter) -> Result<(), Failure>
     where
         R: AsyncRead + Send + 'static,
-        W: AsyncWrite + Send + Unpin + 'static,
     {
         let connection = Connection::new(
             Box::new(AsyncReadStream::new(reader)),
-            Box::new(PeerOutputStream::new(writer)),
+            Box::new(PeerOutputStream::new(writer.clone())),
         );
         let stats = &self.runtime.stats;
         stats.live.fetch_add(1, Ordering::Relaxed);
@@ -150,11 +164,20 @@ impl Cell {
             stats.live.fetch_sub(1, Ordering::Relaxed);
         });
         let outcome = self.run(args, Some(connection)).await;
+        let ending = match &outcome {
+            Ok(()) => Outcome::Success,
+            Err(failure) => Outcome::Failure(failure.reason()),
+        };
+        if let Err(error) = writer.end(&ending).await {
+            tracing::debug!(%error, "the stream could not be ended as intended; aborting it");
+        }
         let counter = if outcome.is_ok() { &stats.succeeded } else { &stats.failed };
         counter.fetch_add(1, Ordering::Relaxed);
         outcome
     }
 
+    /// Instantiates the cell, runs it, and flushes the output it left behind. The
+    /// instance is dropped on return.
     async fn run(&self, args: &[&str], connection: Option<Connection>) -> Result<(), Failure> {
         let wasi = WasiCtxBuilder::new()
             .args(args)
@@ -183,10 +206,17 @@ impl Cell {
                 None => Err(Failure::Trap(error.into())),
             },
         };
-        if outcome.is_ok() {
-            if let Some(mut output) = store.data_mut().take_output() {
-                // `cancel` on a peer output stream flushes and closes it.
-                output.cancel().await;
+        if let Some(mut output) = store.data_mut().take_output() {
+            // A failed instance gets a moment, not forever: a peer that does not read
+            // must not keep it alive.
+            let flushed = match outcome {
+                Ok(()) => io::flush(&mut *output).await,
+                Err(_) => tokio::time::timeout(FAILURE_FLUSH, io::flush(&mut *output))
+                    .await
+                    .unwrap_or(Ok(())),
+            };
+            if let Err(error) = flushed {
+                tracing::debug!(%error, "flushing the guest's output failed");
             }
         }
         outcome

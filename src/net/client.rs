@@ -36,7 +36,7 @@ pub enum ConnectError {
 
 enum Command {
     Connect { addr: Multiaddr, peer: PeerId, reply: oneshot::Sender<Result<(), ConnectError>> },
-    Open { peer: PeerId, protocol: StreamProtocol, reply: oneshot::Sender<OpenStream> },
+    Open { peer: PeerId, protocols: Vec<StreamProtocol>, reply: oneshot::Sender<OpenStream> },
 }
 
 /// A handle to a client peer running in a background task. Dropping every handle stops
@@ -78,8 +78,17 @@ impl Client {
 
     /// Opens a stream to a connected `peer` on `protocol`.
     pub async fn open(&self, peer: PeerId, protocol: StreamProtocol) -> Result<Stream, OpenStreamError> {
+        Ok(self.open_first(peer, vec![protocol]).await?.0)
+    }
+
+    /// Opens a stream to a connected `peer` on the first of `protocols` it accepts.
+    pub async fn open_first(
+        &self,
+        peer: PeerId,
+        protocols: Vec<StreamProtocol>,
+    ) -> Result<(Stream, StreamProtocol), OpenStreamError> {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Open { peer, protocol, reply })
+        self.send(Command::Open { peer, protocols, reply })
             .await
             .map_err(|_| OpenStreamError::NotConnected)?;
         let opening = answer.await.map_err(|_| OpenStreamError::NotConnected)?;
@@ -112,8 +121,8 @@ async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>)
                         Err(source) => { let _ = reply.send(Err(ConnectError::Dial { peer, source })); }
                     }
                 }
-                Some(Command::Open { peer, protocol, reply }) => {
-                    let _ = reply.send(swarm.behaviour_mut().router.open_stream(peer, protocol));
+                Some(Command::Open { peer, protocols, reply }) => {
+                    let _ = reply.send(swarm.behaviour_mut().router.open_stream(peer, protocols));
                 }
             },
             event = swarm.select_next_some() => match event {

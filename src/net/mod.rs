@@ -2,6 +2,7 @@
 //! [`Behaviour`] (identify, ping, cell-protocol routing) and a small dialing client.
 
 pub mod client;
+pub mod outcome;
 pub mod router;
 
 use std::time::Duration;

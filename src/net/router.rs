@@ -23,7 +23,7 @@ use std::{fmt, io};
 
 use futures::channel::oneshot;
 use libp2p::core::transport::PortUse;
-use libp2p::core::upgrade::{InboundUpgrade, ReadyUpgrade, UpgradeInfo};
+use libp2p::core::upgrade::{InboundUpgrade, OutboundUpgrade, UpgradeInfo};
 use libp2p::core::{Endpoint, Multiaddr};
 use libp2p::swarm::handler::{ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound};
 use libp2p::swarm::{
@@ -73,8 +73,9 @@ pub enum OpenStreamError {
     Io(#[from] io::Error),
 }
 
-/// What a caller of [`Behaviour::open_stream`] waits on.
-pub type OpenStream = oneshot::Receiver<Result<Stream, OpenStreamError>>;
+/// What a caller of [`Behaviour::open_stream`] waits on: the stream and the protocol
+/// the peer accepted.
+pub type OpenStream = oneshot::Receiver<Result<(Stream, StreamProtocol), OpenStreamError>>;
 
 /// Accepts streams on the served protocols and opens streams on request.
 pub struct Behaviour {
@@ -89,14 +90,15 @@ impl Behaviour {
         Self { protocols: protocols.into(), pending: VecDeque::new(), waker: None }
     }
 
-    /// Opens a stream to `peer` on `protocol` over any established connection.
-    /// Resolves to [`OpenStreamError::NotConnected`] if there is none.
-    pub fn open_stream(&mut self, peer: PeerId, protocol: StreamProtocol) -> OpenStream {
+    /// Opens a stream to `peer` over any established connection, on the first of
+    /// `protocols` (in order of preference) that the peer accepts. Resolves to
+    /// [`OpenStreamError::NotConnected`] if there is no connection.
+    pub fn open_stream(&mut self, peer: PeerId, protocols: Vec<StreamProtocol>) -> OpenStream {
         let (reply, receiver) = oneshot::channel();
         self.pending.push_back(ToSwarm::NotifyHandler {
             peer_id: peer,
             handler: NotifyHandler::Any,
-            event: OpenRequest { protocol, reply },
+            event: OpenRequest { protocols, reply },
         });
         if let Some(waker) = self.waker.take() {
             waker.wake();
@@ -165,13 +167,13 @@ impl NetworkBehaviour for Behaviour {
 
 /// A request, from the behaviour to a connection, to open a stream.
 pub struct OpenRequest {
-    protocol: StreamProtocol,
-    reply: oneshot::Sender<Result<Stream, OpenStreamError>>,
+    protocols: Vec<StreamProtocol>,
+    reply: oneshot::Sender<Result<(Stream, StreamProtocol), OpenStreamError>>,
 }
 
 impl fmt::Debug for OpenRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OpenRequest").field("protocol", &self.protocol).finish_non_exhaustive()
+        f.debug_struct("OpenRequest").field("protocols", &self.protocols).finish_non_exhaustive()
     }
 }
 
@@ -193,9 +195,9 @@ impl ConnectionHandler for Handler {
     type FromBehaviour = OpenRequest;
     type ToBehaviour = InboundStream;
     type InboundProtocol = ServedProtocols;
-    type OutboundProtocol = ReadyUpgrade<StreamProtocol>;
+    type OutboundProtocol = OfferedProtocols;
     type InboundOpenInfo = ();
-    type OutboundOpenInfo = OpenRequestReply;
+    type OutboundOpenInfo = OpenRequest;
 
     fn listen_protocol(&self) -> SubstreamProtocol<ServedProtocols> {
         SubstreamProtocol::new(ServedProtocols(self.protocols.clone()), ())
@@ -210,15 +212,15 @@ impl ConnectionHandler for Handler {
     fn poll(
         &mut self,
         _: &mut Context<'_>,
-    ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, OpenRequestReply, InboundStream>> {
+    ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, OpenRequest, InboundStream>> {
         if let Some(stream) = self.inbound.pop_front() {
             return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(stream));
         }
-        if let Some(OpenRequest { protocol, reply }) = self.requested.pop_front() {
+        if let Some(request) = self.requested.pop_front() {
             self.opening += 1;
-            let info = OpenRequestReply { protocol: protocol.clone(), reply };
+            let offer = OfferedProtocols(request.protocols.clone());
             return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
-                protocol: SubstreamProtocol::new(ReadyUpgrade::new(protocol), info),
+                protocol: SubstreamProtocol::new(offer, request),
             });
         }
         Poll::Pending
@@ -230,7 +232,7 @@ impl ConnectionHandler for Handler {
 
     fn on_connection_event(
         &mut self,
-        event: ConnectionEvent<ServedProtocols, Self::OutboundProtocol, (), OpenRequestReply>,
+        event: ConnectionEvent<ServedProtocols, Self::OutboundProtocol, (), OpenRequest>,
     ) {
         match event {
             ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound {
@@ -243,17 +245,18 @@ impl ConnectionHandler for Handler {
                 stream,
             }),
             ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
-                protocol: stream,
+                protocol: opened,
                 info,
             }) => {
                 self.opening -= 1;
-                let _ = info.reply.send(Ok(stream));
+                let _ = info.reply.send(Ok(opened));
             }
             ConnectionEvent::DialUpgradeError(DialUpgradeError { info, error }) => {
                 self.opening -= 1;
                 let error = match error {
                     StreamUpgradeError::NegotiationFailed => {
-                        OpenStreamError::UnsupportedProtocol(info.protocol)
+                        let last = info.protocols.last().cloned();
+                        OpenStreamError::UnsupportedProtocol(last.expect("at least one offered"))
                     }
                     StreamUpgradeError::Timeout => OpenStreamError::Timeout,
                     StreamUpgradeError::Io(error) => OpenStreamError::Io(error),
@@ -266,10 +269,28 @@ impl ConnectionHandler for Handler {
     }
 }
 
-/// Where the result of an outbound stream request goes.
-pub struct OpenRequestReply {
-    protocol: StreamProtocol,
-    reply: oneshot::Sender<Result<Stream, OpenStreamError>>,
+/// The outbound upgrade: offers protocols in order of preference and yields the
+/// stream with the one the peer accepted.
+#[derive(Debug, Clone)]
+pub struct OfferedProtocols(Vec<StreamProtocol>);
+
+impl UpgradeInfo for OfferedProtocols {
+    type Info = StreamProtocol;
+    type InfoIter = Vec<StreamProtocol>;
+
+    fn protocol_info(&self) -> Self::InfoIter {
+        self.0.clone()
+    }
+}
+
+impl OutboundUpgrade<Stream> for OfferedProtocols {
+    type Output = (Stream, StreamProtocol);
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Output, Infallible>>;
+
+    fn upgrade_outbound(self, stream: Stream, protocol: StreamProtocol) -> Self::Future {
+        ready(Ok((stream, protocol)))
+    }
 }
 
 /// The inbound upgrade: offers every served protocol and yields the stream together

@@ -2,10 +2,11 @@
 
 use std::process::Stdio;
 
-use futures::{AsyncReadExt as _, AsyncWriteExt as _};
 use libp2p::{PeerId, StreamProtocol};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 use ww::net::client::Client;
+use ww::net::outcome::{self, Outcome};
 use ww::net::router::OpenStreamError;
 
 use crate::support::{ECHO, Node, PATIENCE, WW, pattern, request, test_cell, ww};
@@ -37,14 +38,25 @@ async fn node_with_test_cells() -> Node {
     node
 }
 
-/// Opens a stream, writes a little without closing, and reads until the node ends it.
-async fn read_while_open(client: &Client, peer: PeerId, protocol: &str) -> (Vec<u8>, std::io::Result<usize>) {
-    let mut stream = client.open(peer, StreamProtocol::try_from_owned(protocol.into()).unwrap()).await.unwrap();
-    let _ = stream.write_all(b"hello").await;
-    let _ = stream.flush().await;
-    let mut got = Vec::new();
-    let end = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut got)).await.expect("stream never ended");
-    (got, end)
+/// Opens `protocol+status`, sends a little, closes, and reads the framed answer.
+async fn outcome_of(client: &Client, peer: PeerId, protocol: &str) -> (Vec<u8>, Outcome) {
+    let protocol = StreamProtocol::try_from_owned(protocol.into()).unwrap();
+    let (stream, chosen) = client.open_first(peer, vec![outcome::status_variant(&protocol)]).await.unwrap();
+    assert_eq!(outcome::parse(&chosen), (protocol.as_ref(), true));
+    let (mut reader, mut writer) = tokio::io::split(stream.compat());
+    let _ = writer.write_all(b"hello").await;
+    let _ = writer.shutdown().await;
+    let mut payload = Vec::new();
+    let answer = tokio::time::timeout(PATIENCE, outcome::read_answer(&mut reader, &mut payload)).await;
+    let outcome = answer.expect("stream never ended").unwrap();
+    (payload, outcome)
+}
+
+fn assert_failed(outcome: &Outcome, reason: &str) {
+    match outcome {
+        Outcome::Failure(got) => assert!(got.contains(reason), "expected `{reason}` in `{got}`"),
+        Outcome::Success => panic!("expected a failure ({reason}), got success"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -70,17 +82,21 @@ async fn failing_cells_abort_their_stream_and_the_node_keeps_serving() {
     let client = Client::new().unwrap();
     let peer = client.connect(&node.tcp).await.unwrap();
 
-    let (_, end) = read_while_open(&client, peer, "/test/trap/1").await;
-    assert!(end.is_err(), "a trap must reset the stream, got a clean end");
+    let (_, outcome) = outcome_of(&client, peer, "/test/trap/1").await;
+    assert_failed(&outcome, "trapped: ");
     assert_echo_works(&client, peer).await;
 
-    let (got, end) = read_while_open(&client, peer, "/test/exit-early/1").await;
-    assert!(end.is_err(), "exit(1) must reset the stream; read {got:?} then a clean end");
+    let (payload, outcome) = outcome_of(&client, peer, "/test/exit-early/1").await;
+    assert_eq!(payload, b"partial", "output written before the exit is delivered");
+    assert_failed(&outcome, "exited with status 1");
     assert_echo_works(&client, peer).await;
 
-    let (_, end) = read_while_open(&client, peer, "/test/twice/1").await;
-    assert!(end.is_err(), "a second create-connection must fail the instance");
+    let (_, outcome) = outcome_of(&client, peer, "/test/twice/1").await;
+    assert_failed(&outcome, "create-connection called twice");
     assert_echo_works(&client, peer).await;
+
+    let (payload, outcome) = outcome_of(&client, peer, "/ww/echo/0.1.0").await;
+    assert_eq!((payload.as_slice(), outcome), (&b"hello"[..], Outcome::Success));
 
     let status = node.wait_idle(&client).await;
     assert_eq!(status.failed, 3, "{}", node.log());
@@ -93,9 +109,15 @@ async fn failing_cells_abort_their_stream_and_the_node_keeps_serving() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ww_dial_reports_a_failed_cell() {
     let node = node_with_test_cells().await;
-    // Keep stdin open so the stream is open both ways when the cell traps.
+    let addr = node.tcp.to_string();
+    let (ok, out, err) = ww(&["dial", &addr, "/test/exit-early/1"], b"").await;
+    assert!(!ok);
+    assert_eq!(out, b"partial");
+    assert!(err.contains("/test/exit-early/1 on") && err.contains("failed: exited with status 1"), "{err}");
+
+    // The same with stdin still open while the cell traps, and over QUIC.
     let mut dial = tokio::process::Command::new(WW)
-        .args(["dial", &node.tcp.to_string(), "/test/trap/1"])
+        .args(["dial", &node.quic.to_string(), "/test/trap/1"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -106,7 +128,7 @@ async fn ww_dial_reports_a_failed_cell() {
     let output = tokio::time::timeout(PATIENCE, dial.wait_with_output()).await.unwrap().unwrap();
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(err.contains("aborted by the node"), "{err}");
+    assert!(err.contains("failed: trapped"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,0 +1,222 @@
+//! How a node tells a peer how the instance behind a stream ended.
+//!
+//! On a plain cell protocol `P` the bytes are the guest's, untouched, so any libp2p
+//! client can talk to a cell. But a transport cannot always signal failure there:
+//! yamux reports a reset to a reader as a plain EOF, and QUIC finishes a dropped
+//! stream. So a node serves every cell protocol a second time as `P+status`, where the
+//! node's answer is framed and ends with an *outcome trailer*. `ww dial` asks for
+//! `P+status` first and falls back to `P`.
+//!
+//! # Wire format of `P+status`
+//! The peer's bytes to the node are exactly as on `P`. The node's bytes to the peer:
+//! ```text
+//! answer  = frame* end
+//! frame   = length:u32be payload    ; length >= 1, the guest's bytes
+//! end     = 0:u32be code:u8 reason  ; reason: UTF-8, at most 1 KiB, up to EOF
+//! ```
+//! `code` 0 means the instance finished cleanly (`reason` is empty); 1 means it
+//! failed (trap, error, non-zero exit, refusal), with a one-line reason. A stream
+//! that ends without `end` failed as well: the node aborted it or the connection broke.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use libp2p::StreamProtocol;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+/// Appended to a cell's protocol ID to ask for the framed answer with a trailer.
+pub const SUFFIX: &str = "+status";
+/// Longest reason a trailer carries; longer ones are cut.
+pub const MAX_REASON: usize = 1024;
+/// Largest frame a node writes.
+const MAX_FRAME: usize = 1 << 20;
+
+/// How an instance ended, as the peer learns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The instance finished cleanly.
+    Success,
+    /// The instance failed; the reason is one line of text.
+    Failure(String),
+}
+
+/// The status variant (`P+status`) of a cell protocol `P`.
+pub fn status_variant(protocol: &StreamProtocol) -> StreamProtocol {
+    StreamProtocol::try_from_owned(format!("{protocol}{SUFFIX}")).expect("starts with `/`")
+}
+
+/// Splits a negotiated protocol into the cell protocol and whether the status
+/// variant was asked for.
+pub fn parse(protocol: &StreamProtocol) -> (&str, bool) {
+    match protocol.as_ref().strip_suffix(SUFFIX) {
+        Some(base) => (base, true),
+        None => (protocol.as_ref(), false),
+    }
+}
+
+/// Encodes the `end` of an answer.
+pub fn trailer(outcome: &Outcome) -> Vec<u8> {
+    let mut bytes = vec![0, 0, 0, 0];
+    match outcome {
+        Outcome::Success => bytes.push(0),
+        Outcome::Failure(reason) => {
+            bytes.push(1);
+            let line = reason.lines().next().unwrap_or("failed");
+            let mut cut = line.len().min(MAX_REASON);
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            bytes.extend_from_slice(&line.as_bytes()[..cut]);
+        }
+    }
+    bytes
+}
+
+/// Framing state of a node's answer: turns each write into (part of) a frame.
+#[derive(Debug, Default)]
+pub struct Framer {
+    header: [u8; 4],
+    header_written: usize,
+    body_left: usize,
+}
+
+impl Framer {
+    /// Writes (part of) `buf` to `writer` as frame payload, starting a frame first
+    /// when the previous one is complete. Follows the `poll_write` contract: call it
+    /// again with the same leading bytes after `Pending`.
+    pub fn poll_write<W: AsyncWrite + ?Sized>(
+        &mut self,
+        mut writer: Pin<&mut W>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if self.body_left == 0 {
+            let len = buf.len().min(MAX_FRAME);
+            self.header = (len as u32).to_be_bytes();
+            self.header_written = 0;
+            self.body_left = len;
+        }
+        while self.header_written < self.header.len() {
+            let n = ready!(writer.as_mut().poll_write(cx, &self.header[self.header_written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.header_written += n;
+        }
+        let len = buf.len().min(self.body_left);
+        let n = ready!(writer.poll_write(cx, &buf[..len]))?;
+        self.body_left -= n;
+        Poll::Ready(Ok(n))
+    }
+
+    /// Whether the last frame was written completely, so a trailer may follow.
+    pub fn at_boundary(&self) -> bool {
+        self.body_left == 0
+    }
+}
+
+/// Reads a framed answer: copies the payload to `output` and returns the outcome
+/// from the trailer. An answer that stops before its trailer is a failure.
+pub async fn read_answer<R, W>(reader: &mut R, output: &mut W) -> io::Result<Outcome>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    const CUT_SHORT: &str = "the stream ended without an outcome (the node aborted it, or the connection broke)";
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let mut header = [0u8; 4];
+        if read_full(reader, &mut header).await? < header.len() {
+            return Ok(Outcome::Failure(CUT_SHORT.into()));
+        }
+        let mut left = u32::from_be_bytes(header) as usize;
+        if left == 0 {
+            break;
+        }
+        while left > 0 {
+            let want = left.min(buf.len());
+            let n = reader.read(&mut buf[..want]).await?;
+            if n == 0 {
+                return Ok(Outcome::Failure(CUT_SHORT.into()));
+            }
+            output.write_all(&buf[..n]).await?;
+            left -= n;
+        }
+        output.flush().await?;
+    }
+    let mut code = [0u8; 1];
+    if read_full(reader, &mut code).await? == 0 {
+        return Ok(Outcome::Failure(CUT_SHORT.into()));
+    }
+    let mut reason = Vec::new();
+    reader.take(MAX_REASON as u64).read_to_end(&mut reason).await?;
+    Ok(match code[0] {
+        0 => Outcome::Success,
+        _ => Outcome::Failure(String::from_utf8_lossy(&reason).into_owned()),
+    })
+}
+
+/// Reads until `buf` is full or EOF; returns how many bytes were read.
+async fn read_full<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]).await? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+
+    async fn frame(framer: &mut Framer, out: &mut Vec<u8>, data: &[u8]) {
+        let mut data = data;
+        while !data.is_empty() {
+            let n = poll_fn(|cx| framer.poll_write(Pin::new(&mut *out), cx, data)).await.unwrap();
+            data = &data[n..];
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_round_trip() {
+        let mut framer = Framer::default();
+        let mut wire = Vec::new();
+        frame(&mut framer, &mut wire, b"hello ").await;
+        frame(&mut framer, &mut wire, b"world").await;
+        assert!(framer.at_boundary());
+        wire.extend(trailer(&Outcome::Failure("trapped: unreachable\nbacktrace".into())));
+        let mut payload = Vec::new();
+        let outcome = read_answer(&mut &wire[..], &mut payload).await.unwrap();
+        assert_eq!(payload, b"hello world");
+        assert_eq!(outcome, Outcome::Failure("trapped: unreachable".into()));
+
+        let wire = [0u8, 0, 0, 0, 0];
+        let mut payload = Vec::new();
+        assert_eq!(read_answer(&mut &wire[..], &mut payload).await.unwrap(), Outcome::Success);
+    }
+
+    #[tokio::test]
+    async fn a_cut_answer_is_a_failure() {
+        for wire in [&b""[..], &[0, 0, 0, 5, b'a'][..], &[0, 0, 0, 1, b'a'][..], &[0, 0, 0, 0][..]] {
+            let outcome = read_answer(&mut &wire[..], &mut Vec::new()).await.unwrap();
+            assert!(matches!(outcome, Outcome::Failure(_)), "{wire:?} gave {outcome:?}");
+        }
+    }
+
+    #[test]
+    fn protocol_variants() {
+        let echo = StreamProtocol::new("/ww/echo/0.1.0");
+        let framed = status_variant(&echo);
+        assert_eq!(framed.as_ref(), "/ww/echo/0.1.0+status");
+        assert_eq!(parse(&framed), ("/ww/echo/0.1.0", true));
+        assert_eq!(parse(&echo), ("/ww/echo/0.1.0", false));
+    }
+}
