@@ -25,7 +25,14 @@ fn main() {
     let mut build = Command::new(cargo);
     build
         .current_dir(&protocols)
-        .args(["build", "--release", "--locked", "--target", TARGET, "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            TARGET,
+            "--target-dir",
+        ])
         .arg(&target_dir);
     for cell in CELLS {
         build.args(["--package", cell]);
@@ -42,7 +49,9 @@ fn main() {
     ] {
         build.env_remove(var);
     }
-    let status = build.status().expect("failed to run cargo for the cells in protocols/");
+    let status = build
+        .status()
+        .expect("failed to run cargo for the cells in protocols/");
     assert!(
         status.success(),
         "building the cells in protocols/ for {TARGET} failed ({status}); \
@@ -50,7 +59,10 @@ fn main() {
     );
 
     for cell in CELLS {
-        let built = target_dir.join(TARGET).join("release").join(format!("{cell}.wasm"));
+        let built = target_dir
+            .join(TARGET)
+            .join("release")
+            .join(format!("{cell}.wasm"));
         let embedded = out_dir.join(format!("{cell}.wasm"));
         std::fs::copy(&built, &embedded)
             .unwrap_or_else(|e| panic!("copying {} failed: {e}", built.display()));
@@ -66,7 +78,11 @@ fn ensure_target_installed() {
     let sysroot = Command::new(&rustc).args(["--print", "sysroot"]).output();
     let Ok(sysroot) = sysroot else { return };
     let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_string();
-    if PathBuf::from(&sysroot).join("lib/rustlib").join(TARGET).exists() {
+    if PathBuf::from(&sysroot)
+        .join("lib/rustlib")
+        .join(TARGET)
+        .exists()
+    {
         return;
     }
     println!("cargo::warning=installing the {TARGET} target with rustup (once)");

@@ -102,8 +102,14 @@ impl CellSpec {
             bail!("--cell wants PROTOCOL=FILE.wasm, got `{flag}`");
         };
         let path = PathBuf::from(file);
-        let name = path.file_stem().map_or_else(|| file.to_string(), |s| s.to_string_lossy().into());
-        Ok(Self { name, protocol: parse_protocol(protocol)?, source: CellSource::File(path) })
+        let name = path
+            .file_stem()
+            .map_or_else(|| file.to_string(), |s| s.to_string_lossy().into());
+        Ok(Self {
+            name,
+            protocol: parse_protocol(protocol)?,
+            source: CellSource::File(path),
+        })
     }
 
     /// Every built-in cell on its default protocol.
@@ -121,13 +127,22 @@ impl CellSpec {
     fn from_entry(name: &str, entry: &CellEntry) -> anyhow::Result<Self> {
         let source = match (&entry.wasm, &entry.builtin) {
             (Some(path), None) => CellSource::File(path.clone()),
-            (None, Some(builtin)) => CellSource::Builtin(builtin::find(builtin).with_context(|| {
-                let known: Vec<_> = builtin::BUILTINS.iter().map(|b| b.name).collect();
-                format!("no built-in cell `{builtin}` (there are: {})", known.join(", "))
-            })?),
+            (None, Some(builtin)) => {
+                CellSource::Builtin(builtin::find(builtin).with_context(|| {
+                    let known: Vec<_> = builtin::BUILTINS.iter().map(|b| b.name).collect();
+                    format!(
+                        "no built-in cell `{builtin}` (there are: {})",
+                        known.join(", ")
+                    )
+                })?)
+            }
             _ => bail!("give exactly one of `wasm = \"FILE\"` or `builtin = \"NAME\"`"),
         };
-        Ok(Self { name: name.to_string(), protocol: parse_protocol(&entry.protocol)?, source })
+        Ok(Self {
+            name: name.to_string(),
+            protocol: parse_protocol(&entry.protocol)?,
+            source,
+        })
     }
 }
 
@@ -163,7 +178,10 @@ impl NodeConfig {
         let listen = match (listen.is_empty(), file.listen.is_empty()) {
             (false, _) => listen,
             (true, false) => file.listen,
-            (true, true) => DEFAULT_LISTEN.iter().map(|a| a.parse().expect("valid")).collect(),
+            (true, true) => DEFAULT_LISTEN
+                .iter()
+                .map(|a| a.parse().expect("valid"))
+                .collect(),
         };
         let identity = match identity.or(file.identity) {
             Some(path) => path,
@@ -178,12 +196,27 @@ impl NodeConfig {
             all = CellSpec::builtins();
         }
         for (i, cell) in all.iter().enumerate() {
-            if let Some(other) = all[..i].iter().find(|other| other.protocol == cell.protocol) {
-                bail!("cells `{}` and `{}` both claim protocol {}", other.name, cell.name, cell.protocol);
+            if let Some(other) = all[..i]
+                .iter()
+                .find(|other| other.protocol == cell.protocol)
+            {
+                bail!(
+                    "cells `{}` and `{}` both claim protocol {}",
+                    other.name,
+                    cell.name,
+                    cell.protocol
+                );
             }
         }
-        let shutdown_grace = file.shutdown_grace_s.map_or(DEFAULT_SHUTDOWN_GRACE, Duration::from_secs);
-        Ok(Self { listen, identity, shutdown_grace, cells: all })
+        let shutdown_grace = file
+            .shutdown_grace_s
+            .map_or(DEFAULT_SHUTDOWN_GRACE, Duration::from_secs);
+        Ok(Self {
+            listen,
+            identity,
+            shutdown_grace,
+            cells: all,
+        })
     }
 }
 
@@ -204,8 +237,15 @@ mod tests {
         .unwrap();
         let flag = CellSpec::parse_flag("/x/mine/1=mine.wasm").unwrap();
         let config = NodeConfig::merge(file, vec![], Some("id".into()), vec![flag]).unwrap();
-        assert_eq!(config.listen, vec!["/ip4/127.0.0.1/tcp/0".parse::<Multiaddr>().unwrap()]);
-        let protocols: Vec<_> = config.cells.iter().map(|c| c.protocol.to_string()).collect();
+        assert_eq!(
+            config.listen,
+            vec!["/ip4/127.0.0.1/tcp/0".parse::<Multiaddr>().unwrap()]
+        );
+        let protocols: Vec<_> = config
+            .cells
+            .iter()
+            .map(|c| c.protocol.to_string())
+            .collect();
         assert_eq!(protocols, ["/x/echo/1", "/x/mine/1"]);
     }
 
@@ -225,10 +265,15 @@ mod tests {
             CellSpec::parse_flag("/a=x.wasm").unwrap(),
             CellSpec::parse_flag("/a=y.wasm").unwrap(),
         ];
-        let error = NodeConfig::merge(File::default(), vec![], Some("id".into()), twice).unwrap_err();
+        let error =
+            NodeConfig::merge(File::default(), vec![], Some("id".into()), twice).unwrap_err();
         assert!(error.to_string().contains("both claim"), "{error}");
-        let unknown = toml::from_str::<File>("[cells.x]\nprotocol = \"/x\"\nbuiltin = \"nope\"").unwrap();
+        let unknown =
+            toml::from_str::<File>("[cells.x]\nprotocol = \"/x\"\nbuiltin = \"nope\"").unwrap();
         let error = NodeConfig::merge(unknown, vec![], Some("id".into()), vec![]).unwrap_err();
-        assert!(format!("{error:#}").contains("no built-in cell `nope`"), "{error:#}");
+        assert!(
+            format!("{error:#}").contains("no built-in cell `nope`"),
+            "{error:#}"
+        );
     }
 }

@@ -17,7 +17,12 @@ use crate::net::router::OpenStreamError;
 /// reported even when the transport cannot show it (see [`outcome`]); a peer that
 /// only speaks `protocol` is served plainly. Errors are one line: an unsupported
 /// protocol, an unreachable or wrong peer, a failed cell, a broken stream.
-pub async fn dial<I, O>(addr: &Multiaddr, protocol: StreamProtocol, input: I, output: O) -> anyhow::Result<()>
+pub async fn dial<I, O>(
+    addr: &Multiaddr,
+    protocol: StreamProtocol,
+    input: I,
+    output: O,
+) -> anyhow::Result<()>
 where
     I: AsyncRead + Unpin,
     O: AsyncWrite + Unpin,
@@ -25,12 +30,15 @@ where
     let client = Client::new()?;
     let peer = client.connect(addr).await?;
     let offer = vec![outcome::status_variant(&protocol), protocol.clone()];
-    let (stream, chosen) = client.open_first(peer, offer).await.map_err(|error| match error {
-        OpenStreamError::UnsupportedProtocol(_) => {
-            anyhow::anyhow!("{peer} does not serve {protocol}")
-        }
-        error => anyhow::Error::new(error).context(format!("cannot open {protocol} on {peer}")),
-    })?;
+    let (stream, chosen) = client
+        .open_first(peer, offer)
+        .await
+        .map_err(|error| match error {
+            OpenStreamError::UnsupportedProtocol(_) => {
+                anyhow::anyhow!("{peer} does not serve {protocol}")
+            }
+            error => anyhow::Error::new(error).context(format!("cannot open {protocol} on {peer}")),
+        })?;
     let (_, framed) = outcome::parse(&chosen);
     let (mut from_node, mut to_node) = tokio::io::split(stream.compat());
     let (mut input, mut output) = (input, output);

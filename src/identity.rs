@@ -23,7 +23,10 @@ pub fn load_or_create(path: &Path) -> anyhow::Result<Keypair> {
         Ok(bytes) => {
             warn_if_readable_by_others(path);
             Keypair::from_protobuf_encoding(&bytes).with_context(|| {
-                format!("{}: not a libp2p private key (protobuf-encoded keypair)", path.display())
+                format!(
+                    "{}: not a libp2p private key (protobuf-encoded keypair)",
+                    path.display()
+                )
             })
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => create(path),
@@ -35,7 +38,9 @@ pub fn load_or_create(path: &Path) -> anyhow::Result<Keypair> {
 
 fn create(path: &Path) -> anyhow::Result<Keypair> {
     let keypair = Keypair::generate_ed25519();
-    let bytes = keypair.to_protobuf_encoding().context("encoding the new identity")?;
+    let bytes = keypair
+        .to_protobuf_encoding()
+        .context("encoding the new identity")?;
     if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create directory {}", dir.display()))?;
@@ -57,10 +62,10 @@ fn create(path: &Path) -> anyhow::Result<Keypair> {
 #[cfg(unix)]
 fn warn_if_readable_by_others(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path) {
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), "identity file is readable by other users; chmod 600 it");
-        }
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(path = %path.display(), "identity file is readable by other users; chmod 600 it");
     }
 }
 

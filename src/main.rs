@@ -61,8 +61,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log_filter(&cli.command))),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(default_log_filter(&cli.command))
+            }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -90,7 +91,12 @@ fn default_log_filter(command: &Command) -> &'static str {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { listen, cell, config, identity } => {
+        Command::Run {
+            listen,
+            cell,
+            config,
+            identity,
+        } => {
             let file = match config {
                 Some(path) => config::File::load(&path)?,
                 None => config::File::default(),
@@ -98,8 +104,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let config = NodeConfig::merge(file, listen, identity, cell)?;
             ww::node::run(config, shutdown_signal()).await
         }
-        Command::Dial { multiaddr, protocol } => {
-            ww::dial::dial(&multiaddr, protocol, tokio::io::stdin(), tokio::io::stdout()).await
+        Command::Dial {
+            multiaddr,
+            protocol,
+        } => {
+            ww::dial::dial(
+                &multiaddr,
+                protocol,
+                tokio::io::stdin(),
+                tokio::io::stdout(),
+            )
+            .await
         }
         Command::Cell { wasm, args } => {
             let runtime = ww::cell::Runtime::new()?;
@@ -114,7 +129,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Status { multiaddr } => {
             let protocol = ww::node::STATUS_PROTOCOL;
-            ww::dial::dial(&multiaddr, protocol, tokio::io::empty(), tokio::io::stdout()).await
+            ww::dial::dial(
+                &multiaddr,
+                protocol,
+                tokio::io::empty(),
+                tokio::io::stdout(),
+            )
+            .await
         }
     }
 }

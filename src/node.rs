@@ -39,7 +39,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     let cells = load_cells(&runtime, &config)?;
     let mut protocols: Vec<StreamProtocol> = Vec::new();
     for protocol in cells.keys() {
-        let protocol = StreamProtocol::try_from_owned(protocol.clone()).expect("checked by the config");
+        let protocol =
+            StreamProtocol::try_from_owned(protocol.clone()).expect("checked by the config");
         protocols.push(outcome::status_variant(&protocol));
         protocols.push(protocol);
     }
@@ -47,7 +48,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     let mut swarm = net::build_swarm(keypair, protocols)?;
     let mut listeners = Vec::new();
     for addr in &config.listen {
-        listeners.push(swarm.listen_on(addr.clone()).with_context(|| format!("cannot listen on {addr}"))?);
+        listeners.push(
+            swarm
+                .listen_on(addr.clone())
+                .with_context(|| format!("cannot listen on {addr}"))?,
+        );
     }
     tracing::info!(peer = %swarm.local_peer_id(), pooling = runtime.pooling, cells = cells.len(), "node starting");
 
@@ -79,7 +84,9 @@ fn load_cells(runtime: &Arc<Runtime>, config: &NodeConfig) -> anyhow::Result<Cel
     for spec in &config.cells {
         let started = std::time::Instant::now();
         let cell = match &spec.source {
-            CellSource::Builtin(builtin) => runtime.load(&format!("built-in cell `{}`", builtin.name), builtin.wasm)?,
+            CellSource::Builtin(builtin) => {
+                runtime.load(&format!("built-in cell `{}`", builtin.name), builtin.wasm)?
+            }
             CellSource::File(path) => cell::load_file(runtime, path)?,
         };
         tracing::info!(cell = %spec.name, protocol = %spec.protocol, elapsed = ?started.elapsed(), "cell loaded");
@@ -107,18 +114,34 @@ impl Node {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Router(inbound)) => self.accept(inbound),
             SwarmEvent::NewListenAddr { address, .. } => {
-                let full = address.with_p2p(*self.swarm.local_peer_id()).expect("our own peer ID");
+                let full = address
+                    .with_p2p(*self.swarm.local_peer_id())
+                    .expect("our own peer ID");
                 tracing::info!(%full, "listening");
                 let mut stdout = std::io::stdout().lock();
                 let _ = writeln!(stdout, "{full}").and_then(|()| stdout.flush());
             }
-            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
                 tracing::debug!(peer = %peer_id, connection = %connection_id, remote = %endpoint.get_remote_address(), "connection established");
             }
-            SwarmEvent::ConnectionClosed { peer_id, connection_id, cause, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                cause,
+                ..
+            } => {
                 tracing::debug!(peer = %peer_id, connection = %connection_id, ?cause, "connection closed");
             }
-            SwarmEvent::IncomingConnectionError { error, send_back_addr, .. } => {
+            SwarmEvent::IncomingConnectionError {
+                error,
+                send_back_addr,
+                ..
+            } => {
                 tracing::debug!(%error, remote = %send_back_addr, "incoming connection failed");
             }
             SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "listener error"),
@@ -128,7 +151,12 @@ impl Node {
 
     /// Hands an inbound stream to a task of its own; never does work inline.
     fn accept(&mut self, inbound: InboundStream) {
-        let InboundStream { peer, connection, protocol, stream } = inbound;
+        let InboundStream {
+            peer,
+            connection,
+            protocol,
+            stream,
+        } = inbound;
         let id = self.next_stream;
         self.next_stream += 1;
         let span = tracing::info_span!("stream", %peer, %protocol, id, %connection);
@@ -138,13 +166,19 @@ impl Node {
         }
         if protocol == STATUS_PROTOCOL {
             let status = self.status();
-            self.tasks.spawn(send_status(stream, status).instrument(span));
+            self.tasks
+                .spawn(send_status(stream, status).instrument(span));
             return;
         }
         let (base, framed) = outcome::parse(&protocol);
-        let cell = self.cells.get(base).expect("the router only accepts served protocols").clone();
+        let cell = self
+            .cells
+            .get(base)
+            .expect("the router only accepts served protocols")
+            .clone();
         let args = [base.to_string(), peer.to_string()];
-        self.tasks.spawn(serve(cell, args, framed, stream).instrument(span));
+        self.tasks
+            .spawn(serve(cell, args, framed, stream).instrument(span));
     }
 
     fn status(&self) -> String {
@@ -184,7 +218,10 @@ impl Node {
 async fn serve(cell: Cell, args: [String; 2], framed: bool, stream: libp2p::Stream) {
     let (reader, writer) = tokio::io::split(stream.compat());
     let args = [args[0].as_str(), args[1].as_str()];
-    match cell.serve(&args, reader, PeerWriter::new(writer, framed)).await {
+    match cell
+        .serve(&args, reader, PeerWriter::new(writer, framed))
+        .await
+    {
         Ok(()) => tracing::debug!("cell finished"),
         Err(failure) => tracing::warn!(failure = %format!("{failure:#}"), "cell failed"),
     }

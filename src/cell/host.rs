@@ -20,8 +20,8 @@ mod generated {
     });
 }
 
-pub use generated::{Cell, CellPre};
 pub(super) use generated::wetware::streams::streams;
+pub use generated::{Cell, CellPre};
 
 /// The two halves of the peer stream that started an instance, adapted to `wasi:io`.
 ///
@@ -35,7 +35,10 @@ pub struct Connection {
 impl Connection {
     /// Wraps an input and an output stream that belong to one peer stream.
     pub fn new(input: DynInputStream, output: DynOutputStream) -> Self {
-        Self { input: Some(input), output: Some(output) }
+        Self {
+            input: Some(input),
+            output: Some(output),
+        }
     }
 }
 
@@ -70,7 +73,12 @@ impl Host {
             Some(connection) => ConnectionState::Unclaimed(connection),
             None => ConnectionState::Absent,
         };
-        Self { wasi, table: ResourceTable::new(), connection, output: None }
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            connection,
+            output: None,
+        }
     }
 
     /// Takes the peer's output half back from wherever it is, so the host can flush
@@ -94,7 +102,10 @@ impl Host {
 
 impl WasiView for Host {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 

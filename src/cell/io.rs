@@ -5,9 +5,9 @@
 //! peer stream in a task of its own through a one-slot channel, so a guest that stops
 //! reading stops the reads from the peer (and yamux's window then stops the peer).
 
+use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::future::poll_fn;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
@@ -42,11 +42,17 @@ impl PeerWriter {
     /// Wraps the write half of a peer stream; `framed` for a `+status` stream.
     pub fn new<W: AsyncWrite + Send + 'static>(writer: W, framed: bool) -> Self {
         let framer = framed.then(Framer::default);
-        Self(Arc::new(Mutex::new(WriterState { writer: Box::pin(writer), framer, closed: false })))
+        Self(Arc::new(Mutex::new(WriterState {
+            writer: Box::pin(writer),
+            framer,
+            closed: false,
+        })))
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, WriterState> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Whether the guest's bytes are framed (a `+status` stream).
@@ -79,7 +85,12 @@ impl PeerWriter {
             (false, Outcome::Success) => self.close().await,
             (false, Outcome::Failure(_)) => Ok(()),
             (true, outcome) => {
-                if !self.state().framer.as_ref().is_some_and(Framer::at_boundary) {
+                if !self
+                    .state()
+                    .framer
+                    .as_ref()
+                    .is_some_and(Framer::at_boundary)
+                {
                     return Err(io::Error::other("the guest's last frame is incomplete"));
                 }
                 let trailer = trailer(outcome);
@@ -103,7 +114,11 @@ impl PeerWriter {
 }
 
 impl AsyncWrite for PeerWriter {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let state = &mut *self.state();
         match &mut state.framer {
             Some(framer) => framer.poll_write(state.writer.as_mut(), cx, buf),
@@ -135,7 +150,10 @@ pub struct PeerOutputStream {
 impl PeerOutputStream {
     /// A `wasi:io` output stream writing to `writer`.
     pub fn new(writer: PeerWriter) -> Self {
-        Self { inner: AsyncWriteStream::new(OUTPUT_BUDGET, writer.clone()), writer }
+        Self {
+            inner: AsyncWriteStream::new(OUTPUT_BUDGET, writer.clone()),
+            writer,
+        }
     }
 }
 
@@ -164,10 +182,11 @@ impl OutputStream for PeerOutputStream {
 
     async fn cancel(&mut self) {
         let flushed = flush(&mut self.inner).await;
-        if flushed.is_ok() && !self.writer.is_framed() {
-            if let Err(error) = self.writer.close().await {
-                tracing::debug!(%error, "closing the peer stream failed");
-            }
+        if flushed.is_ok()
+            && !self.writer.is_framed()
+            && let Err(error) = self.writer.close().await
+        {
+            tracing::debug!(%error, "closing the peer stream failed");
         }
         self.inner.cancel().await;
     }
@@ -217,7 +236,11 @@ struct LineLogger {
 
 impl LineLogger {
     fn new(name: &'static str) -> Self {
-        Self { name, line: Vec::new(), truncated: false }
+        Self {
+            name,
+            line: Vec::new(),
+            truncated: false,
+        }
     }
 
     fn push(&mut self, mut bytes: &[u8]) {
@@ -275,7 +298,11 @@ impl Pollable for LineLogger {
 }
 
 impl AsyncWrite for LineLogger {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.get_mut().push(buf);
         Poll::Ready(Ok(buf.len()))
     }
@@ -301,9 +328,14 @@ mod tests {
         let (near, mut far) = tokio::io::duplex(1024);
         let mut output = PeerOutputStream::new(PeerWriter::new(near, false));
         output.write(Bytes::from_static(b"hello")).unwrap();
-        timeout(Duration::from_secs(5), output.cancel()).await.unwrap();
+        timeout(Duration::from_secs(5), output.cancel())
+            .await
+            .unwrap();
         let mut got = Vec::new();
-        timeout(Duration::from_secs(5), far.read_to_end(&mut got)).await.unwrap().unwrap();
+        timeout(Duration::from_secs(5), far.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(got, b"hello");
     }
 
@@ -315,7 +347,10 @@ mod tests {
         let mut output = PeerOutputStream::new(PeerWriter::new(near, false));
         output.write(Bytes::from(vec![0u8; OUTPUT_BUDGET])).unwrap();
         let stalled = timeout(Duration::from_millis(200), output.write_ready()).await;
-        assert!(stalled.is_err(), "write_ready must wait while the peer does not read");
+        assert!(
+            stalled.is_err(),
+            "write_ready must wait while the peer does not read"
+        );
         assert_eq!(output.check_write().unwrap(), 0);
     }
 
@@ -325,13 +360,20 @@ mod tests {
         let writer = PeerWriter::new(near, true);
         let mut output = PeerOutputStream::new(writer.clone());
         output.write(Bytes::from_static(b"partial")).unwrap();
-        timeout(Duration::from_secs(5), output.cancel()).await.unwrap();
+        timeout(Duration::from_secs(5), output.cancel())
+            .await
+            .unwrap();
         drop(output);
         let failure = Outcome::Failure("exited with status 1".into());
-        timeout(Duration::from_secs(5), writer.end(&failure)).await.unwrap().unwrap();
+        timeout(Duration::from_secs(5), writer.end(&failure))
+            .await
+            .unwrap()
+            .unwrap();
         drop(writer);
         let mut payload = Vec::new();
-        let outcome = crate::net::outcome::read_answer(&mut far, &mut payload).await.unwrap();
+        let outcome = crate::net::outcome::read_answer(&mut far, &mut payload)
+            .await
+            .unwrap();
         assert_eq!(payload, b"partial");
         assert_eq!(outcome, failure);
     }

@@ -18,7 +18,9 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use tokio::io::AsyncRead;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::pipe::AsyncReadStream;
 
@@ -72,14 +74,22 @@ impl Runtime {
             Ok(engine) => (engine, true),
             Err(error) => {
                 tracing::warn!(%error, "pooling allocator unavailable; allocating instances on demand");
-                (Engine::new(&engine_config(false)).map_err(anyhow::Error::from)?, false)
+                (
+                    Engine::new(&engine_config(false)).map_err(anyhow::Error::from)?,
+                    false,
+                )
             }
         };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         host::streams::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |host| host)?;
         spawn_epoch_ticker(&engine);
-        Ok(Arc::new(Self { engine, linker, stats: Arc::default(), pooling }))
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            stats: Arc::default(),
+            pooling,
+        }))
     }
 
     /// Counters over every instance this runtime ran.
@@ -94,8 +104,9 @@ impl Runtime {
         let component = Component::new(&self.engine, wasm)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("{source}: invalid component"))?;
-        check_world(&self.engine, &component)
-            .with_context(|| format!("{source}: does not target the `wetware:streams/cell` world"))?;
+        check_world(&self.engine, &component).with_context(|| {
+            format!("{source}: does not target the `wetware:streams/cell` world")
+        })?;
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -104,7 +115,10 @@ impl Runtime {
         let pre = CellPre::new(pre)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("{source}: does not export `wasi:cli/run`"))?;
-        Ok(Cell { runtime: self.clone(), pre })
+        Ok(Cell {
+            runtime: self.clone(),
+            pre,
+        })
     }
 }
 
@@ -150,7 +164,12 @@ impl Cell {
     /// When the instance is over, its remaining output is flushed and the stream is
     /// ended according to the outcome (see [`PeerWriter::end`]): a graceful close on
     /// success, an abort or a failure trailer otherwise.
-    pub async fn serve<R>(&self, args: &[&str], reader: R, writer: PeerWriter) -> Result<(), Failure>
+    pub async fn serve<R>(
+        &self,
+        args: &[&str],
+        reader: R,
+        writer: PeerWriter,
+    ) -> Result<(), Failure>
     where
         R: AsyncRead + Send + 'static,
     {
@@ -171,7 +190,11 @@ impl Cell {
         if let Err(error) = writer.end(&ending).await {
             tracing::debug!(%error, "the stream could not be ended as intended; aborting it");
         }
-        let counter = if outcome.is_ok() { &stats.succeeded } else { &stats.failed };
+        let counter = if outcome.is_ok() {
+            &stats.succeeded
+        } else {
+            &stats.failed
+        };
         counter.fetch_add(1, Ordering::Relaxed);
         outcome
     }
@@ -293,8 +316,14 @@ fn check_header(wasm: &[u8]) -> anyhow::Result<()> {
 fn check_world(engine: &Engine, component: &Component) -> anyhow::Result<()> {
     let ty = component.component_type();
     let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
-    if !exports.iter().any(|name| name.starts_with(RUN_EXPORT_PREFIX)) {
-        bail!("it does not export `wasi:cli/run@0.2.x` (exports: {})", list(&exports));
+    if !exports
+        .iter()
+        .any(|name| name.starts_with(RUN_EXPORT_PREFIX))
+    {
+        bail!(
+            "it does not export `wasi:cli/run@0.2.x` (exports: {})",
+            list(&exports)
+        );
     }
     let imports: Vec<&str> = ty.imports(engine).map(|(name, _)| name).collect();
     if !imports.contains(&STREAMS_INTERFACE) {
@@ -308,7 +337,11 @@ fn check_world(engine: &Engine, component: &Component) -> anyhow::Result<()> {
 }
 
 fn list(names: &[&str]) -> String {
-    if names.is_empty() { "none".to_string() } else { names.join(", ") }
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
 }
 
 /// Loads a cell from a file, naming the file in every error.

@@ -35,8 +35,16 @@ pub enum ConnectError {
 }
 
 enum Command {
-    Connect { addr: Multiaddr, peer: PeerId, reply: oneshot::Sender<Result<(), ConnectError>> },
-    Open { peer: PeerId, protocols: Vec<StreamProtocol>, reply: oneshot::Sender<OpenStream> },
+    Connect {
+        addr: Multiaddr,
+        peer: PeerId,
+        reply: oneshot::Sender<Result<(), ConnectError>>,
+    },
+    Open {
+        peer: PeerId,
+        protocols: Vec<StreamProtocol>,
+        reply: oneshot::Sender<OpenStream>,
+    },
 }
 
 /// A handle to a client peer running in a background task. Dropping every handle stops
@@ -56,7 +64,10 @@ impl Client {
         let (commands, receiver) = mpsc::channel(16);
         let span = tracing::info_span!("client", peer = %local_peer_id);
         tokio::spawn(run(swarm, receiver).instrument(span));
-        Ok(Self { commands, local_peer_id })
+        Ok(Self {
+            commands,
+            local_peer_id,
+        })
     }
 
     /// This client's own peer ID.
@@ -71,13 +82,22 @@ impl Client {
             return Err(ConnectError::MissingPeerId(addr.clone()));
         };
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Connect { addr: addr.clone(), peer, reply }).await?;
+        self.send(Command::Connect {
+            addr: addr.clone(),
+            peer,
+            reply,
+        })
+        .await?;
         answer.await.map_err(|_| ConnectError::Closed)??;
         Ok(peer)
     }
 
     /// Opens a stream to a connected `peer` on `protocol`.
-    pub async fn open(&self, peer: PeerId, protocol: StreamProtocol) -> Result<Stream, OpenStreamError> {
+    pub async fn open(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+    ) -> Result<Stream, OpenStreamError> {
         Ok(self.open_first(peer, vec![protocol]).await?.0)
     }
 
@@ -88,23 +108,32 @@ impl Client {
         protocols: Vec<StreamProtocol>,
     ) -> Result<(Stream, StreamProtocol), OpenStreamError> {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Open { peer, protocols, reply })
-            .await
-            .map_err(|_| OpenStreamError::NotConnected)?;
+        self.send(Command::Open {
+            peer,
+            protocols,
+            reply,
+        })
+        .await
+        .map_err(|_| OpenStreamError::NotConnected)?;
         let opening = answer.await.map_err(|_| OpenStreamError::NotConnected)?;
         opening.await.map_err(|_| OpenStreamError::NotConnected)?
     }
 
     async fn send(&self, command: Command) -> Result<(), ConnectError> {
         use futures::SinkExt;
-        self.commands.clone().send(command).await.map_err(|_| ConnectError::Closed)
+        self.commands
+            .clone()
+            .send(command)
+            .await
+            .map_err(|_| ConnectError::Closed)
     }
 }
 
 /// The client's event loop: runs the swarm and answers commands until every handle
 /// is dropped.
 async fn run(mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>) {
-    let mut dialing: HashMap<ConnectionId, oneshot::Sender<Result<(), ConnectError>>> = HashMap::new();
+    let mut dialing: HashMap<ConnectionId, oneshot::Sender<Result<(), ConnectError>>> =
+        HashMap::new();
     loop {
         tokio::select! {
             command = commands.next() => match command {

@@ -29,10 +29,17 @@ pub struct Behaviour {
 }
 
 /// Builds a swarm with TCP (noise, yamux) and QUIC that serves `protocols`.
-pub fn build_swarm(keypair: Keypair, protocols: Vec<StreamProtocol>) -> anyhow::Result<Swarm<Behaviour>> {
+pub fn build_swarm(
+    keypair: Keypair,
+    protocols: Vec<StreamProtocol>,
+) -> anyhow::Result<Swarm<Behaviour>> {
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
         .with_quic()
         .with_behaviour(|key| Behaviour {
             identify: identify::Behaviour::new(identify::Config::new(

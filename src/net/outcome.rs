@@ -101,7 +101,11 @@ impl Framer {
             self.body_left = len;
         }
         while self.header_written < self.header.len() {
-            let n = ready!(writer.as_mut().poll_write(cx, &self.header[self.header_written..]))?;
+            let n = ready!(
+                writer
+                    .as_mut()
+                    .poll_write(cx, &self.header[self.header_written..])
+            )?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -126,7 +130,8 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    const CUT_SHORT: &str = "the stream ended without an outcome (the node aborted it, or the connection broke)";
+    const CUT_SHORT: &str =
+        "the stream ended without an outcome (the node aborted it, or the connection broke)";
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let mut header = [0u8; 4];
@@ -153,7 +158,10 @@ where
         return Ok(Outcome::Failure(CUT_SHORT.into()));
     }
     let mut reason = Vec::new();
-    reader.take(MAX_REASON as u64).read_to_end(&mut reason).await?;
+    reader
+        .take(MAX_REASON as u64)
+        .read_to_end(&mut reason)
+        .await?;
     Ok(match code[0] {
         0 => Outcome::Success,
         _ => Outcome::Failure(String::from_utf8_lossy(&reason).into_owned()),
@@ -180,7 +188,9 @@ mod tests {
     async fn frame(framer: &mut Framer, out: &mut Vec<u8>, data: &[u8]) {
         let mut data = data;
         while !data.is_empty() {
-            let n = poll_fn(|cx| framer.poll_write(Pin::new(&mut *out), cx, data)).await.unwrap();
+            let n = poll_fn(|cx| framer.poll_write(Pin::new(&mut *out), cx, data))
+                .await
+                .unwrap();
             data = &data[n..];
         }
     }
@@ -192,7 +202,9 @@ mod tests {
         frame(&mut framer, &mut wire, b"hello ").await;
         frame(&mut framer, &mut wire, b"world").await;
         assert!(framer.at_boundary());
-        wire.extend(trailer(&Outcome::Failure("trapped: unreachable\nbacktrace".into())));
+        wire.extend(trailer(&Outcome::Failure(
+            "trapped: unreachable\nbacktrace".into(),
+        )));
         let mut payload = Vec::new();
         let outcome = read_answer(&mut &wire[..], &mut payload).await.unwrap();
         assert_eq!(payload, b"hello world");
@@ -200,14 +212,25 @@ mod tests {
 
         let wire = [0u8, 0, 0, 0, 0];
         let mut payload = Vec::new();
-        assert_eq!(read_answer(&mut &wire[..], &mut payload).await.unwrap(), Outcome::Success);
+        assert_eq!(
+            read_answer(&mut &wire[..], &mut payload).await.unwrap(),
+            Outcome::Success
+        );
     }
 
     #[tokio::test]
     async fn a_cut_answer_is_a_failure() {
-        for wire in [&b""[..], &[0, 0, 0, 5, b'a'][..], &[0, 0, 0, 1, b'a'][..], &[0, 0, 0, 0][..]] {
+        for wire in [
+            &b""[..],
+            &[0, 0, 0, 5, b'a'][..],
+            &[0, 0, 0, 1, b'a'][..],
+            &[0, 0, 0, 0][..],
+        ] {
             let outcome = read_answer(&mut &wire[..], &mut Vec::new()).await.unwrap();
-            assert!(matches!(outcome, Outcome::Failure(_)), "{wire:?} gave {outcome:?}");
+            assert!(
+                matches!(outcome, Outcome::Failure(_)),
+                "{wire:?} gave {outcome:?}"
+            );
         }
     }
 

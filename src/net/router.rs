@@ -22,16 +22,18 @@ use std::task::{Context, Poll, Waker};
 use std::{fmt, io};
 
 use futures::channel::oneshot;
+use libp2p::PeerId;
 use libp2p::core::transport::PortUse;
 use libp2p::core::upgrade::{InboundUpgrade, OutboundUpgrade, UpgradeInfo};
 use libp2p::core::{Endpoint, Multiaddr};
-use libp2p::swarm::handler::{ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound};
+use libp2p::swarm::handler::{
+    ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound,
+};
 use libp2p::swarm::{
     ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm,
-    NetworkBehaviour, NotifyHandler, Stream, StreamProtocol, StreamUpgradeError,
-    SubstreamProtocol, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+    NetworkBehaviour, NotifyHandler, Stream, StreamProtocol, StreamUpgradeError, SubstreamProtocol,
+    THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
-use libp2p::PeerId;
 
 /// An inbound stream on one of the node's protocols, negotiated and ready.
 pub struct InboundStream {
@@ -87,7 +89,11 @@ pub struct Behaviour {
 impl Behaviour {
     /// A router serving `protocols` (may be empty: a pure client).
     pub fn new(protocols: Vec<StreamProtocol>) -> Self {
-        Self { protocols: protocols.into(), pending: VecDeque::new(), waker: None }
+        Self {
+            protocols: protocols.into(),
+            pending: VecDeque::new(),
+            waker: None,
+        }
     }
 
     /// Opens a stream to `peer` over any established connection, on the first of
@@ -154,7 +160,10 @@ impl NetworkBehaviour for Behaviour {
         self.pending.push_back(ToSwarm::GenerateEvent(stream));
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
         match self.pending.pop_front() {
             Some(event) => Poll::Ready(event),
             None => {
@@ -173,7 +182,9 @@ pub struct OpenRequest {
 
 impl fmt::Debug for OpenRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OpenRequest").field("protocols", &self.protocols).finish_non_exhaustive()
+        f.debug_struct("OpenRequest")
+            .field("protocols", &self.protocols)
+            .finish_non_exhaustive()
     }
 }
 

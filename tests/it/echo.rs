@@ -19,7 +19,11 @@ async fn echo_is_byte_exact_over_tcp_and_quic() {
             let started = std::time::Instant::now();
             let answer = request(&client, peer, ECHO, &data).await.unwrap();
             eprintln!("{addr}: {len} bytes echoed in {:?}", started.elapsed());
-            assert!(answer == data, "{addr}: echo of {len} bytes differs (got {} bytes)", answer.len());
+            assert!(
+                answer == data,
+                "{addr}: echo of {len} bytes differs (got {} bytes)",
+                answer.len()
+            );
         }
     }
     let status = node.wait_idle(&Client::new().unwrap()).await;
@@ -52,7 +56,10 @@ async fn sha256_of_a_large_request() {
     let data = vec![b'a'; 1_000_000];
     let answer = request(&client, peer, SHA256, &data).await.unwrap();
     // sha256 of one million 'a's (FIPS 180-2 test vector).
-    assert_eq!(answer, b"cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0\n");
+    assert_eq!(
+        answer,
+        b"cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -77,14 +84,66 @@ async fn two_hundred_concurrent_streams_each_get_a_fresh_instance() {
     for (i, result) in results.into_iter().enumerate() {
         match result.unwrap() {
             Ok((answer, data)) => {
-                assert!(answer.starts_with(b"1\n"), "stream {i} ran in a reused instance");
+                assert!(
+                    answer.starts_with(b"1\n"),
+                    "stream {i} ran in a reused instance"
+                );
                 assert!(answer[2..] == data[..], "stream {i}: echo differs");
             }
             Err(error) => failures.push(format!("stream {i}: {error}")),
         }
     }
-    assert!(failures.is_empty(), "{} streams failed: {failures:?}\n{}", failures.len(), node.log());
+    assert!(
+        failures.is_empty(),
+        "{} streams failed: {failures:?}\n{}",
+        failures.len(),
+        node.log()
+    );
     let status = node.wait_idle(&client).await;
     assert_eq!(status.succeeded, 200);
     assert_eq!(status.failed, 0);
+}
+
+/// Resident memory of a process, from /proc (Linux).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_that_stops_reading_stalls_the_guest() {
+    use futures::AsyncWriteExt as _;
+    let node = Node::start(&[]).await;
+    let pid = node.child.id().unwrap();
+    let client = Client::new().unwrap();
+    let peer = client.connect(&node.tcp).await.unwrap();
+    let mut stream = client.open(peer, ECHO).await.unwrap();
+    let before = rss_kib(pid);
+
+    // Write without ever reading the echo. Once the guest's output, its input and the
+    // muxer's windows are full, writes must stop being accepted.
+    let chunk = vec![7u8; 64 * 1024];
+    let mut accepted = 0usize;
+    while accepted < 512 * MIB {
+        let write =
+            tokio::time::timeout(std::time::Duration::from_secs(2), stream.write_all(&chunk));
+        match write.await {
+            Ok(result) => {
+                result.unwrap();
+                accepted += chunk.len();
+            }
+            Err(_stalled) => break,
+        }
+    }
+    let after = rss_kib(pid);
+    eprintln!("accepted {accepted} bytes before stalling; node RSS {before} KiB -> {after} KiB");
+    assert!(
+        accepted < 32 * MIB,
+        "{accepted} bytes accepted: nothing pushes back"
+    );
+    assert!(
+        after < before + 64 * 1024,
+        "the node grew from {before} KiB to {after} KiB"
+    );
 }

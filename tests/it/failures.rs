@@ -22,11 +22,18 @@ fn cell_flag(name: &str) -> String {
 }
 
 async fn node_with_test_cells() -> Node {
-    let cells: Vec<String> = ["trap", "exit-early", "twice"].iter().map(|c| cell_flag(c)).collect();
+    let cells: Vec<String> = ["trap", "exit-early", "twice"]
+        .iter()
+        .map(|c| cell_flag(c))
+        .collect();
     let mut args = vec!["--config".to_string()];
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("ww.toml");
-    std::fs::write(&config, "[cells.echo]\nprotocol = \"/ww/echo/0.1.0\"\nbuiltin = \"echo\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "[cells.echo]\nprotocol = \"/ww/echo/0.1.0\"\nbuiltin = \"echo\"\n",
+    )
+    .unwrap();
     args.push(config.display().to_string());
     for cell in &cells {
         args.push("--cell".into());
@@ -41,13 +48,17 @@ async fn node_with_test_cells() -> Node {
 /// Opens `protocol+status`, sends a little, closes, and reads the framed answer.
 async fn outcome_of(client: &Client, peer: PeerId, protocol: &str) -> (Vec<u8>, Outcome) {
     let protocol = StreamProtocol::try_from_owned(protocol.into()).unwrap();
-    let (stream, chosen) = client.open_first(peer, vec![outcome::status_variant(&protocol)]).await.unwrap();
+    let (stream, chosen) = client
+        .open_first(peer, vec![outcome::status_variant(&protocol)])
+        .await
+        .unwrap();
     assert_eq!(outcome::parse(&chosen), (protocol.as_ref(), true));
     let (mut reader, mut writer) = tokio::io::split(stream.compat());
     let _ = writer.write_all(b"hello").await;
     let _ = writer.shutdown().await;
     let mut payload = Vec::new();
-    let answer = tokio::time::timeout(PATIENCE, outcome::read_answer(&mut reader, &mut payload)).await;
+    let answer =
+        tokio::time::timeout(PATIENCE, outcome::read_answer(&mut reader, &mut payload)).await;
     let outcome = answer.expect("stream never ended").unwrap();
     (payload, outcome)
 }
@@ -64,7 +75,10 @@ async fn unknown_protocol_is_refused_and_the_connection_stays_usable() {
     let node = Node::start(&[]).await;
     let client = Client::new().unwrap();
     let peer = client.connect(&node.tcp).await.unwrap();
-    match client.open(peer, StreamProtocol::new("/no/such/1.0.0")).await {
+    match client
+        .open(peer, StreamProtocol::new("/no/such/1.0.0"))
+        .await
+    {
         Err(OpenStreamError::UnsupportedProtocol(p)) => assert_eq!(p.as_ref(), "/no/such/1.0.0"),
         Err(other) => panic!("expected UnsupportedProtocol, got {other}"),
         Ok(_) => panic!("an unknown protocol was accepted"),
@@ -87,7 +101,10 @@ async fn failing_cells_abort_their_stream_and_the_node_keeps_serving() {
     assert_echo_works(&client, peer).await;
 
     let (payload, outcome) = outcome_of(&client, peer, "/test/exit-early/1").await;
-    assert_eq!(payload, b"partial", "output written before the exit is delivered");
+    assert_eq!(
+        payload, b"partial",
+        "output written before the exit is delivered"
+    );
     assert_failed(&outcome, "exited with status 1");
     assert_echo_works(&client, peer).await;
 
@@ -96,13 +113,19 @@ async fn failing_cells_abort_their_stream_and_the_node_keeps_serving() {
     assert_echo_works(&client, peer).await;
 
     let (payload, outcome) = outcome_of(&client, peer, "/ww/echo/0.1.0").await;
-    assert_eq!((payload.as_slice(), outcome), (&b"hello"[..], Outcome::Success));
+    assert_eq!(
+        (payload.as_slice(), outcome),
+        (&b"hello"[..], Outcome::Success)
+    );
 
     let status = node.wait_idle(&client).await;
     assert_eq!(status.failed, 3, "{}", node.log());
     let log = node.log();
     assert!(log.contains("create-connection called twice"), "{log}");
-    assert!(log.contains("about to trap"), "the guest's stderr is logged: {log}");
+    assert!(
+        log.contains("about to trap"),
+        "the guest's stderr is logged: {log}"
+    );
     assert!(log.contains("exited with status 1"), "{log}");
 }
 
@@ -113,7 +136,10 @@ async fn ww_dial_reports_a_failed_cell() {
     let (ok, out, err) = ww(&["dial", &addr, "/test/exit-early/1"], b"").await;
     assert!(!ok);
     assert_eq!(out, b"partial");
-    assert!(err.contains("/test/exit-early/1 on") && err.contains("failed: exited with status 1"), "{err}");
+    assert!(
+        err.contains("/test/exit-early/1 on") && err.contains("failed: exited with status 1"),
+        "{err}"
+    );
 
     // The same with stdin still open while the cell traps, and over QUIC.
     let mut dial = tokio::process::Command::new(WW)
@@ -125,7 +151,10 @@ async fn ww_dial_reports_a_failed_cell() {
         .spawn()
         .unwrap();
     let _stdin = dial.stdin.take();
-    let output = tokio::time::timeout(PATIENCE, dial.wait_with_output()).await.unwrap().unwrap();
+    let output = tokio::time::timeout(PATIENCE, dial.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(err.contains("failed: trapped"), "{err}");
@@ -147,7 +176,10 @@ async fn a_peer_killed_mid_stream_frees_its_instance() {
     stdin.write_all(b"ping").await.unwrap();
     stdin.flush().await.unwrap();
     let mut echoed = [0u8; 4];
-    tokio::time::timeout(PATIENCE, stdout.read_exact(&mut echoed)).await.unwrap().unwrap();
+    tokio::time::timeout(PATIENCE, stdout.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&echoed, b"ping");
 
     let client = Client::new().unwrap();
@@ -163,13 +195,23 @@ async fn a_peer_killed_mid_stream_frees_its_instance() {
 async fn ww_dial_names_unreachable_and_wrong_peers() {
     let node = Node::start(&[]).await;
     let other = PeerId::random();
-    let wrong = node.tcp.to_string().replace(&node.peer.to_string(), &other.to_string());
+    let wrong = node
+        .tcp
+        .to_string()
+        .replace(&node.peer.to_string(), &other.to_string());
     let (ok, _, err) = ww(&["dial", &wrong, "/ww/echo/0.1.0"], b"").await;
     assert!(!ok);
-    assert!(err.contains("cannot reach") && err.contains(&node.peer.to_string()), "{err}");
+    assert!(
+        err.contains("cannot reach") && err.contains(&node.peer.to_string()),
+        "{err}"
+    );
 
     // A port nobody listens on (bind, learn the port, close).
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let unreachable = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{other}");
     let (ok, _, err) = ww(&["dial", &unreachable, "/ww/echo/0.1.0"], b"").await;
     assert!(!ok);

@@ -19,7 +19,11 @@ async fn sigterm_lets_running_streams_finish() {
     stream.read_exact(&mut first).await.unwrap();
 
     let pid = node.child.id().unwrap().to_string();
-    let killed = tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
     assert!(killed.success());
     tokio::time::sleep(Duration::from_millis(200)).await;
 
@@ -30,7 +34,10 @@ async fn sigterm_lets_running_streams_finish() {
     stream.read_to_end(&mut rest).await.unwrap();
     assert_eq!(rest, b"after");
     // … new ones are refused, and the node exits 0 once it is done.
-    let status = tokio::time::timeout(PATIENCE, node.child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(PATIENCE, node.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "exit status {status}:\n{}", node.log());
     assert!(node.log().contains("shutting down"));
 }

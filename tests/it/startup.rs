@@ -11,8 +11,14 @@ async fn run_fails(args: &[&str]) -> String {
         .arg(&identity)
         .args(args)
         .output();
-    let output = tokio::time::timeout(PATIENCE, output).await.unwrap().unwrap();
-    assert!(!output.status.success(), "ww run {args:?} should have failed");
+    let output = tokio::time::timeout(PATIENCE, output)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "ww run {args:?} should have failed"
+    );
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
@@ -38,7 +44,10 @@ async fn bad_cells_are_refused_with_the_file_named() {
     for (file, reason) in cases {
         let flag = format!("/x/1={}", file.display());
         let err = run_fails(&["--cell", &flag]).await;
-        assert!(err.contains(&file.display().to_string()), "the file is not named: {err}");
+        assert!(
+            err.contains(&file.display().to_string()),
+            "the file is not named: {err}"
+        );
         assert!(err.contains(reason), "expected `{reason}` in: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
@@ -53,9 +62,16 @@ async fn bad_flags_and_config_are_clear_errors() {
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("ww.toml");
-    std::fs::write(&config, "[cells.x]\nprotocol = \"/x/1\"\nwasm = \"x.wasm\"\nbogus = 1\n").unwrap();
+    std::fs::write(
+        &config,
+        "[cells.x]\nprotocol = \"/x/1\"\nwasm = \"x.wasm\"\nbogus = 1\n",
+    )
+    .unwrap();
     let err = run_fails(&["--config", &config.display().to_string()]).await;
-    assert!(err.contains("invalid config file") && err.contains("bogus"), "{err}");
+    assert!(
+        err.contains("invalid config file") && err.contains("bogus"),
+        "{err}"
+    );
 
     let identity = dir.path().join("bad.key");
     std::fs::write(&identity, b"garbage").unwrap();
@@ -67,7 +83,10 @@ async fn bad_flags_and_config_are_clear_errors() {
         .unwrap();
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(err.contains("bad.key") && err.contains("not a libp2p private key"), "{err}");
+    assert!(
+        err.contains("bad.key") && err.contains("not a libp2p private key"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

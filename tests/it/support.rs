@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use futures::{AsyncReadExt as _, AsyncWriteExt as _};
+use futures::AsyncReadExt as _;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -26,12 +26,21 @@ pub const SHA256: StreamProtocol = StreamProtocol::new("/ww/sha256/0.1.0");
 pub fn test_cell(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("cells");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests")
+            .join("cells");
         let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-cells");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = std::process::Command::new(cargo)
             .current_dir(&root)
-            .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--target-dir"])
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "--target",
+                "wasm32-wasip2",
+                "--target-dir",
+            ])
             .arg(&target)
             .env_remove("RUSTFLAGS")
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
@@ -65,10 +74,20 @@ impl Node {
         Self::start_with_identity(dir, &identity, args).await
     }
 
-    pub async fn start_with_identity(dir: tempfile::TempDir, identity: &Path, args: &[&str]) -> Node {
+    pub async fn start_with_identity(
+        dir: tempfile::TempDir,
+        identity: &Path,
+        args: &[&str],
+    ) -> Node {
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
         let mut child = Command::new(WW)
-            .args(["run", "--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])
+            .args([
+                "run",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--listen",
+                "/ip4/127.0.0.1/udp/0/quic-v1",
+            ])
             .arg("--identity")
             .arg(identity)
             .args(args)
@@ -87,9 +106,14 @@ impl Node {
                 .expect("ww run printed no address in time")
                 .unwrap();
             let Some(line) = line else {
-                panic!("ww run exited early:\n{}", std::fs::read_to_string(dir.path().join("stderr.log")).unwrap());
+                panic!(
+                    "ww run exited early:\n{}",
+                    std::fs::read_to_string(dir.path().join("stderr.log")).unwrap()
+                );
             };
-            let addr: Multiaddr = line.parse().unwrap_or_else(|e| panic!("not a multiaddr: {line}: {e}"));
+            let addr: Multiaddr = line
+                .parse()
+                .unwrap_or_else(|e| panic!("not a multiaddr: {line}: {e}"));
             if addr.iter().any(|p| matches!(p, Protocol::QuicV1)) {
                 quic = Some(addr);
             } else {
@@ -97,8 +121,16 @@ impl Node {
             }
         }
         let tcp = tcp.unwrap();
-        let Some(Protocol::P2p(peer)) = tcp.iter().last() else { panic!("no /p2p in {tcp}") };
-        Node { child, peer, tcp, quic: quic.unwrap(), dir }
+        let Some(Protocol::P2p(peer)) = tcp.iter().last() else {
+            panic!("no /p2p in {tcp}")
+        };
+        Node {
+            child,
+            peer,
+            tcp,
+            quic: quic.unwrap(),
+            dir,
+        }
     }
 
     /// What the node logged so far.
@@ -117,7 +149,11 @@ impl Node {
                 .find_map(|line| line.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
                 .unwrap_or_else(|| panic!("no `{key}` in status:\n{text}"))
         };
-        Status { live: value("live"), succeeded: value("succeeded"), failed: value("failed") }
+        Status {
+            live: value("live"),
+            succeeded: value("succeeded"),
+            failed: value("failed"),
+        }
     }
 
     /// Waits (bounded) until no instance is alive.
@@ -160,18 +196,24 @@ pub async fn request(
     protocol: StreamProtocol,
     data: &[u8],
 ) -> std::io::Result<Vec<u8>> {
-    let stream = client.open(peer, protocol).await.map_err(std::io::Error::other)?;
-    let (mut reader, mut writer) = stream.split();
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio_util::compat::FuturesAsyncReadCompatExt as _;
+    let stream = client
+        .open(peer, protocol)
+        .await
+        .map_err(std::io::Error::other)?;
+    let (mut reader, mut writer) = tokio::io::split(stream.compat());
     let send = async {
-        writer.write_all(data).await?;
-        writer.close().await
+        let mut data = data;
+        tokio::io::copy(&mut data, &mut writer).await?;
+        writer.shutdown().await
     };
     let receive = async {
         let mut answer = Vec::new();
         reader.read_to_end(&mut answer).await?;
         Ok::<_, std::io::Error>(answer)
     };
-    let (sent, answer) = futures::join!(send, receive);
+    let (sent, answer) = tokio::join!(send, receive);
     sent?;
     answer
 }
@@ -192,7 +234,14 @@ pub async fn ww(args: &[&str], stdin: &[u8]) -> (bool, Vec<u8>, String) {
     let feed = tokio::spawn(async move {
         let _ = input.write_all(&stdin).await;
     });
-    let output = tokio::time::timeout(PATIENCE, child.wait_with_output()).await.expect("ww timed out").unwrap();
+    let output = tokio::time::timeout(PATIENCE, child.wait_with_output())
+        .await
+        .expect("ww timed out")
+        .unwrap();
     let _ = feed.await;
-    (output.status.success(), output.stdout, String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        output.status.success(),
+        output.stdout,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
