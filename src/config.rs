@@ -152,6 +152,19 @@ pub fn parse_protocol(protocol: &str) -> anyhow::Result<StreamProtocol> {
         .map_err(|_| anyhow::anyhow!("invalid protocol ID `{protocol}`: it must start with `/`"))
 }
 
+/// Checks that a cell may be served on `protocol`: not a node protocol, and not
+/// ending in the suffix that selects a cell's status variant.
+fn check_cell_protocol(protocol: &StreamProtocol) -> anyhow::Result<()> {
+    if protocol == &crate::node::STATS_PROTOCOL {
+        bail!("protocol {protocol} is the node's own");
+    }
+    if protocol.as_ref().ends_with(crate::net::outcome::SUFFIX) {
+        let suffix = crate::net::outcome::SUFFIX;
+        bail!("protocol {protocol} ends in `{suffix}`, which selects a cell's status variant");
+    }
+    Ok(())
+}
+
 /// Everything `ww run` needs, after merging the file and the flags.
 #[derive(Debug)]
 pub struct NodeConfig {
@@ -196,6 +209,7 @@ impl NodeConfig {
             all = CellSpec::builtins();
         }
         for (i, cell) in all.iter().enumerate() {
+            check_cell_protocol(&cell.protocol).with_context(|| format!("cell `{}`", cell.name))?;
             if let Some(other) = all[..i]
                 .iter()
                 .find(|other| other.protocol == cell.protocol)

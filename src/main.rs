@@ -51,7 +51,7 @@ enum Command {
         args: Vec<String>,
     },
     /// Print a node's counters (live, succeeded and failed instances).
-    Status {
+    Stats {
         /// The node's address, ending in /p2p/<peer-id>.
         multiaddr: Multiaddr,
     },
@@ -127,8 +127,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("{}", wasm.display()))
         }
-        Command::Status { multiaddr } => {
-            let protocol = ww::node::STATUS_PROTOCOL;
+        Command::Stats { multiaddr } => {
+            let protocol = ww::node::STATS_PROTOCOL;
             ww::dial::dial(
                 &multiaddr,
                 protocol,

@@ -29,7 +29,7 @@ use crate::net::{self, Behaviour, BehaviourEvent, outcome};
 
 /// A native protocol every node serves: a plain-text snapshot of its counters, one
 /// `name value` pair per line (`live`, `succeeded`, `failed`), then the stream closes.
-pub const STATUS_PROTOCOL: StreamProtocol = StreamProtocol::new("/ww/status/0.1.0");
+pub const STATS_PROTOCOL: StreamProtocol = StreamProtocol::new("/ww/stats/0.1.0");
 
 /// Runs a node until `shutdown` resolves. Listen addresses are printed on stdout,
 /// one full multiaddr (ending in `/p2p/<peer-id>`) per line, as soon as they are bound.
@@ -37,14 +37,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     let keypair = crate::identity::load_or_create(&config.identity)?;
     let runtime = Runtime::new()?;
     let cells = load_cells(&runtime, &config)?;
-    let mut protocols: Vec<StreamProtocol> = Vec::new();
-    for protocol in cells.keys() {
-        let protocol =
-            StreamProtocol::try_from_owned(protocol.clone()).expect("checked by the config");
-        protocols.push(outcome::status_variant(&protocol));
-        protocols.push(protocol);
+    let mut protocols = vec![STATS_PROTOCOL];
+    for cell in &config.cells {
+        protocols.push(cell.protocol.clone());
+        protocols.push(outcome::status_variant(&cell.protocol));
     }
-    protocols.push(STATUS_PROTOCOL);
     let mut swarm = net::build_swarm(keypair, protocols)?;
     let mut listeners = Vec::new();
     for addr in &config.listen {
@@ -164,10 +161,9 @@ impl Node {
             span.in_scope(|| tracing::info!("refused: shutting down"));
             return; // Dropping the stream resets it.
         }
-        if protocol == STATUS_PROTOCOL {
-            let status = self.status();
-            self.tasks
-                .spawn(send_status(stream, status).instrument(span));
+        if protocol == STATS_PROTOCOL {
+            let stats = self.stats();
+            self.tasks.spawn(send_stats(stream, stats).instrument(span));
             return;
         }
         let (base, framed) = outcome::parse(&protocol);
@@ -181,7 +177,7 @@ impl Node {
             .spawn(serve(cell, args, framed, stream).instrument(span));
     }
 
-    fn status(&self) -> String {
+    fn stats(&self) -> String {
         let stats = self.runtime.stats();
         format!(
             "live {}\nsucceeded {}\nfailed {}\n",
@@ -227,12 +223,12 @@ async fn serve(cell: Cell, args: [String; 2], framed: bool, stream: libp2p::Stre
     }
 }
 
-async fn send_status(mut stream: libp2p::Stream, status: String) {
+async fn send_stats(mut stream: libp2p::Stream, stats: String) {
     let sent = async {
-        stream.write_all(status.as_bytes()).await?;
+        stream.write_all(stats.as_bytes()).await?;
         stream.close().await
     };
     if let Err(error) = sent.await {
-        tracing::debug!(%error, "status not delivered");
+        tracing::debug!(%error, "stats not delivered");
     }
 }

@@ -326,6 +326,17 @@ fn check_world(engine: &Engine, component: &Component) -> anyhow::Result<()> {
         );
     }
     let imports: Vec<&str> = ty.imports(engine).map(|(name, _)| name).collect();
+    let unknown: Vec<&str> = imports
+        .iter()
+        .copied()
+        .filter(|name| *name != STREAMS_INTERFACE && !name.starts_with("wasi:"))
+        .collect();
+    if !unknown.is_empty() {
+        bail!(
+            "it imports {}, which a ww node does not provide",
+            list(&unknown)
+        );
+    }
     if !imports.contains(&STREAMS_INTERFACE) {
         bail!(
             "it does not import `{STREAMS_INTERFACE}`, so it cannot reach its peer stream \

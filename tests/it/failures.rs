@@ -1,7 +1,5 @@
 //! Bad guests and bad peers: the peer sees a failure, the node keeps serving.
 
-use std::process::Stdio;
-
 use libp2p::{PeerId, StreamProtocol};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::compat::FuturesAsyncReadCompatExt as _;
@@ -9,7 +7,7 @@ use ww::net::client::Client;
 use ww::net::outcome::{self, Outcome};
 use ww::net::router::OpenStreamError;
 
-use crate::support::{ECHO, Node, PATIENCE, WW, pattern, request, test_cell, ww};
+use crate::support::{ECHO, Node, PATIENCE, pattern, request, spawn_ww, test_cell, ww};
 
 /// Asserts that an echo still works on `peer` through `client`.
 async fn assert_echo_works(client: &Client, peer: PeerId) {
@@ -142,14 +140,7 @@ async fn ww_dial_reports_a_failed_cell() {
     );
 
     // The same with stdin still open while the cell traps, and over QUIC.
-    let mut dial = tokio::process::Command::new(WW)
-        .args(["dial", &node.quic.to_string(), "/test/trap/1"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut dial = spawn_ww(&["dial", &node.quic.to_string(), "/test/trap/1"]);
     let _stdin = dial.stdin.take();
     let output = tokio::time::timeout(PATIENCE, dial.wait_with_output())
         .await
@@ -163,14 +154,7 @@ async fn ww_dial_reports_a_failed_cell() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_peer_killed_mid_stream_frees_its_instance() {
     let node = Node::start(&[]).await;
-    let mut dial = tokio::process::Command::new(WW)
-        .args(["dial", &node.tcp.to_string(), "/ww/echo/0.1.0"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut dial = spawn_ww(&["dial", &node.tcp.to_string(), "/ww/echo/0.1.0"]);
     let mut stdin = dial.stdin.take().unwrap();
     let mut stdout = dial.stdout.take().unwrap();
     stdin.write_all(b"ping").await.unwrap();
@@ -183,7 +167,7 @@ async fn a_peer_killed_mid_stream_frees_its_instance() {
     assert_eq!(&echoed, b"ping");
 
     let client = Client::new().unwrap();
-    assert_eq!(node.status(&client).await.live, 1);
+    assert_eq!(node.stats(&client).await.live, 1);
     dial.kill().await.unwrap();
     let status = node.wait_idle(&client).await;
     assert_eq!(status.live, 0);

@@ -33,6 +33,7 @@ async fn bad_cells_are_refused_with_the_file_named() {
     std::fs::write(&broken, b"\0asm\x0d\0\x01\0\xff\xff").unwrap();
     let missing = dir.path().join("missing.wasm");
     let no_world = test_cell("no-world");
+    let extra_import = test_cell("extra-import");
 
     let cases = [
         (&garbage, "no WebAssembly header"),
@@ -40,6 +41,10 @@ async fn bad_cells_are_refused_with_the_file_named() {
         (&broken, "invalid component"),
         (&missing, "cannot read"),
         (&no_world, "does not import `wetware:streams/streams@0.1.0`"),
+        (
+            &extra_import,
+            "imports test:extra/missing, which a ww node does not provide",
+        ),
     ];
     for (file, reason) in cases {
         let flag = format!("/x/1={}", file.display());

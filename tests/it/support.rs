@@ -138,18 +138,18 @@ impl Node {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
 
-    /// Reads the node's counters through its status protocol.
-    pub async fn status(&self, client: &Client) -> Status {
+    /// Reads the node's counters through its stats protocol.
+    pub async fn stats(&self, client: &Client) -> Stats {
         let peer = client.connect(&self.tcp).await.unwrap();
-        let mut stream = client.open(peer, ww::node::STATUS_PROTOCOL).await.unwrap();
+        let mut stream = client.open(peer, ww::node::STATS_PROTOCOL).await.unwrap();
         let mut text = String::new();
         stream.read_to_string(&mut text).await.unwrap();
         let value = |key: &str| {
             text.lines()
                 .find_map(|line| line.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
-                .unwrap_or_else(|| panic!("no `{key}` in status:\n{text}"))
+                .unwrap_or_else(|| panic!("no `{key}` in stats:\n{text}"))
         };
-        Status {
+        Stats {
             live: value("live"),
             succeeded: value("succeeded"),
             failed: value("failed"),
@@ -157,9 +157,9 @@ impl Node {
     }
 
     /// Waits (bounded) until no instance is alive.
-    pub async fn wait_idle(&self, client: &Client) -> Status {
+    pub async fn wait_idle(&self, client: &Client) -> Stats {
         for _ in 0..200 {
-            let status = self.status(client).await;
+            let status = self.stats(client).await;
             if status.live == 0 {
                 return status;
             }
@@ -170,7 +170,7 @@ impl Node {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Status {
+pub struct Stats {
     pub live: u64,
     pub succeeded: u64,
     pub failed: u64,
@@ -218,17 +218,22 @@ pub async fn request(
     answer
 }
 
-/// Runs `ww` with `args`, feeding it `stdin`; returns (success, stdout, stderr).
-pub async fn ww(args: &[&str], stdin: &[u8]) -> (bool, Vec<u8>, String) {
-    use tokio::io::AsyncWriteExt as _;
-    let mut child = Command::new(WW)
+/// Starts `ww` with `args` and every stdio stream piped; killed when dropped.
+pub fn spawn_ww(args: &[&str]) -> Child {
+    Command::new(WW)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .unwrap();
+        .expect("spawning ww")
+}
+
+/// Runs `ww` with `args`, feeding it `stdin`; returns (success, stdout, stderr).
+pub async fn ww(args: &[&str], stdin: &[u8]) -> (bool, Vec<u8>, String) {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = spawn_ww(args);
     let mut input = child.stdin.take().unwrap();
     let stdin = stdin.to_vec();
     let feed = tokio::spawn(async move {
