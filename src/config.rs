@@ -5,6 +5,9 @@
 //! identity = "/var/lib/ww/identity.key"   # default: ~/.local/share/ww/identity.key
 //! shutdown_grace_s = 10                     # how long running guests get on shutdown
 //!
+//! [limits]                                  # node-wide; see `crate::limits` for every key
+//! cpu_ms = 10000
+//!
 //! [cells.echo]                              # any name; it shows in logs
 //! protocol = "/ww/echo/0.1.0"
 //! builtin = "echo"                          # a cell compiled into ww …
@@ -12,6 +15,8 @@
 //! [cells.mine]
 //! protocol = "/my/app/1.0.0"
 //! wasm = "cells/mine.wasm"                  # … or a component file, relative to this file
+//! allow = ["12D3KooW…"]                     # only these peers may open streams
+//! limits = { memory_mb = 256, max_instances = 10 }
 //! ```
 
 use std::collections::BTreeMap;
@@ -19,10 +24,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use libp2p::{Multiaddr, StreamProtocol};
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use serde::Deserialize;
 
 use crate::cell::builtin::{self, Builtin};
+use crate::limits::{LimitOverrides, Limits};
 
 /// Where the node listens unless told otherwise.
 pub const DEFAULT_LISTEN: [&str; 2] = ["/ip4/0.0.0.0/tcp/2025", "/ip4/0.0.0.0/udp/2025/quic-v1"];
@@ -40,6 +46,9 @@ pub struct File {
     pub identity: Option<PathBuf>,
     /// Seconds running guests get to finish on shutdown.
     pub shutdown_grace_s: Option<u64>,
+    /// Node-wide limits.
+    #[serde(default)]
+    pub limits: LimitOverrides,
     /// Cells by name.
     #[serde(default)]
     pub cells: BTreeMap<String, CellEntry>,
@@ -55,6 +64,11 @@ pub struct CellEntry {
     pub wasm: Option<PathBuf>,
     /// The name of a cell compiled into ww.
     pub builtin: Option<String>,
+    /// Peers allowed to open streams; everyone if absent.
+    pub allow: Option<Vec<String>>,
+    /// Limits for this cell only.
+    #[serde(default)]
+    pub limits: LimitOverrides,
 }
 
 impl File {
@@ -93,6 +107,10 @@ pub struct CellSpec {
     pub protocol: StreamProtocol,
     /// The component.
     pub source: CellSource,
+    /// Peers allowed to open streams; everyone if `None`.
+    pub allow: Option<Vec<PeerId>>,
+    /// Limits set for this cell only.
+    pub limits: LimitOverrides,
 }
 
 impl CellSpec {
@@ -109,6 +127,8 @@ impl CellSpec {
             name,
             protocol: parse_protocol(protocol)?,
             source: CellSource::File(path),
+            allow: None,
+            limits: LimitOverrides::default(),
         })
     }
 
@@ -120,6 +140,8 @@ impl CellSpec {
                 name: cell.name.to_string(),
                 protocol: StreamProtocol::new(cell.protocol),
                 source: CellSource::Builtin(cell),
+                allow: None,
+                limits: LimitOverrides::default(),
             })
             .collect()
     }
@@ -138,10 +160,21 @@ impl CellSpec {
             }
             _ => bail!("give exactly one of `wasm = \"FILE\"` or `builtin = \"NAME\"`"),
         };
+        let allow = match &entry.allow {
+            None => None,
+            Some(peers) => Some(
+                peers
+                    .iter()
+                    .map(|p| parse_peer(p))
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
         Ok(Self {
             name: name.to_string(),
             protocol: parse_protocol(&entry.protocol)?,
             source,
+            allow,
+            limits: entry.limits,
         })
     }
 }
@@ -150,6 +183,20 @@ impl CellSpec {
 pub fn parse_protocol(protocol: &str) -> anyhow::Result<StreamProtocol> {
     StreamProtocol::try_from_owned(protocol.to_string())
         .map_err(|_| anyhow::anyhow!("invalid protocol ID `{protocol}`: it must start with `/`"))
+}
+
+/// Parses a peer ID, saying what is wrong with it.
+pub fn parse_peer(peer: &str) -> anyhow::Result<PeerId> {
+    peer.parse()
+        .with_context(|| format!("invalid peer ID `{peer}`"))
+}
+
+/// Parses the `PROTOCOL=PEERID` form of `--allow`.
+pub fn parse_allow(flag: &str) -> anyhow::Result<(StreamProtocol, PeerId)> {
+    let Some((protocol, peer)) = flag.split_once('=') else {
+        bail!("--allow wants PROTOCOL=PEERID, got `{flag}`");
+    };
+    Ok((parse_protocol(protocol)?, parse_peer(peer)?))
 }
 
 /// Checks that a cell may be served on `protocol`: not a node protocol, and not
@@ -165,6 +212,21 @@ fn check_cell_protocol(protocol: &StreamProtocol) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `ww run` was told on its command line.
+#[derive(Debug, Default)]
+pub struct Flags {
+    /// `--listen`: replaces the file's addresses.
+    pub listen: Vec<Multiaddr>,
+    /// `--identity`: replaces the file's.
+    pub identity: Option<PathBuf>,
+    /// `--cell`: added to the file's cells.
+    pub cells: Vec<CellSpec>,
+    /// `--cpu-ms` and friends: override the file's `[limits]`.
+    pub limits: LimitOverrides,
+    /// `--allow PROTOCOL=PEERID`: added to that cell's allowlist.
+    pub allow: Vec<(StreamProtocol, PeerId)>,
+}
+
 /// Everything `ww run` needs, after merging the file and the flags.
 #[derive(Debug)]
 pub struct NodeConfig {
@@ -174,29 +236,27 @@ pub struct NodeConfig {
     pub identity: PathBuf,
     /// Time running guests get on shutdown.
     pub shutdown_grace: Duration,
+    /// Node-wide limits.
+    pub limits: Limits,
     /// Cells to serve, with distinct protocols.
     pub cells: Vec<CellSpec>,
 }
 
 impl NodeConfig {
     /// Merges a config file (if any) with flags: `--listen` and `--identity` replace
-    /// the file's values, `--cell` adds to its cells. With no cell anywhere, the
-    /// built-in cells are served.
-    pub fn merge(
-        file: File,
-        listen: Vec<Multiaddr>,
-        identity: Option<PathBuf>,
-        cells: Vec<CellSpec>,
-    ) -> anyhow::Result<Self> {
-        let listen = match (listen.is_empty(), file.listen.is_empty()) {
-            (false, _) => listen,
+    /// the file's values, `--cell` and `--allow` add to its cells, limit flags override
+    /// its `[limits]` (a cell's own `limits` still win for that cell). With no cell
+    /// anywhere, the built-in cells are served.
+    pub fn merge(file: File, flags: Flags) -> anyhow::Result<Self> {
+        let listen = match (flags.listen.is_empty(), file.listen.is_empty()) {
+            (false, _) => flags.listen,
             (true, false) => file.listen,
             (true, true) => DEFAULT_LISTEN
                 .iter()
                 .map(|a| a.parse().expect("valid"))
                 .collect(),
         };
-        let identity = match identity.or(file.identity) {
+        let identity = match flags.identity.or(file.identity) {
             Some(path) => path,
             None => crate::identity::default_path()?,
         };
@@ -204,12 +264,24 @@ impl NodeConfig {
         for (name, entry) in &file.cells {
             all.push(CellSpec::from_entry(name, entry).with_context(|| format!("[cells.{name}]"))?);
         }
-        all.extend(cells);
+        all.extend(flags.cells);
         if all.is_empty() {
             all = CellSpec::builtins();
         }
+        for (protocol, peer) in flags.allow {
+            let Some(cell) = all.iter_mut().find(|cell| cell.protocol == protocol) else {
+                bail!("--allow {protocol}={peer}: no cell is served on {protocol}");
+            };
+            cell.allow.get_or_insert_with(Vec::new).push(peer);
+        }
+        let limits = flags.limits.apply(file.limits.apply(Limits::default()));
+        limits.check().context("[limits]")?;
         for (i, cell) in all.iter().enumerate() {
             check_cell_protocol(&cell.protocol).with_context(|| format!("cell `{}`", cell.name))?;
+            cell.limits
+                .apply(limits)
+                .check()
+                .with_context(|| format!("cell `{}` limits", cell.name))?;
             if let Some(other) = all[..i]
                 .iter()
                 .find(|other| other.protocol == cell.protocol)
@@ -229,14 +301,86 @@ impl NodeConfig {
             listen,
             identity,
             shutdown_grace,
+            limits,
             cells: all,
         })
+    }
+
+    /// The limits that apply to `cell`: the node's, with the cell's own on top.
+    pub fn cell_limits(&self, cell: &CellSpec) -> Limits {
+        cell.limits.apply(self.limits)
+    }
+
+    /// The largest memory any cell may use, which sizes the instance pool.
+    pub fn max_memory_bytes(&self) -> usize {
+        self.cells
+            .iter()
+            .map(|cell| self.cell_limits(cell).memory_bytes())
+            .max()
+            .unwrap_or(0)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn flags(cells: Vec<CellSpec>) -> Flags {
+        Flags {
+            identity: Some("id".into()),
+            cells,
+            ..Flags::default()
+        }
+    }
+
+    #[test]
+    fn limits_and_allowlists_merge() {
+        let peer = PeerId::random();
+        let file: File = toml::from_str(&format!(
+            r#"
+            limits = {{ cpu_ms = 100, idle_s = 5 }}
+            [cells.e]
+            protocol = "/x/echo/1"
+            builtin = "echo"
+            allow = ["{peer}"]
+            limits = {{ memory_mb = 8, max_instances = 2 }}
+            [cells.s]
+            protocol = "/x/sha/1"
+            builtin = "sha256"
+            "#
+        ))
+        .unwrap();
+        let other = PeerId::random();
+        let mut given = flags(vec![]);
+        given.limits.cpu_ms = Some(50);
+        given.allow.push((StreamProtocol::new("/x/sha/1"), other));
+        let config = NodeConfig::merge(file, given).unwrap();
+        assert_eq!((config.limits.cpu_ms, config.limits.idle_s), (50, 5));
+        let [echo, sha] = &config.cells[..] else {
+            panic!()
+        };
+        let echo_limits = config.cell_limits(echo);
+        assert_eq!(
+            (
+                echo_limits.memory_mb,
+                echo_limits.max_instances,
+                echo_limits.cpu_ms
+            ),
+            (8, 2, 50)
+        );
+        assert_eq!(echo.allow.as_deref(), Some(&[peer][..]));
+        assert_eq!(sha.allow.as_deref(), Some(&[other][..]));
+        assert_eq!(config.max_memory_bytes(), 64 << 20);
+
+        let mut bad = flags(vec![]);
+        bad.allow.push((StreamProtocol::new("/nobody/1"), other));
+        let error = NodeConfig::merge(File::default(), bad).unwrap_err();
+        assert!(
+            error.to_string().contains("no cell is served on /nobody/1"),
+            "{error}"
+        );
+        assert!(parse_allow("/x=notapeer").is_err());
+    }
 
     #[test]
     fn file_cells_and_flags_merge() {
@@ -250,7 +394,12 @@ mod tests {
         )
         .unwrap();
         let flag = CellSpec::parse_flag("/x/mine/1=mine.wasm").unwrap();
-        let config = NodeConfig::merge(file, vec![], Some("id".into()), vec![flag]).unwrap();
+        let flags = Flags {
+            identity: Some("id".into()),
+            cells: vec![flag],
+            ..Flags::default()
+        };
+        let config = NodeConfig::merge(file, flags).unwrap();
         assert_eq!(
             config.listen,
             vec!["/ip4/127.0.0.1/tcp/0".parse::<Multiaddr>().unwrap()]
@@ -265,7 +414,7 @@ mod tests {
 
     #[test]
     fn no_cells_means_builtins() {
-        let config = NodeConfig::merge(File::default(), vec![], Some("id".into()), vec![]).unwrap();
+        let config = NodeConfig::merge(File::default(), flags(vec![])).unwrap();
         assert_eq!(config.cells.len(), builtin::BUILTINS.len());
         assert_eq!(config.listen.len(), 2);
     }
@@ -279,12 +428,11 @@ mod tests {
             CellSpec::parse_flag("/a=x.wasm").unwrap(),
             CellSpec::parse_flag("/a=y.wasm").unwrap(),
         ];
-        let error =
-            NodeConfig::merge(File::default(), vec![], Some("id".into()), twice).unwrap_err();
+        let error = NodeConfig::merge(File::default(), flags(twice)).unwrap_err();
         assert!(error.to_string().contains("both claim"), "{error}");
         let unknown =
             toml::from_str::<File>("[cells.x]\nprotocol = \"/x\"\nbuiltin = \"nope\"").unwrap();
-        let error = NodeConfig::merge(unknown, vec![], Some("id".into()), vec![]).unwrap_err();
+        let error = NodeConfig::merge(unknown, flags(vec![])).unwrap_err();
         assert!(
             format!("{error:#}").contains("no built-in cell `nope`"),
             "{error:#}"

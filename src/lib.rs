@@ -10,14 +10,18 @@
 //! - [`net`]: the swarm (TCP + noise + yamux, QUIC, identify, ping) and
 //!   [`net::router`], which accepts streams on cell protocols without losing any;
 //!   [`net::client`] dials nodes.
-//! - [`node`]: wiring — loads cells, runs the swarm, gives each stream its own task.
+//! - [`node`]: wiring — loads cells, runs the swarm, gives each stream its own task;
+//!   [`admission`] decides whether and when a stream may start an instance.
 //! - [`cell`]: the wasmtime engine, the `wetware:streams` host, one instance per stream.
-//! - [`config`], [`identity`]: the node's settings and its persistent peer ID.
+//! - [`config`], [`limits`], [`identity`]: the node's settings, what guests and
+//!   peers may use, and the node's persistent peer ID.
 //! - [`dial`]: `ww dial`, a stream between this terminal and a remote cell.
 
+pub mod admission;
 pub mod cell;
 pub mod config;
 pub mod dial;
 pub mod identity;
+pub mod limits;
 pub mod net;
 pub mod node;

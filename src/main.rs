@@ -34,6 +34,12 @@ enum Command {
         /// The identity file, created if missing [default: ~/.local/share/ww/identity.key].
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
+        /// Only let this peer open streams on this cell (repeatable; the cell then
+        /// refuses everyone else).
+        #[arg(long, value_name = "PROTOCOL=PEERID", value_parser = config::parse_allow)]
+        allow: Vec<(libp2p::StreamProtocol, libp2p::PeerId)>,
+        #[command(flatten)]
+        limits: ww::limits::LimitOverrides,
     },
     /// Open a stream to a cell: stdin goes to it, what it answers goes to stdout.
     Dial {
@@ -49,6 +55,8 @@ enum Command {
         wasm: PathBuf,
         /// Extra arguments for the guest (after its protocol argument).
         args: Vec<String>,
+        #[command(flatten)]
+        limits: ww::limits::LimitOverrides,
     },
     /// Print a node's counters (live, succeeded and failed instances).
     Stats {
@@ -96,12 +104,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
             cell,
             config,
             identity,
+            allow,
+            limits,
         } => {
             let file = match config {
                 Some(path) => config::File::load(&path)?,
                 None => config::File::default(),
             };
-            let config = NodeConfig::merge(file, listen, identity, cell)?;
+            let flags = config::Flags {
+                listen,
+                identity,
+                cells: cell,
+                limits,
+                allow,
+            };
+            let config = NodeConfig::merge(file, flags)?;
             ww::node::run(config, shutdown_signal()).await
         }
         Command::Dial {
@@ -116,9 +133,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Cell { wasm, args } => {
-            let runtime = ww::cell::Runtime::new()?;
-            let cell = ww::cell::load_file(&runtime, &wasm)?;
+        Command::Cell { wasm, args, limits } => {
+            let limits = limits.apply(ww::limits::Limits::default());
+            limits.check()?;
+            let pool = ww::cell::PoolSize {
+                instances: 1,
+                memory_bytes: limits.memory_bytes(),
+            };
+            let runtime = ww::cell::Runtime::new(pool)?;
+            let cell = ww::cell::load_file(&runtime, &wasm, limits)?;
             let mut argv = vec![wasm.display().to_string()];
             argv.extend(args);
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();

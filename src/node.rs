@@ -7,25 +7,27 @@
 //! bytes still flow), then returns; whatever is still running is dropped, which
 //! resets its stream.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::Context as _;
-use futures::{AsyncWriteExt as _, StreamExt as _};
+use futures::{AsyncWriteExt as _, FutureExt as _, StreamExt as _};
 use libp2p::core::transport::ListenerId;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{StreamProtocol, Swarm};
+use libp2p::{PeerId, StreamProtocol, Swarm};
 use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use crate::cell::{self, Cell, PeerWriter, Runtime};
+use crate::admission::{Gate, Refusal};
+use crate::cell::{self, Cell, PeerWriter, PoolSize, Runtime, Stats};
 use crate::config::{CellSource, NodeConfig};
+use crate::net::outcome::{self, Outcome};
 use crate::net::router::InboundStream;
-use crate::net::{self, Behaviour, BehaviourEvent, outcome};
+use crate::net::{self, Behaviour, BehaviourEvent};
 
 /// A native protocol every node serves: a plain-text snapshot of its counters, one
 /// `name value` pair per line (`live`, `succeeded`, `failed`), then the stream closes.
@@ -35,7 +37,10 @@ pub const STATS_PROTOCOL: StreamProtocol = StreamProtocol::new("/ww/stats/0.1.0"
 /// one full multiaddr (ending in `/p2p/<peer-id>`) per line, as soon as they are bound.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let keypair = crate::identity::load_or_create(&config.identity)?;
-    let runtime = Runtime::new()?;
+    let runtime = Runtime::new(PoolSize {
+        instances: config.limits.max_instances,
+        memory_bytes: config.max_memory_bytes(),
+    })?;
     let cells = load_cells(&runtime, &config)?;
     let mut protocols = vec![STATS_PROTOCOL];
     for cell in &config.cells {
@@ -53,10 +58,16 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     }
     tracing::info!(peer = %swarm.local_peer_id(), pooling = runtime.pooling, cells = cells.len(), "node starting");
 
+    let gate = Arc::new(Gate::new(
+        "node",
+        config.limits.max_instances,
+        config.limits.max_per_peer,
+    ));
     let mut node = Node {
         swarm,
         listeners,
         cells,
+        gate,
         runtime,
         tasks: TaskTracker::new(),
         next_stream: 0,
@@ -73,21 +84,46 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     Ok(())
 }
 
+/// A cell as the node serves it: compiled, with its access rules and caps.
+struct ServedCell {
+    cell: Cell,
+    /// Peers allowed to open streams; everyone if `None`.
+    allow: Option<HashSet<PeerId>>,
+    /// The cell's own caps, if it has any beyond the node's.
+    gate: Option<Gate>,
+    /// How long its streams may wait for a slot.
+    queue: std::time::Duration,
+}
+
 /// Cells by the protocol ID they are served on.
-type Cells = HashMap<String, Cell>;
+type Cells = HashMap<String, Arc<ServedCell>>;
 
 fn load_cells(runtime: &Arc<Runtime>, config: &NodeConfig) -> anyhow::Result<Cells> {
     let mut cells = HashMap::new();
     for spec in &config.cells {
         let started = std::time::Instant::now();
+        let limits = config.cell_limits(spec);
         let cell = match &spec.source {
             CellSource::Builtin(builtin) => {
-                runtime.load(&format!("built-in cell `{}`", builtin.name), builtin.wasm)?
+                let source = format!("built-in cell `{}`", builtin.name);
+                runtime.load(&source, builtin.wasm, limits)?
             }
-            CellSource::File(path) => cell::load_file(runtime, path)?,
+            CellSource::File(path) => cell::load_file(runtime, path, limits)?,
         };
-        tracing::info!(cell = %spec.name, protocol = %spec.protocol, elapsed = ?started.elapsed(), "cell loaded");
-        cells.insert(spec.protocol.to_string(), cell);
+        tracing::info!(cell = %spec.name, protocol = %spec.protocol, elapsed = ?started.elapsed(), ?limits, "cell loaded");
+        let served = ServedCell {
+            cell,
+            allow: spec
+                .allow
+                .as_ref()
+                .map(|peers| peers.iter().copied().collect()),
+            gate: spec
+                .limits
+                .caps_admission()
+                .then(|| Gate::new("cell", limits.max_instances, limits.max_per_peer)),
+            queue: limits.queue(),
+        };
+        cells.insert(spec.protocol.to_string(), Arc::new(served));
     }
     Ok(cells)
 }
@@ -97,12 +133,14 @@ struct Node {
     /// Our listeners, closed first on shutdown.
     listeners: Vec<ListenerId>,
     cells: Cells,
+    /// Node-wide instance slots.
+    gate: Arc<Gate>,
     runtime: Arc<Runtime>,
     /// Every stream's task, so shutdown can wait for them.
     tasks: TaskTracker,
     /// Numbers streams for logs.
     next_stream: u64,
-    /// False once shutdown began: new streams are refused (reset).
+    /// False once shutdown began: new streams are refused.
     accepting: bool,
 }
 
@@ -157,33 +195,47 @@ impl Node {
         let id = self.next_stream;
         self.next_stream += 1;
         let span = tracing::info_span!("stream", %peer, %protocol, id, %connection);
-        if !self.accepting {
-            span.in_scope(|| tracing::info!("refused: shutting down"));
-            return; // Dropping the stream resets it.
-        }
         if protocol == STATS_PROTOCOL {
             let stats = self.stats();
             self.tasks.spawn(send_stats(stream, stats).instrument(span));
             return;
         }
         let (base, framed) = outcome::parse(&protocol);
-        let cell = self
+        let served = self
             .cells
             .get(base)
-            .expect("the router only accepts served protocols")
-            .clone();
-        let args = [base.to_string(), peer.to_string()];
-        self.tasks
-            .spawn(serve(cell, args, framed, stream).instrument(span));
+            .expect("the router only accepts served protocols");
+        let refusal = if !self.accepting {
+            Some(Refusal::ShuttingDown)
+        } else if served
+            .allow
+            .as_ref()
+            .is_some_and(|allow| !allow.contains(&peer))
+        {
+            Some(Refusal::NotAllowed)
+        } else {
+            None
+        };
+        let stats = self.runtime.stats().clone();
+        let task = match refusal {
+            Some(refusal) => refuse(stream, framed, refusal, stats).boxed(),
+            None => {
+                let (served, gate) = (served.clone(), self.gate.clone());
+                let args = [base.to_string(), peer.to_string()];
+                serve(served, gate, peer, args, framed, stream, stats).boxed()
+            }
+        };
+        self.tasks.spawn(task.instrument(span));
     }
 
     fn stats(&self) -> String {
         let stats = self.runtime.stats();
         format!(
-            "live {}\nsucceeded {}\nfailed {}\n",
+            "live {}\nsucceeded {}\nfailed {}\nrefused {}\n",
             stats.live.load(Ordering::Relaxed),
             stats.succeeded.load(Ordering::Relaxed),
             stats.failed.load(Ordering::Relaxed),
+            stats.refused.load(Ordering::Relaxed),
         )
     }
 
@@ -209,17 +261,50 @@ impl Node {
     }
 }
 
-/// Serves one stream with a fresh instance of `cell`; `args` are the guest's
-/// arguments (protocol, peer), `framed` whether the peer asked for `+status`.
-async fn serve(cell: Cell, args: [String; 2], framed: bool, stream: libp2p::Stream) {
+/// Serves one stream: waits for slots (node-wide and the cell's own), then runs a
+/// fresh instance of the cell. `args` are the guest's arguments (protocol, peer),
+/// `framed` whether the peer asked for `+status`.
+async fn serve(
+    served: Arc<ServedCell>,
+    gate: Arc<Gate>,
+    peer: PeerId,
+    args: [String; 2],
+    framed: bool,
+    stream: libp2p::Stream,
+    stats: Arc<Stats>,
+) {
+    let deadline = tokio::time::Instant::now() + served.queue;
+    let admitted = async {
+        let cell_pass = match &served.gate {
+            Some(cell_gate) => Some(cell_gate.enter(peer, deadline).await?),
+            None => None,
+        };
+        Ok::<_, Refusal>((cell_pass, gate.enter(peer, deadline).await?))
+    };
+    let _passes = match admitted.await {
+        Ok(passes) => passes,
+        Err(refusal) => return refuse(stream, framed, refusal, stats).await,
+    };
     let (reader, writer) = tokio::io::split(stream.compat());
     let args = [args[0].as_str(), args[1].as_str()];
-    match cell
-        .serve(&args, reader, PeerWriter::new(writer, framed))
-        .await
-    {
+    let writer = PeerWriter::new(writer, framed);
+    match served.cell.serve(&args, reader, writer).await {
         Ok(()) => tracing::debug!("cell finished"),
         Err(failure) => tracing::warn!(failure = %format!("{failure:#}"), "cell failed"),
+    }
+}
+
+/// Refuses a stream visibly: a `+status` stream gets the reason in its trailer, a
+/// plain one is reset.
+async fn refuse(stream: libp2p::Stream, framed: bool, refusal: Refusal, stats: Arc<Stats>) {
+    stats.refused.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(%refusal, "stream refused");
+    if framed {
+        let (_, writer) = tokio::io::split(stream.compat());
+        let outcome = Outcome::Failure(refusal.to_string());
+        if let Err(error) = PeerWriter::new(writer, true).end(&outcome).await {
+            tracing::debug!(%error, "refusal not delivered");
+        }
     }
 }
 

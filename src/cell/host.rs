@@ -5,6 +5,9 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::meter::{CpuMeter, MemoryLimiter};
+use crate::limits::Limits;
+
 mod generated {
     wasmtime::component::bindgen!({
         path: "wit",
@@ -55,11 +58,18 @@ enum ConnectionState {
     Dropped(Option<DynOutputStream>),
 }
 
-/// Everything one cell instance owns: its WASI context, its resource table and the
-/// peer stream it was started for.
+/// Most resources one instance may hold at once.
+const MAX_RESOURCES: usize = 1024;
+
+/// Everything one cell instance owns: its WASI context, its resource table, the
+/// peer stream it was started for, and the meters that enforce its limits.
 pub struct Host {
     wasi: WasiCtx,
     table: ResourceTable,
+    /// Time spent in wasm.
+    pub cpu: CpuMeter,
+    /// Linear memory and table sizes.
+    pub memory: MemoryLimiter,
     connection: ConnectionState,
     /// The output half once the guest took it, so the host can close it if the guest
     /// returns from `run` still holding it.
@@ -67,15 +77,19 @@ pub struct Host {
 }
 
 impl Host {
-    /// Store data for an instance serving `connection` (or none).
-    pub fn new(wasi: WasiCtx, connection: Option<Connection>) -> Self {
+    /// Store data for an instance serving `connection` (or none) within `limits`.
+    pub fn new(wasi: WasiCtx, connection: Option<Connection>, limits: &Limits) -> Self {
         let connection = match connection {
             Some(connection) => ConnectionState::Unclaimed(connection),
             None => ConnectionState::Absent,
         };
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         Self {
             wasi,
-            table: ResourceTable::new(),
+            table,
+            cpu: CpuMeter::new(limits.cpu()),
+            memory: MemoryLimiter::new(limits.memory_bytes()),
             connection,
             output: None,
         }

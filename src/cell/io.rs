@@ -12,11 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::pipe::AsyncWriteStream;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 
+use super::meter::Traffic;
 use crate::net::outcome::{Framer, Outcome, trailer};
 
 /// Bytes a guest may have written to the peer and not yet flushed. Also the most a
@@ -33,6 +34,7 @@ pub struct PeerWriter(Arc<Mutex<WriterState>>);
 
 struct WriterState {
     writer: Pin<Box<dyn AsyncWrite + Send>>,
+    traffic: Arc<Traffic>,
     /// `Some` on a `+status` stream: the guest's bytes go out in frames.
     framer: Option<Framer>,
     closed: bool,
@@ -44,9 +46,15 @@ impl PeerWriter {
         let framer = framed.then(Framer::default);
         Self(Arc::new(Mutex::new(WriterState {
             writer: Box::pin(writer),
+            traffic: Arc::default(),
             framer,
             closed: false,
         })))
+    }
+
+    /// The stream's traffic counters (shared with its reader, see [`MeteredReader`]).
+    pub fn traffic(&self) -> Arc<Traffic> {
+        self.state().traffic.clone()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, WriterState> {
@@ -120,10 +128,12 @@ impl AsyncWrite for PeerWriter {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let state = &mut *self.state();
-        match &mut state.framer {
+        let written = ready!(match &mut state.framer {
             Some(framer) => framer.poll_write(state.writer.as_mut(), cx, buf),
             None => state.writer.as_mut().poll_write(cx, buf),
-        }
+        })?;
+        state.traffic.sent(written);
+        Poll::Ready(Ok(written))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -132,6 +142,32 @@ impl AsyncWrite for PeerWriter {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.state().writer.as_mut().poll_shutdown(cx)
+    }
+}
+
+/// The read half of a peer stream, counting what it reads into [`Traffic`].
+pub struct MeteredReader<R> {
+    inner: R,
+    traffic: Arc<Traffic>,
+}
+
+impl<R> MeteredReader<R> {
+    /// Counts `inner`'s bytes into `traffic`.
+    pub fn new(inner: R, traffic: Arc<Traffic>) -> Self {
+        Self { inner, traffic }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for MeteredReader<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        self.traffic.received(buf.filled().len() - before);
+        Poll::Ready(Ok(()))
     }
 }
 

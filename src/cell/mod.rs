@@ -9,6 +9,7 @@
 pub mod builtin;
 mod host;
 mod io;
+pub mod meter;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -25,9 +26,12 @@ use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::pipe::AsyncReadStream;
 
 pub use host::{Cell as CellBindings, CellPre, Connection, Host};
-pub use io::{GuestLog, PeerOutputStream, PeerWriter};
+pub use io::{GuestLog, MeteredReader, PeerOutputStream, PeerWriter};
+pub use meter::LimitExceeded;
 
+use crate::limits::Limits;
 use crate::net::outcome::Outcome;
+use meter::Traffic;
 
 /// The interface a cell must import to reach its peer stream.
 pub const STREAMS_INTERFACE: &str = "wetware:streams/streams@0.1.0";
@@ -38,10 +42,9 @@ const RUN_EXPORT_PREFIX: &str = "wasi:cli/run@0.2.";
 /// thread to other tasks once per tick.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Most instances alive at once; sizes the pooling allocator.
-pub const MAX_INSTANCES: u32 = 1000;
-/// Linear memory one instance may use, all memories together.
-pub const MAX_MEMORY_BYTES: usize = 64 << 20;
+/// Deepest wasm stack a guest may use; deeper recursion traps (the host's stack is
+/// never at risk: each instance runs on a fiber stack of its own, larger than this).
+pub const MAX_WASM_STACK: usize = 512 << 10;
 /// How long a failed instance's output may take to drain before its stream is ended.
 const FAILURE_FLUSH: Duration = Duration::from_secs(1);
 
@@ -52,8 +55,20 @@ pub struct Stats {
     pub live: AtomicU64,
     /// Instances that finished cleanly.
     pub succeeded: AtomicU64,
-    /// Instances that failed: trap, error from `run`, non-zero exit, instantiation failure.
+    /// Instances that failed: trap, error from `run`, non-zero exit, limit,
+    /// instantiation failure.
     pub failed: AtomicU64,
+    /// Streams refused before an instance was created.
+    pub refused: AtomicU64,
+}
+
+/// How many instances of what size the engine must be able to hold at once.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSize {
+    /// Live instances at once.
+    pub instances: u32,
+    /// The largest linear memory of any one instance, in bytes.
+    pub memory_bytes: usize,
 }
 
 /// The process-wide wasmtime state that cells are compiled and run with.
@@ -69,13 +84,13 @@ impl Runtime {
     /// Creates the engine (pooling allocator if this machine allows it, on-demand
     /// otherwise), its linker with WASI and `wetware:streams`, and the epoch ticker.
     /// Must be called inside a tokio runtime.
-    pub fn new() -> anyhow::Result<Arc<Self>> {
-        let (engine, pooling) = match Engine::new(&engine_config(true)) {
+    pub fn new(pool: PoolSize) -> anyhow::Result<Arc<Self>> {
+        let (engine, pooling) = match Engine::new(&engine_config(Some(pool))) {
             Ok(engine) => (engine, true),
             Err(error) => {
                 tracing::warn!(%error, "pooling allocator unavailable; allocating instances on demand");
                 (
-                    Engine::new(&engine_config(false)).map_err(anyhow::Error::from)?,
+                    Engine::new(&engine_config(None)).map_err(anyhow::Error::from)?,
                     false,
                 )
             }
@@ -97,9 +112,15 @@ impl Runtime {
         &self.stats
     }
 
-    /// Compiles and validates a cell and prepares its instantiation. `source` names
-    /// the bytes in error messages (a file path, or `built-in echo`).
-    pub fn load(self: &Arc<Self>, source: &str, wasm: &[u8]) -> anyhow::Result<Cell> {
+    /// Compiles and validates a cell and prepares its instantiation; its instances
+    /// will run within `limits`. `source` names the bytes in error messages (a file
+    /// path, or `built-in echo`).
+    pub fn load(
+        self: &Arc<Self>,
+        source: &str,
+        wasm: &[u8],
+        limits: Limits,
+    ) -> anyhow::Result<Cell> {
         check_header(wasm).with_context(|| format!("{source}: not a WebAssembly component"))?;
         let component = Component::new(&self.engine, wasm)
             .map_err(anyhow::Error::from)
@@ -118,6 +139,7 @@ impl Runtime {
         Ok(Cell {
             runtime: self.clone(),
             pre,
+            limits,
         })
     }
 }
@@ -127,6 +149,7 @@ impl Runtime {
 pub struct Cell {
     runtime: Arc<Runtime>,
     pre: CellPre<Host>,
+    limits: Limits,
 }
 
 /// How one instance ended.
@@ -141,6 +164,9 @@ pub enum Failure {
     /// The guest exited with a non-zero status.
     #[error("exited with status {0}")]
     Exit(i32),
+    /// The instance ran into one of its limits.
+    #[error("{0}")]
+    Limit(LimitExceeded),
     /// The guest trapped (including a host error it triggered).
     #[error("trapped: {0:#}")]
     Trap(anyhow::Error),
@@ -171,8 +197,10 @@ impl Cell {
         writer: PeerWriter,
     ) -> Result<(), Failure>
     where
-        R: AsyncRead + Send + 'static,
+        R: AsyncRead + Send + Unpin + 'static,
     {
+        let traffic = writer.traffic();
+        let reader = MeteredReader::new(reader, traffic.clone());
         let connection = Connection::new(
             Box::new(AsyncReadStream::new(reader)),
             Box::new(PeerOutputStream::new(writer.clone())),
@@ -182,7 +210,11 @@ impl Cell {
         let _live = scopeguard(|| {
             stats.live.fetch_sub(1, Ordering::Relaxed);
         });
-        let outcome = self.run(args, Some(connection)).await;
+        // The watchdog ends the instance by dropping it mid-call, which wasmtime allows.
+        let outcome = tokio::select! {
+            outcome = self.run(args, Some(connection)) => outcome,
+            exceeded = watchdog(&self.limits, &traffic) => Err(Failure::Limit(exceeded)),
+        };
         let ending = match &outcome {
             Ok(()) => Outcome::Success,
             Err(failure) => Outcome::Failure(failure.reason()),
@@ -210,9 +242,22 @@ impl Cell {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let mut store = Store::new(&self.runtime.engine, Host::new(wasi, connection));
+        let host = Host::new(wasi, connection, &self.limits);
+        let mut store = Store::new(&self.runtime.engine, host);
+        store.limiter(|host| &mut host.memory);
+        store.call_hook(|mut cx, hook| {
+            cx.data_mut().cpu.on_hook(hook);
+            Ok(())
+        });
+        // Every tick: stop a guest over its CPU budget, otherwise let other tasks run.
+        let cpu_ms = self.limits.cpu_ms;
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+        store.epoch_deadline_callback(move |cx| {
+            if cx.data().cpu.exhausted() {
+                return Err(wasmtime::Error::new(LimitExceeded::Cpu(cpu_ms)));
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
 
         let cell = self
             .pre
@@ -220,15 +265,22 @@ impl Cell {
             .await
             .map_err(|e| Failure::Instantiate(e.into()))?;
         let result = cell.wasi_cli_run().call_run(&mut store).await;
-        let outcome = match result {
+        let mut outcome = match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(())) => Err(Failure::RunError),
             Err(error) => match error.downcast_ref::<wasmtime_wasi::I32Exit>() {
                 Some(exit) if exit.0 == 0 => Ok(()),
                 Some(exit) => Err(Failure::Exit(exit.0)),
-                None => Err(Failure::Trap(error.into())),
+                None => match error.downcast_ref::<LimitExceeded>() {
+                    Some(exceeded) => Err(Failure::Limit(*exceeded)),
+                    None => Err(Failure::Trap(error.into())),
+                },
             },
         };
+        // A guest that fails after memory was refused most likely failed because of it.
+        if outcome.is_err() && store.data().memory.hit {
+            outcome = Err(Failure::Limit(LimitExceeded::Memory(self.limits.memory_mb)));
+        }
         if let Some(mut output) = store.data_mut().take_output() {
             // A failed instance gets a moment, not forever: a peer that does not read
             // must not keep it alive.
@@ -260,23 +312,51 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     Guard(Some(f))
 }
 
-fn engine_config(pooling: bool) -> Config {
+fn engine_config(pool: Option<PoolSize>) -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true);
     config.wasm_component_model(true);
-    if pooling {
+    config.max_wasm_stack(MAX_WASM_STACK);
+    if let Some(size) = pool {
         let mut pool = PoolingAllocationConfig::default();
+        let n = size.instances;
         // A small Rust cell is one component instance made of a few core instances,
         // one memory and a few tables; leave room for larger guests.
-        pool.total_component_instances(MAX_INSTANCES)
-            .total_core_instances(MAX_INSTANCES * 8)
-            .total_memories(MAX_INSTANCES * 2)
-            .total_tables(MAX_INSTANCES * 8)
-            .total_stacks(MAX_INSTANCES)
-            .max_memory_size(MAX_MEMORY_BYTES);
+        pool.total_component_instances(n)
+            .total_core_instances(n.saturating_mul(8))
+            .total_memories(n.saturating_mul(2))
+            .total_tables(n.saturating_mul(8))
+            .total_stacks(n)
+            .max_memory_size(size.memory_bytes);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     config
+}
+
+/// Resolves when a stream has been idle, or open, for longer than its limits allow.
+async fn watchdog(limits: &Limits, traffic: &Traffic) -> LimitExceeded {
+    let wall = async {
+        match limits.wall() {
+            Some(wall) => tokio::time::sleep(wall).await,
+            None => std::future::pending().await,
+        }
+    };
+    let idle = async {
+        let Some(idle) = limits.idle() else {
+            return std::future::pending().await;
+        };
+        loop {
+            let deadline = traffic.last_activity() + idle;
+            tokio::time::sleep_until(deadline.into()).await;
+            if traffic.last_activity() + idle <= std::time::Instant::now() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = wall => LimitExceeded::Wall(limits.wall_s),
+        () = idle => LimitExceeded::Idle(limits.idle_s),
+    }
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] for as long as the engine lives.
@@ -356,7 +436,7 @@ fn list(names: &[&str]) -> String {
 }
 
 /// Loads a cell from a file, naming the file in every error.
-pub fn load_file(runtime: &Arc<Runtime>, path: &Path) -> anyhow::Result<Cell> {
+pub fn load_file(runtime: &Arc<Runtime>, path: &Path, limits: Limits) -> anyhow::Result<Cell> {
     let wasm = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    runtime.load(&path.display().to_string(), &wasm)
+    runtime.load(&path.display().to_string(), &wasm, limits)
 }

@@ -4,7 +4,7 @@ use futures::future::join_all;
 use libp2p::StreamProtocol;
 use ww::net::client::Client;
 
-use crate::support::{ECHO, Node, SHA256, pattern, request, test_cell, ww};
+use crate::support::{ECHO, Node, SHA256, pattern, request, rss_kib, test_cell, ww};
 
 const MIB: usize = 1 << 20;
 
@@ -66,7 +66,8 @@ async fn sha256_of_a_large_request() {
 async fn two_hundred_concurrent_streams_each_get_a_fresh_instance() {
     let fresh = test_cell("fresh");
     let cell = format!("/test/fresh/1={}", fresh.display());
-    let node = Node::start(&["--cell", &cell]).await;
+    // One peer, 200 streams at once: above the default per-peer cap of 64, so raise it.
+    let node = Node::start(&["--cell", &cell, "--max-per-peer", "200"]).await;
     let client = Client::new().unwrap();
     let peer = client.connect(&node.tcp).await.unwrap();
     let protocol = StreamProtocol::new("/test/fresh/1");
@@ -102,13 +103,6 @@ async fn two_hundred_concurrent_streams_each_get_a_fresh_instance() {
     let status = node.wait_idle(&client).await;
     assert_eq!(status.succeeded, 200);
     assert_eq!(status.failed, 0);
-}
-
-/// Resident memory of a process, from /proc (Linux).
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

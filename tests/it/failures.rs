@@ -2,21 +2,18 @@
 
 use libp2p::{PeerId, StreamProtocol};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 use ww::net::client::Client;
-use ww::net::outcome::{self, Outcome};
+use ww::net::outcome::Outcome;
 use ww::net::router::OpenStreamError;
 
-use crate::support::{ECHO, Node, PATIENCE, pattern, request, spawn_ww, test_cell, ww};
+use crate::support::{
+    ECHO, Node, PATIENCE, assert_failed, cell_flag, outcome_of, pattern, request, spawn_ww, ww,
+};
 
 /// Asserts that an echo still works on `peer` through `client`.
 async fn assert_echo_works(client: &Client, peer: PeerId) {
     let data = pattern(1000, 7);
     assert_eq!(request(client, peer, ECHO, &data).await.unwrap(), data);
-}
-
-fn cell_flag(name: &str) -> String {
-    format!("/test/{name}/1={}", test_cell(name).display())
 }
 
 async fn node_with_test_cells() -> Node {
@@ -41,31 +38,6 @@ async fn node_with_test_cells() -> Node {
     let node = Node::start(&args).await;
     drop(dir);
     node
-}
-
-/// Opens `protocol+status`, sends a little, closes, and reads the framed answer.
-async fn outcome_of(client: &Client, peer: PeerId, protocol: &str) -> (Vec<u8>, Outcome) {
-    let protocol = StreamProtocol::try_from_owned(protocol.into()).unwrap();
-    let (stream, chosen) = client
-        .open_first(peer, vec![outcome::status_variant(&protocol)])
-        .await
-        .unwrap();
-    assert_eq!(outcome::parse(&chosen), (protocol.as_ref(), true));
-    let (mut reader, mut writer) = tokio::io::split(stream.compat());
-    let _ = writer.write_all(b"hello").await;
-    let _ = writer.shutdown().await;
-    let mut payload = Vec::new();
-    let answer =
-        tokio::time::timeout(PATIENCE, outcome::read_answer(&mut reader, &mut payload)).await;
-    let outcome = answer.expect("stream never ended").unwrap();
-    (payload, outcome)
-}
-
-fn assert_failed(outcome: &Outcome, reason: &str) {
-    match outcome {
-        Outcome::Failure(got) => assert!(got.contains(reason), "expected `{reason}` in `{got}`"),
-        Outcome::Success => panic!("expected a failure ({reason}), got success"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -94,11 +66,11 @@ async fn failing_cells_abort_their_stream_and_the_node_keeps_serving() {
     let client = Client::new().unwrap();
     let peer = client.connect(&node.tcp).await.unwrap();
 
-    let (_, outcome) = outcome_of(&client, peer, "/test/trap/1").await;
+    let (_, outcome) = outcome_of(&client, peer, b"hello", "/test/trap/1").await;
     assert_failed(&outcome, "trapped: ");
     assert_echo_works(&client, peer).await;
 
-    let (payload, outcome) = outcome_of(&client, peer, "/test/exit-early/1").await;
+    let (payload, outcome) = outcome_of(&client, peer, b"hello", "/test/exit-early/1").await;
     assert_eq!(
         payload, b"partial",
         "output written before the exit is delivered"
@@ -106,11 +78,11 @@ async fn failing_cells_abort_their_stream_and_the_node_keeps_serving() {
     assert_failed(&outcome, "exited with status 1");
     assert_echo_works(&client, peer).await;
 
-    let (_, outcome) = outcome_of(&client, peer, "/test/twice/1").await;
+    let (_, outcome) = outcome_of(&client, peer, b"hello", "/test/twice/1").await;
     assert_failed(&outcome, "create-connection called twice");
     assert_echo_works(&client, peer).await;
 
-    let (payload, outcome) = outcome_of(&client, peer, "/ww/echo/0.1.0").await;
+    let (payload, outcome) = outcome_of(&client, peer, b"hello", "/ww/echo/0.1.0").await;
     assert_eq!(
         (payload.as_slice(), outcome),
         (&b"hello"[..], Outcome::Success)

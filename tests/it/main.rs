@@ -3,5 +3,6 @@
 mod echo;
 mod failures;
 mod lifecycle;
+mod limits;
 mod startup;
 mod support;

@@ -12,6 +12,7 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use ww::net::client::Client;
+use ww::net::outcome::{self, Outcome};
 
 /// The `ww` binary under test.
 pub const WW: &str = env!("CARGO_BIN_EXE_ww");
@@ -153,6 +154,7 @@ impl Node {
             live: value("live"),
             succeeded: value("succeeded"),
             failed: value("failed"),
+            refused: value("refused"),
         }
     }
 
@@ -174,6 +176,7 @@ pub struct Stats {
     pub live: u64,
     pub succeeded: u64,
     pub failed: u64,
+    pub refused: u64,
 }
 
 /// Deterministic, non-repeating-looking test bytes.
@@ -249,4 +252,48 @@ pub async fn ww(args: &[&str], stdin: &[u8]) -> (bool, Vec<u8>, String) {
         output.stdout,
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// Opens `protocol+status`, sends `input`, closes the write side, and reads the
+/// framed answer: the payload and the node's verdict.
+pub async fn outcome_of(
+    client: &Client,
+    peer: PeerId,
+    input: &[u8],
+    protocol: &str,
+) -> (Vec<u8>, Outcome) {
+    use tokio::io::AsyncWriteExt as _;
+    use tokio_util::compat::FuturesAsyncReadCompatExt as _;
+    let protocol = StreamProtocol::try_from_owned(protocol.into()).unwrap();
+    let offer = vec![outcome::status_variant(&protocol)];
+    let (stream, chosen) = client.open_first(peer, offer).await.unwrap();
+    assert_eq!(outcome::parse(&chosen), (protocol.as_ref(), true));
+    let (mut reader, mut writer) = tokio::io::split(stream.compat());
+    let _ = writer.write_all(input).await;
+    let _ = writer.shutdown().await;
+    let mut payload = Vec::new();
+    let answer =
+        tokio::time::timeout(PATIENCE, outcome::read_answer(&mut reader, &mut payload)).await;
+    let outcome = answer.expect("stream never ended").unwrap();
+    (payload, outcome)
+}
+
+/// Asserts that `outcome` is a failure whose reason contains `reason`.
+pub fn assert_failed(outcome: &Outcome, reason: &str) {
+    match outcome {
+        Outcome::Failure(got) => assert!(got.contains(reason), "expected `{reason}` in `{got}`"),
+        Outcome::Success => panic!("expected a failure ({reason}), got success"),
+    }
+}
+
+/// `--cell` for a test cell on `/test/<name>/1`.
+pub fn cell_flag(name: &str) -> String {
+    format!("/test/{name}/1={}", test_cell(name).display())
+}
+
+/// Resident memory of a process, from /proc (Linux).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }

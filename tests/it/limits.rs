@@ -1,0 +1,290 @@
+//! Hosting code we did not write: every limit stops a hostile guest and nobody else.
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use tokio::io::AsyncWriteExt as _;
+use tokio_util::compat::FuturesAsyncReadCompatExt as _;
+use ww::net::client::Client;
+use ww::net::outcome::{self, Outcome};
+
+use crate::support::{ECHO, Node, assert_failed, cell_flag, outcome_of, pattern, request, rss_kib};
+
+/// A node serving the built-in echo plus the named test cells, with `extra` flags.
+async fn node_with(cells: &[&str], extra: &[&str]) -> Node {
+    let mut args: Vec<String> = vec!["--config".into(), echo_config()];
+    for cell in cells {
+        args.push("--cell".into());
+        args.push(cell_flag(cell));
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Node::start(&args).await
+}
+
+/// A config file (kept for the whole test process) that serves the built-in echo.
+fn echo_config() -> String {
+    static FILE: std::sync::OnceLock<tempfile::NamedTempFile> = std::sync::OnceLock::new();
+    let file = FILE.get_or_init(|| {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            file.path(),
+            "[cells.echo]\nprotocol = \"/ww/echo/0.1.0\"\nbuiltin = \"echo\"\n",
+        )
+        .unwrap();
+        file
+    });
+    file.path().display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_looping_guest_is_stopped_at_its_cpu_limit_and_others_complete() {
+    let node = node_with(
+        &["spin"],
+        &[
+            "--cpu-ms",
+            "300",
+            "--max-per-peer",
+            "200",
+            "--queue-ms",
+            "30000",
+        ],
+    )
+    .await;
+    let client = Client::new().unwrap();
+    let peer = client.connect(&node.tcp).await.unwrap();
+
+    let started = Instant::now();
+    let spin = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let (_, outcome) = outcome_of(&client, peer, b"", "/test/spin/1").await;
+            (outcome, started.elapsed())
+        }
+    });
+    let echoes = (0..100u64).map(|i| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let data = pattern(4096, i);
+            request(&client, peer, ECHO, &data)
+                .await
+                .map(|answer| answer == data)
+        })
+    });
+    for (i, echoed) in join_all(echoes).await.into_iter().enumerate() {
+        assert!(
+            echoed.unwrap().unwrap(),
+            "echo {i} failed beside a spinning guest"
+        );
+    }
+    let (outcome, elapsed) = spin.await.unwrap();
+    eprintln!("a guest with a 300 ms CPU budget was stopped after {elapsed:?}");
+    assert_failed(&outcome, "cpu limit 300 ms exceeded");
+    let stats = node.wait_idle(&client).await;
+    assert_eq!((stats.succeeded, stats.failed), (100, 1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_waiting_on_io_is_not_charged_cpu() {
+    let node = node_with(&[], &["--cpu-ms", "50"]).await;
+    let client = Client::new().unwrap();
+    let peer = client.connect(&node.tcp).await.unwrap();
+    let stream = client
+        .open(peer, outcome::status_variant(&ECHO))
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = tokio::io::split(stream.compat());
+    writer.write_all(b"slow").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await; // ten budgets of waiting
+    writer.shutdown().await.unwrap();
+    let mut payload = Vec::new();
+    let outcome = outcome::read_answer(&mut reader, &mut payload)
+        .await
+        .unwrap();
+    assert_eq!(
+        (payload.as_slice(), outcome),
+        (&b"slow"[..], Outcome::Success)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memory_bomb_stops_at_the_cap() {
+    let node = node_with(&["hog"], &["--memory-mb", "16"]).await;
+    let pid = node.child.id().unwrap();
+    let client = Client::new().unwrap();
+    let peer = client.connect(&node.tcp).await.unwrap();
+    let before = rss_kib(pid);
+    let bombs = (0..4).map(|_| {
+        let client = client.clone();
+        tokio::spawn(async move { outcome_of(&client, peer, b"", "/test/hog/1").await.1 })
+    });
+    for outcome in join_all(bombs).await {
+        assert_failed(&outcome.unwrap(), "memory limit 16 MiB exceeded");
+    }
+    let after = rss_kib(pid);
+    eprintln!("4 memory bombs capped at 16 MiB: node RSS {before} KiB -> {after} KiB");
+    assert!(
+        after < before + 4 * 16 * 1024 + 32 * 1024,
+        "RSS grew from {before} to {after} KiB"
+    );
+    assert_eq!(
+        request(&client, peer, ECHO, b"still here").await.unwrap(),
+        b"still here"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unbounded_recursion_traps_without_taking_the_node_down() {
+    let node = node_with(
+        &["recurse"],
+        &["--max-per-peer", "200", "--queue-ms", "30000"],
+    )
+    .await;
+    let client = Client::new().unwrap();
+    let peer = client.connect(&node.tcp).await.unwrap();
+    let bombs = (0..100).map(|_| {
+        let client = client.clone();
+        tokio::spawn(async move { outcome_of(&client, peer, b"", "/test/recurse/1").await.1 })
+    });
+    for outcome in join_all(bombs).await {
+        assert_failed(&outcome.unwrap(), "trapped: ");
+    }
+    assert_eq!(
+        request(&client, peer, ECHO, b"alive").await.unwrap(),
+        b"alive"
+    );
+    assert_eq!(node.wait_idle(&client).await.failed, 100);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_stream_is_closed_and_its_slot_returned() {
+    let node = node_with(&["sleepy"], &["--idle-s", "1", "--max-instances", "1"]).await;
+    let client = Client::new().unwrap();
+    let peer = client.connect(&node.tcp).await.unwrap();
+    let protocol = libp2p::StreamProtocol::new("/test/sleepy/1");
+    let stream = client
+        .open(peer, outcome::status_variant(&protocol))
+        .await
+        .unwrap();
+    let (mut reader, _writer) = tokio::io::split(stream.compat());
+    let started = Instant::now();
+    let outcome = outcome::read_answer(&mut reader, &mut Vec::new())
+        .await
+        .unwrap();
+    eprintln!(
+        "an idle stream (idle_s = 1) was closed after {:?}",
+        started.elapsed()
+    );
+    assert_failed(&outcome, "idle limit 1 s reached");
+    // The only slot is free again.
+    assert_eq!(
+        request(&client, peer, ECHO, b"next").await.unwrap(),
+        b"next"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_flooding_a_peer_that_never_reads_stays_flat() {
+    let node = node_with(&["flood"], &[]).await;
+    let pid = node.child.id().unwrap();
+    let client = Client::new().unwrap();
+    let peer = client.connect(&node.tcp).await.unwrap();
+    let protocol = libp2p::StreamProtocol::new("/test/flood/1");
+    let _stream = client.open(peer, protocol).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_kib(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid);
+    eprintln!("flooding a peer that never reads: node RSS {before} KiB -> {after} KiB over 2 s");
+    assert!(
+        after < before + 16 * 1024,
+        "RSS grew from {before} to {after} KiB"
+    );
+    assert_eq!(node.stats(&client).await.live, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_over_the_caps_wait_then_are_refused_visibly() {
+    let node = node_with(
+        &["sleepy"],
+        &[
+            "--max-instances",
+            "2",
+            "--max-per-peer",
+            "1",
+            "--queue-ms",
+            "200",
+        ],
+    )
+    .await;
+    let protocol = libp2p::StreamProtocol::new("/test/sleepy/1");
+    let framed = outcome::status_variant(&protocol);
+    let (first, second, third) = (
+        Client::new().unwrap(),
+        Client::new().unwrap(),
+        Client::new().unwrap(),
+    );
+    let mut held = Vec::new();
+    for client in [&first, &second] {
+        let peer = client.connect(&node.tcp).await.unwrap();
+        held.push(client.open(peer, framed.clone()).await.unwrap());
+    }
+    let stats_client = Client::new().unwrap();
+    for _ in 0..100 {
+        if node.stats(&stats_client).await.live == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The same peer again: over its own cap.
+    let peer = first.connect(&node.tcp).await.unwrap();
+    let (_, outcome) = outcome_of(&first, peer, b"", "/test/sleepy/1").await;
+    assert_failed(
+        &outcome,
+        "refused: too many streams from this peer (1 at once)",
+    );
+    // A third peer: the node is full.
+    let peer = third.connect(&node.tcp).await.unwrap();
+    let started = Instant::now();
+    let (_, outcome) = outcome_of(&third, peer, b"", "/test/sleepy/1").await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "it waited queue_ms first"
+    );
+    assert_failed(&outcome, "refused: node busy");
+
+    // The held streams were not disturbed: they end cleanly when their peers close.
+    let stats = node.stats(&stats_client).await;
+    assert_eq!((stats.live, stats.refused), (2, 2));
+    for stream in held {
+        let (mut reader, mut writer) = tokio::io::split(stream.compat());
+        writer.shutdown().await.unwrap();
+        let outcome = outcome::read_answer(&mut reader, &mut Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Success);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_allowlist_refuses_other_peers_before_instantiating() {
+    let allowed = Client::new().unwrap();
+    let stranger = Client::new().unwrap();
+    let allow = format!("/ww/echo/0.1.0={}", allowed.local_peer_id());
+    let node = node_with(&[], &["--allow", &allow]).await;
+
+    let peer = stranger.connect(&node.tcp).await.unwrap();
+    let (payload, outcome) = outcome_of(&stranger, peer, b"hi", "/ww/echo/0.1.0").await;
+    assert!(payload.is_empty());
+    assert_failed(&outcome, "refused: not allowed");
+    let stats = node.stats(&stranger).await;
+    assert_eq!(
+        (stats.live, stats.succeeded, stats.failed, stats.refused),
+        (0, 0, 0, 1)
+    );
+    assert!(node.log().contains("refused: not allowed"));
+
+    let peer = allowed.connect(&node.tcp).await.unwrap();
+    assert_eq!(request(&allowed, peer, ECHO, b"hi").await.unwrap(), b"hi");
+}
