@@ -32,6 +32,19 @@ pub enum Refusal {
     ShuttingDown,
 }
 
+impl Refusal {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::NotAllowed => "not_allowed",
+            Refusal::Busy("node") => "node_busy",
+            Refusal::Busy(_) => "cell_busy",
+            Refusal::PeerBusy(_) => "peer_busy",
+            Refusal::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
 /// Instance slots: a total, and an allowance per peer.
 pub struct Gate {
     /// `"node"` or `"cell"`, for refusals.

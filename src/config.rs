@@ -4,6 +4,7 @@
 //! listen = ["/ip4/0.0.0.0/tcp/2025", "/ip4/0.0.0.0/udp/2025/quic-v1"]
 //! identity = "/var/lib/ww/identity.key"   # default: ~/.local/share/ww/identity.key
 //! shutdown_grace_s = 10                     # how long running guests get on shutdown
+//! admin = "127.0.0.1:2026"                  # /healthz, /metrics, /status; off if absent
 //!
 //! [limits]                                  # node-wide; see `crate::limits` for every key
 //! cpu_ms = 10000
@@ -20,6 +21,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -46,6 +48,8 @@ pub struct File {
     pub identity: Option<PathBuf>,
     /// Seconds running guests get to finish on shutdown.
     pub shutdown_grace_s: Option<u64>,
+    /// Where the admin HTTP endpoint listens; off if absent.
+    pub admin: Option<SocketAddr>,
     /// Node-wide limits.
     #[serde(default)]
     pub limits: LimitOverrides,
@@ -225,6 +229,8 @@ pub struct Flags {
     pub limits: LimitOverrides,
     /// `--allow PROTOCOL=PEERID`: added to that cell's allowlist.
     pub allow: Vec<(StreamProtocol, PeerId)>,
+    /// `--admin ADDR`: replaces the file's.
+    pub admin: Option<SocketAddr>,
 }
 
 /// Everything `ww run` needs, after merging the file and the flags.
@@ -240,6 +246,8 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Cells to serve, with distinct protocols.
     pub cells: Vec<CellSpec>,
+    /// Where the admin HTTP endpoint listens, if anywhere.
+    pub admin: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -303,6 +311,7 @@ impl NodeConfig {
             shutdown_grace,
             limits,
             cells: all,
+            admin: flags.admin.or(file.admin),
         })
     }
 

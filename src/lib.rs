@@ -16,12 +16,15 @@
 //! - [`config`], [`limits`], [`identity`]: the node's settings, what guests and
 //!   peers may use, and the node's persistent peer ID.
 //! - [`dial`]: `ww dial`, a stream between this terminal and a remote cell.
+//! - [`metrics`], [`admin`]: what the node counts, and the HTTP endpoint showing it.
 
+pub mod admin;
 pub mod admission;
 pub mod cell;
 pub mod config;
 pub mod dial;
 pub mod identity;
 pub mod limits;
+pub mod metrics;
 pub mod net;
 pub mod node;

@@ -38,6 +38,10 @@ enum Command {
         /// refuses everyone else).
         #[arg(long, value_name = "PROTOCOL=PEERID", value_parser = config::parse_allow)]
         allow: Vec<(libp2p::StreamProtocol, libp2p::PeerId)>,
+        /// Serve /healthz, /metrics and /status over HTTP on this address (e.g.
+        /// 127.0.0.1:2026); off unless given.
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<std::net::SocketAddr>,
         #[command(flatten)]
         limits: ww::limits::LimitOverrides,
     },
@@ -105,6 +109,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             config,
             identity,
             allow,
+            admin,
             limits,
         } => {
             let file = match config {
@@ -117,6 +122,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 cells: cell,
                 limits,
                 allow,
+                admin,
             };
             let config = NodeConfig::merge(file, flags)?;
             ww::node::run(config, shutdown_signal()).await
@@ -140,8 +146,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 instances: 1,
                 memory_bytes: limits.memory_bytes(),
             };
-            let runtime = ww::cell::Runtime::new(pool)?;
-            let cell = ww::cell::load_file(&runtime, &wasm, limits)?;
+            let runtime = ww::cell::Runtime::new(pool, Default::default())?;
+            let name = wasm
+                .file_stem()
+                .map_or("cell".into(), |s| s.to_string_lossy());
+            let cell = ww::cell::load_file(&runtime, &name, &wasm, limits)?;
             let mut argv = vec![wasm.display().to_string()];
             argv.extend(args);
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();

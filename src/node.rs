@@ -5,42 +5,49 @@
 //! When `shutdown` resolves the node stops listening and refuses new streams, gives
 //! running guests up to the grace period to finish (the swarm keeps running so their
 //! bytes still flow), then returns; whatever is still running is dropped, which
-//! resets its stream.
+//! aborts its stream.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::{AsyncWriteExt as _, FutureExt as _, StreamExt as _};
 use libp2p::core::transport::ListenerId;
+use libp2p::metrics::Recorder as _;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{PeerId, StreamProtocol, Swarm};
 use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+use crate::admin::{self, CellInfo, NetworkView};
 use crate::admission::{Gate, Refusal};
-use crate::cell::{self, Cell, PeerWriter, PoolSize, Runtime, Stats};
+use crate::cell::{self, Cell, PeerWriter, PoolSize, Runtime};
 use crate::config::{CellSource, NodeConfig};
+use crate::metrics::{CellLabel, Metrics};
 use crate::net::outcome::{self, Outcome};
 use crate::net::router::InboundStream;
 use crate::net::{self, Behaviour, BehaviourEvent};
 
 /// A native protocol every node serves: a plain-text snapshot of its counters, one
-/// `name value` pair per line (`live`, `succeeded`, `failed`), then the stream closes.
+/// `name value` pair per line (`live`, `succeeded`, `failed`, `refused`), then the
+/// stream closes.
 pub const STATS_PROTOCOL: StreamProtocol = StreamProtocol::new("/ww/stats/0.1.0");
 
 /// Runs a node until `shutdown` resolves. Listen addresses are printed on stdout,
 /// one full multiaddr (ending in `/p2p/<peer-id>`) per line, as soon as they are bound.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let keypair = crate::identity::load_or_create(&config.identity)?;
-    let runtime = Runtime::new(PoolSize {
+    let metrics = Arc::new(Metrics::new());
+    let pool = PoolSize {
         instances: config.limits.max_instances,
         memory_bytes: config.max_memory_bytes(),
-    })?;
+    };
+    let runtime = Runtime::new(pool, metrics.clone())?;
     let cells = load_cells(&runtime, &config)?;
     let mut protocols = vec![STATS_PROTOCOL];
     for cell in &config.cells {
@@ -50,25 +57,33 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     let mut swarm = net::build_swarm(keypair, protocols)?;
     let mut listeners = Vec::new();
     for addr in &config.listen {
-        listeners.push(
-            swarm
-                .listen_on(addr.clone())
-                .with_context(|| format!("cannot listen on {addr}"))?,
-        );
+        let listener = swarm.listen_on(addr.clone());
+        listeners.push(listener.with_context(|| format!("cannot listen on {addr}"))?);
     }
+    let network = Arc::new(RwLock::new(NetworkView {
+        peer_id: swarm.local_peer_id().to_string(),
+        ..NetworkView::default()
+    }));
+    let admin = match config.admin {
+        Some(addr) => {
+            let infos = config.cells.iter().map(|cell| CellInfo {
+                name: cell.name.clone(),
+                protocol: cell.protocol.to_string(),
+            });
+            Some(admin::spawn(addr, metrics.clone(), network.clone(), infos.collect()).await?)
+        }
+        None => None,
+    };
     tracing::info!(peer = %swarm.local_peer_id(), pooling = runtime.pooling, cells = cells.len(), "node starting");
 
-    let gate = Arc::new(Gate::new(
-        "node",
-        config.limits.max_instances,
-        config.limits.max_per_peer,
-    ));
+    let limits = config.limits;
     let mut node = Node {
         swarm,
         listeners,
         cells,
-        gate,
-        runtime,
+        gate: Arc::new(Gate::new("node", limits.max_instances, limits.max_per_peer)),
+        metrics,
+        network,
         tasks: TaskTracker::new(),
         next_stream: 0,
         accepting: true,
@@ -81,18 +96,22 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         }
     }
     node.shut_down(config.shutdown_grace).await;
+    if let Some(admin) = admin {
+        admin.abort();
+    }
     Ok(())
 }
 
 /// A cell as the node serves it: compiled, with its access rules and caps.
 struct ServedCell {
     cell: Cell,
+    label: CellLabel,
     /// Peers allowed to open streams; everyone if `None`.
     allow: Option<HashSet<PeerId>>,
     /// The cell's own caps, if it has any beyond the node's.
     gate: Option<Gate>,
     /// How long its streams may wait for a slot.
-    queue: std::time::Duration,
+    queue: Duration,
 }
 
 /// Cells by the protocol ID they are served on.
@@ -106,13 +125,16 @@ fn load_cells(runtime: &Arc<Runtime>, config: &NodeConfig) -> anyhow::Result<Cel
         let cell = match &spec.source {
             CellSource::Builtin(builtin) => {
                 let source = format!("built-in cell `{}`", builtin.name);
-                runtime.load(&source, builtin.wasm, limits)?
+                runtime.load(&spec.name, &source, builtin.wasm, limits)?
             }
-            CellSource::File(path) => cell::load_file(runtime, path, limits)?,
+            CellSource::File(path) => cell::load_file(runtime, &spec.name, path, limits)?,
         };
         tracing::info!(cell = %spec.name, protocol = %spec.protocol, elapsed = ?started.elapsed(), ?limits, "cell loaded");
         let served = ServedCell {
             cell,
+            label: CellLabel {
+                cell: spec.name.clone(),
+            },
             allow: spec
                 .allow
                 .as_ref()
@@ -135,7 +157,9 @@ struct Node {
     cells: Cells,
     /// Node-wide instance slots.
     gate: Arc<Gate>,
-    runtime: Arc<Runtime>,
+    metrics: Arc<Metrics>,
+    /// What `/status` shows about the network, updated here.
+    network: Arc<RwLock<NetworkView>>,
     /// Every stream's task, so shutdown can wait for them.
     tasks: TaskTracker,
     /// Numbers streams for logs.
@@ -145,9 +169,16 @@ struct Node {
 }
 
 impl Node {
-    fn on_event(&mut self, event: SwarmEvent<net::BehaviourEvent>) {
+    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.metrics.libp2p.record(&event);
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Router(inbound)) => self.accept(inbound),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => {
+                self.metrics.libp2p.record(&event)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => {
+                self.metrics.libp2p.record(&event)
+            }
             SwarmEvent::NewListenAddr { address, .. } => {
                 let full = address
                     .with_p2p(*self.swarm.local_peer_id())
@@ -155,6 +186,15 @@ impl Node {
                 tracing::info!(%full, "listening");
                 let mut stdout = std::io::stdout().lock();
                 let _ = writeln!(stdout, "{full}").and_then(|()| stdout.flush());
+                self.network_view().listen.push(full.to_string());
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                let full = address
+                    .with_p2p(*self.swarm.local_peer_id())
+                    .expect("our own peer ID");
+                self.network_view()
+                    .listen
+                    .retain(|addr| *addr != full.to_string());
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -163,6 +203,7 @@ impl Node {
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, connection = %connection_id, remote = %endpoint.get_remote_address(), "connection established");
+                self.network_view().connected_peers = self.swarm.connected_peers().count();
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -171,6 +212,7 @@ impl Node {
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, connection = %connection_id, ?cause, "connection closed");
+                self.network_view().connected_peers = self.swarm.connected_peers().count();
             }
             SwarmEvent::IncomingConnectionError {
                 error,
@@ -182,6 +224,10 @@ impl Node {
             SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "listener error"),
             _ => {}
         }
+    }
+
+    fn network_view(&self) -> std::sync::RwLockWriteGuard<'_, NetworkView> {
+        self.network.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Hands an inbound stream to a task of its own; never does work inline.
@@ -204,7 +250,8 @@ impl Node {
         let served = self
             .cells
             .get(base)
-            .expect("the router only accepts served protocols");
+            .expect("the router only accepts served protocols")
+            .clone();
         let refusal = if !self.accepting {
             Some(Refusal::ShuttingDown)
         } else if served
@@ -216,30 +263,34 @@ impl Node {
         } else {
             None
         };
-        let stats = self.runtime.stats().clone();
+        let metrics = self.metrics.clone();
         let task = match refusal {
-            Some(refusal) => refuse(stream, framed, refusal, stats).boxed(),
+            Some(refusal) => refuse(stream, framed, refusal, metrics, served).boxed(),
             None => {
-                let (served, gate) = (served.clone(), self.gate.clone());
+                let admission = Admission {
+                    node_gate: self.gate.clone(),
+                    peer,
+                    metrics,
+                };
                 let args = [base.to_string(), peer.to_string()];
-                serve(served, gate, peer, args, framed, stream, stats).boxed()
+                serve(served, admission, args, framed, stream).boxed()
             }
         };
         self.tasks.spawn(task.instrument(span));
     }
 
     fn stats(&self) -> String {
-        let stats = self.runtime.stats();
+        let totals = self.metrics.totals();
         format!(
             "live {}\nsucceeded {}\nfailed {}\nrefused {}\n",
-            stats.live.load(Ordering::Relaxed),
-            stats.succeeded.load(Ordering::Relaxed),
-            stats.failed.load(Ordering::Relaxed),
-            stats.refused.load(Ordering::Relaxed),
+            totals.live.load(Ordering::Relaxed),
+            totals.succeeded.load(Ordering::Relaxed),
+            totals.failed.load(Ordering::Relaxed),
+            totals.refused.load(Ordering::Relaxed),
         )
     }
 
-    async fn shut_down(mut self, grace: std::time::Duration) {
+    async fn shut_down(mut self, grace: Duration) {
         self.accepting = false;
         tracing::info!(running = self.tasks.len(), ?grace, "shutting down");
         for listener in self.listeners.drain(..) {
@@ -261,29 +312,39 @@ impl Node {
     }
 }
 
-/// Serves one stream: waits for slots (node-wide and the cell's own), then runs a
+/// What a stream needs to be admitted, besides its cell.
+struct Admission {
+    node_gate: Arc<Gate>,
+    peer: PeerId,
+    metrics: Arc<Metrics>,
+}
+
+/// Serves one stream: waits for slots (the cell's own, then the node's), then runs a
 /// fresh instance of the cell. `args` are the guest's arguments (protocol, peer),
 /// `framed` whether the peer asked for `+status`.
 async fn serve(
     served: Arc<ServedCell>,
-    gate: Arc<Gate>,
-    peer: PeerId,
+    admission: Admission,
     args: [String; 2],
     framed: bool,
     stream: libp2p::Stream,
-    stats: Arc<Stats>,
 ) {
+    let Admission {
+        node_gate,
+        peer,
+        metrics,
+    } = admission;
     let deadline = tokio::time::Instant::now() + served.queue;
     let admitted = async {
         let cell_pass = match &served.gate {
             Some(cell_gate) => Some(cell_gate.enter(peer, deadline).await?),
             None => None,
         };
-        Ok::<_, Refusal>((cell_pass, gate.enter(peer, deadline).await?))
+        Ok::<_, Refusal>((cell_pass, node_gate.enter(peer, deadline).await?))
     };
     let _passes = match admitted.await {
         Ok(passes) => passes,
-        Err(refusal) => return refuse(stream, framed, refusal, stats).await,
+        Err(refusal) => return refuse(stream, framed, refusal, metrics, served).await,
     };
     let (reader, writer) = tokio::io::split(stream.compat());
     let args = [args[0].as_str(), args[1].as_str()];
@@ -296,8 +357,14 @@ async fn serve(
 
 /// Refuses a stream visibly: a `+status` stream gets the reason in its trailer, a
 /// plain one is reset.
-async fn refuse(stream: libp2p::Stream, framed: bool, refusal: Refusal, stats: Arc<Stats>) {
-    stats.refused.fetch_add(1, Ordering::Relaxed);
+async fn refuse(
+    stream: libp2p::Stream,
+    framed: bool,
+    refusal: Refusal,
+    metrics: Arc<Metrics>,
+    served: Arc<ServedCell>,
+) {
+    metrics.refused(&served.label, refusal.kind());
     tracing::info!(%refusal, "stream refused");
     if framed {
         let (_, writer) = tokio::io::split(stream.compat());

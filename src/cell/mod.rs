@@ -13,8 +13,8 @@ pub mod meter;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use tokio::io::AsyncRead;
@@ -30,6 +30,7 @@ pub use io::{GuestLog, MeteredReader, PeerOutputStream, PeerWriter};
 pub use meter::LimitExceeded;
 
 use crate::limits::Limits;
+use crate::metrics::{CellLabel, Metrics};
 use crate::net::outcome::Outcome;
 use meter::Traffic;
 
@@ -48,20 +49,6 @@ pub const MAX_WASM_STACK: usize = 512 << 10;
 /// How long a failed instance's output may take to drain before its stream is ended.
 const FAILURE_FLUSH: Duration = Duration::from_secs(1);
 
-/// Counters a node exposes about its instances.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Instances alive right now.
-    pub live: AtomicU64,
-    /// Instances that finished cleanly.
-    pub succeeded: AtomicU64,
-    /// Instances that failed: trap, error from `run`, non-zero exit, limit,
-    /// instantiation failure.
-    pub failed: AtomicU64,
-    /// Streams refused before an instance was created.
-    pub refused: AtomicU64,
-}
-
 /// How many instances of what size the engine must be able to hold at once.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolSize {
@@ -75,7 +62,7 @@ pub struct PoolSize {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<Host>,
-    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
     /// Whether instances come from the pooling allocator.
     pub pooling: bool,
 }
@@ -84,7 +71,7 @@ impl Runtime {
     /// Creates the engine (pooling allocator if this machine allows it, on-demand
     /// otherwise), its linker with WASI and `wetware:streams`, and the epoch ticker.
     /// Must be called inside a tokio runtime.
-    pub fn new(pool: PoolSize) -> anyhow::Result<Arc<Self>> {
+    pub fn new(pool: PoolSize, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Self>> {
         let (engine, pooling) = match Engine::new(&engine_config(Some(pool))) {
             Ok(engine) => (engine, true),
             Err(error) => {
@@ -102,21 +89,22 @@ impl Runtime {
         Ok(Arc::new(Self {
             engine,
             linker,
-            stats: Arc::default(),
+            metrics,
             pooling,
         }))
     }
 
-    /// Counters over every instance this runtime ran.
-    pub fn stats(&self) -> &Arc<Stats> {
-        &self.stats
+    /// What this runtime's instances did.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Compiles and validates a cell and prepares its instantiation; its instances
-    /// will run within `limits`. `source` names the bytes in error messages (a file
-    /// path, or `built-in echo`).
+    /// will run within `limits` and be counted as `name`. `source` names the bytes in
+    /// error messages (a file path, or `built-in echo`).
     pub fn load(
         self: &Arc<Self>,
+        name: &str,
         source: &str,
         wasm: &[u8],
         limits: Limits,
@@ -140,6 +128,9 @@ impl Runtime {
             runtime: self.clone(),
             pre,
             limits,
+            label: CellLabel {
+                cell: name.to_string(),
+            },
         })
     }
 }
@@ -150,6 +141,7 @@ pub struct Cell {
     runtime: Arc<Runtime>,
     pre: CellPre<Host>,
     limits: Limits,
+    label: CellLabel,
 }
 
 /// How one instance ended.
@@ -173,6 +165,20 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Instantiate(_) => "instantiate",
+            Failure::RunError => "error",
+            Failure::Exit(_) => "exit",
+            Failure::Limit(LimitExceeded::Cpu(_)) => "cpu",
+            Failure::Limit(LimitExceeded::Memory(_)) => "memory",
+            Failure::Limit(LimitExceeded::Idle(_)) => "idle",
+            Failure::Limit(LimitExceeded::Wall(_)) => "wall",
+            Failure::Trap(_) => "trap",
+        }
+    }
+
     /// One line for the peer (the outcome trailer): what went wrong, without the
     /// backtrace that the node's log gets.
     pub fn reason(&self) -> String {
@@ -205,11 +211,8 @@ impl Cell {
             Box::new(AsyncReadStream::new(reader)),
             Box::new(PeerOutputStream::new(writer.clone())),
         );
-        let stats = &self.runtime.stats;
-        stats.live.fetch_add(1, Ordering::Relaxed);
-        let _live = scopeguard(|| {
-            stats.live.fetch_sub(1, Ordering::Relaxed);
-        });
+        // Counted as ended even if this task is cancelled (shutdown): then as "aborted".
+        let mut record = Record::start(&self.runtime.metrics, &self.label, traffic.clone());
         // The watchdog ends the instance by dropping it mid-call, which wasmtime allows.
         let outcome = tokio::select! {
             outcome = self.run(args, Some(connection)) => outcome,
@@ -222,12 +225,7 @@ impl Cell {
         if let Err(error) = writer.end(&ending).await {
             tracing::debug!(%error, "the stream could not be ended as intended; aborting it");
         }
-        let counter = if outcome.is_ok() {
-            &stats.succeeded
-        } else {
-            &stats.failed
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        record.failure = outcome.as_ref().err().map(Failure::kind);
         outcome
     }
 
@@ -259,11 +257,15 @@ impl Cell {
             Ok(UpdateDeadline::Yield(1))
         });
 
+        let started = Instant::now();
         let cell = self
             .pre
             .instantiate_async(&mut store)
             .await
             .map_err(|e| Failure::Instantiate(e.into()))?;
+        self.runtime
+            .metrics
+            .instantiated(&self.label, started.elapsed());
         let result = cell.wasi_cli_run().call_run(&mut store).await;
         let mut outcome = match result {
             Ok(Ok(())) => Ok(()),
@@ -298,18 +300,39 @@ impl Cell {
     }
 }
 
-/// Runs `f` when dropped, so counters stay right even if the serving task is
-/// cancelled mid-await.
-fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f()
-            }
+/// One instance's entry in the metrics: started on creation, ended on drop, so the
+/// counts stay right even if the serving task is cancelled mid-await.
+struct Record<'a> {
+    metrics: &'a Metrics,
+    label: &'a CellLabel,
+    traffic: Arc<Traffic>,
+    started: Instant,
+    /// The failure's kind, or `None` for success; "aborted" until set.
+    failure: Option<&'static str>,
+}
+
+impl<'a> Record<'a> {
+    fn start(metrics: &'a Metrics, label: &'a CellLabel, traffic: Arc<Traffic>) -> Self {
+        metrics.started(label);
+        Self {
+            metrics,
+            label,
+            traffic,
+            started: Instant::now(),
+            failure: Some("aborted"),
         }
     }
-    Guard(Some(f))
+}
+
+impl Drop for Record<'_> {
+    fn drop(&mut self) {
+        let bytes = (
+            self.traffic.bytes_in.load(Ordering::Relaxed),
+            self.traffic.bytes_out.load(Ordering::Relaxed),
+        );
+        self.metrics
+            .ended(self.label, self.failure, self.started.elapsed(), bytes);
+    }
 }
 
 fn engine_config(pool: Option<PoolSize>) -> Config {
@@ -436,7 +459,12 @@ fn list(names: &[&str]) -> String {
 }
 
 /// Loads a cell from a file, naming the file in every error.
-pub fn load_file(runtime: &Arc<Runtime>, path: &Path, limits: Limits) -> anyhow::Result<Cell> {
+pub fn load_file(
+    runtime: &Arc<Runtime>,
+    name: &str,
+    path: &Path,
+    limits: Limits,
+) -> anyhow::Result<Cell> {
     let wasm = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    runtime.load(&path.display().to_string(), &wasm, limits)
+    runtime.load(name, &path.display().to_string(), &wasm, limits)
 }

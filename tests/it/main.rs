@@ -1,5 +1,6 @@
 //! Integration tests: real `ww` processes on 127.0.0.1, real TCP and QUIC.
 
+mod admin;
 mod echo;
 mod failures;
 mod lifecycle;

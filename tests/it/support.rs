@@ -297,3 +297,34 @@ pub fn rss_kib(pid: u32) -> u64 {
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_local_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// `GET path` over plain HTTP/1.1; returns the status code and the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut last_error = None;
+    for _ in 0..100 {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(mut socket) => {
+                let request =
+                    format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+                socket.write_all(request.as_bytes()).await.unwrap();
+                let mut response = String::new();
+                socket.read_to_string(&mut response).await.unwrap();
+                let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+                let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+                return (code, body.to_string());
+            }
+            Err(error) => last_error = Some(error),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("cannot reach {addr}: {last_error:?}");
+}
