@@ -8,11 +8,26 @@ use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 use ww::net::client::Client;
 use ww::net::outcome::{self, Outcome};
 
-use crate::support::{ECHO, Node, assert_failed, cell_flag, outcome_of, pattern, request, rss_kib};
+use crate::support::{
+    ECHO, Node, assert_failed, cell_flag, free_local_addr, http_get, outcome_of, pattern, request,
+    rss_kib,
+};
 
 /// A node serving the built-in echo plus the named test cells, with `extra` flags.
 async fn node_with(cells: &[&str], extra: &[&str]) -> Node {
+    node_with_admin(cells, extra, None).await
+}
+
+/// The same, with the admin endpoint on `admin`.
+async fn node_with_admin(
+    cells: &[&str],
+    extra: &[&str],
+    admin: Option<std::net::SocketAddr>,
+) -> Node {
     let mut args: Vec<String> = vec!["--config".into(), echo_config()];
+    if let Some(admin) = admin {
+        args.extend(["--admin".into(), admin.to_string()]);
+    }
     for cell in cells {
         args.push("--cell".into());
         args.push(cell_flag(cell));
@@ -39,18 +54,16 @@ fn echo_config() -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_looping_guest_is_stopped_at_its_cpu_limit_and_others_complete() {
-    let node = node_with(
-        &["spin"],
-        &[
-            "--cpu-ms",
-            "300",
-            "--max-per-peer",
-            "200",
-            "--queue-ms",
-            "30000",
-        ],
-    )
-    .await;
+    let admin = free_local_addr();
+    let flags = [
+        "--cpu-ms",
+        "300",
+        "--max-per-peer",
+        "200",
+        "--queue-ms",
+        "30000",
+    ];
+    let node = node_with_admin(&["spin"], &flags, Some(admin)).await;
     let client = Client::new().unwrap();
     let peer = client.connect(&node.tcp).await.unwrap();
 
@@ -82,6 +95,15 @@ async fn a_looping_guest_is_stopped_at_its_cpu_limit_and_others_complete() {
     assert_failed(&outcome, "cpu limit 300 ms exceeded");
     let stats = node.wait_idle(&client).await;
     assert_eq!((stats.succeeded, stats.failed), (100, 1));
+    let (_, metrics) = http_get(admin, "/metrics").await;
+    assert!(
+        metrics.contains("ww_streams_failed_total{cell=\"spin\",reason=\"cpu\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ww_streams_completed_total{cell=\"echo\"} 100"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -184,6 +206,30 @@ async fn an_idle_stream_is_closed_and_its_slot_returned() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_stream_over_its_wall_clock_limit_is_ended() {
+    let node = node_with(&["sleepy"], &["--wall-s", "1", "--idle-s", "0"]).await;
+    let client = Client::new().unwrap();
+    let peer = client.connect(&node.tcp).await.unwrap();
+    let protocol = libp2p::StreamProtocol::new("/test/sleepy/1");
+    let stream = client
+        .open(peer, outcome::status_variant(&protocol))
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = tokio::io::split(stream.compat());
+    // Keep the stream busy so only the wall clock can end it.
+    let keep_busy = tokio::spawn(async move {
+        while writer.write_all(b".").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let outcome = outcome::read_answer(&mut reader, &mut Vec::new())
+        .await
+        .unwrap();
+    assert_failed(&outcome, "wall-clock limit 1 s reached");
+    keep_busy.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_guest_flooding_a_peer_that_never_reads_stays_flat() {
     let node = node_with(&["flood"], &[]).await;
     let pid = node.child.id().unwrap();
@@ -205,18 +251,16 @@ async fn a_guest_flooding_a_peer_that_never_reads_stays_flat() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn streams_over_the_caps_wait_then_are_refused_visibly() {
-    let node = node_with(
-        &["sleepy"],
-        &[
-            "--max-instances",
-            "2",
-            "--max-per-peer",
-            "1",
-            "--queue-ms",
-            "200",
-        ],
-    )
-    .await;
+    let admin = free_local_addr();
+    let flags = [
+        "--max-instances",
+        "2",
+        "--max-per-peer",
+        "1",
+        "--queue-ms",
+        "200",
+    ];
+    let node = node_with_admin(&["sleepy"], &flags, Some(admin)).await;
     let protocol = libp2p::StreamProtocol::new("/test/sleepy/1");
     let framed = outcome::status_variant(&protocol);
     let (first, second, third) = (
@@ -257,6 +301,11 @@ async fn streams_over_the_caps_wait_then_are_refused_visibly() {
     // The held streams were not disturbed: they end cleanly when their peers close.
     let stats = node.stats(&stats_client).await;
     assert_eq!((stats.live, stats.refused), (2, 2));
+    let (_, metrics) = http_get(admin, "/metrics").await;
+    for reason in ["peer_busy", "node_busy"] {
+        let line = format!("ww_streams_refused_total{{cell=\"sleepy\",reason=\"{reason}\"}} 1");
+        assert!(metrics.contains(&line), "missing `{line}` in:\n{metrics}");
+    }
     for stream in held {
         let (mut reader, mut writer) = tokio::io::split(stream.compat());
         writer.shutdown().await.unwrap();
@@ -287,4 +336,49 @@ async fn an_allowlist_refuses_other_peers_before_instantiating() {
 
     let peer = allowed.connect(&node.tcp).await.unwrap();
     assert_eq!(request(&allowed, peer, ECHO, b"hi").await.unwrap(), b"hi");
+}
+
+/// Open file descriptors of a process (Linux).
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_peers_leave_nothing_behind_round_after_round() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let node = node_with(&[], &[]).await;
+    let pid = node.child.id().unwrap();
+    let client = Client::new().unwrap();
+    let tcp = node.tcp.to_string();
+    let mut samples = Vec::new();
+    for round in 0..3 {
+        let mut dials = Vec::new();
+        for _ in 0..20 {
+            let mut dial = crate::support::spawn_ww(&["dial", &tcp, "/ww/echo/0.1.0"]);
+            let mut stdin = dial.stdin.take().unwrap();
+            let mut stdout = dial.stdout.take().unwrap();
+            stdin.write_all(b"ping").await.unwrap();
+            let mut echoed = [0u8; 4];
+            stdout.read_exact(&mut echoed).await.unwrap();
+            dials.push((dial, stdin, stdout));
+        }
+        assert_eq!(node.stats(&client).await.live, 20, "round {round}");
+        for (mut dial, ..) in dials {
+            dial.kill().await.unwrap();
+        }
+        node.wait_idle(&client).await;
+        // Let the node notice the dead connections.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        samples.push((open_fds(pid), rss_kib(pid)));
+    }
+    eprintln!("after each round of 20 killed peers: (open fds, RSS KiB) = {samples:?}");
+    let (first_fds, first_rss) = samples[0];
+    let (last_fds, last_rss) = samples[2];
+    assert!(
+        last_fds <= first_fds + 4,
+        "file descriptors grew: {samples:?}"
+    );
+    assert!(last_rss < first_rss + 16 * 1024, "memory grew: {samples:?}");
 }
