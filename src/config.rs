@@ -17,6 +17,7 @@
 //! protocol = "/my/app/1.0.0"
 //! wasm = "cells/mine.wasm"                  # … or a component file, relative to this file
 //! allow = ["12D3KooW…"]                     # only these peers may open streams
+//! mode = "stdio"                            # or "connection"; detected if absent
 //! limits = { memory_mb = 256, max_instances = 10 }
 //! ```
 
@@ -29,6 +30,7 @@ use anyhow::{Context as _, bail};
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use serde::Deserialize;
 
+use crate::cell::Mode;
 use crate::cell::builtin::{self, Builtin};
 use crate::limits::{LimitOverrides, Limits};
 
@@ -70,6 +72,8 @@ pub struct CellEntry {
     pub builtin: Option<String>,
     /// Peers allowed to open streams; everyone if absent.
     pub allow: Option<Vec<String>>,
+    /// `"stdio"` or `"connection"`; detected from the component if absent.
+    pub mode: Option<Mode>,
     /// Limits for this cell only.
     #[serde(default)]
     pub limits: LimitOverrides,
@@ -115,6 +119,8 @@ pub struct CellSpec {
     pub allow: Option<Vec<PeerId>>,
     /// Limits set for this cell only.
     pub limits: LimitOverrides,
+    /// A forced mode; detected from the component if `None`.
+    pub mode: Option<Mode>,
 }
 
 impl CellSpec {
@@ -133,6 +139,7 @@ impl CellSpec {
             source: CellSource::File(path),
             allow: None,
             limits: LimitOverrides::default(),
+            mode: None,
         })
     }
 
@@ -146,6 +153,7 @@ impl CellSpec {
                 source: CellSource::Builtin(cell),
                 allow: None,
                 limits: LimitOverrides::default(),
+                mode: None,
             })
             .collect()
     }
@@ -179,6 +187,7 @@ impl CellSpec {
             source,
             allow,
             limits: entry.limits,
+            mode: entry.mode,
         })
     }
 }
@@ -201,6 +210,19 @@ pub fn parse_allow(flag: &str) -> anyhow::Result<(StreamProtocol, PeerId)> {
         bail!("--allow wants PROTOCOL=PEERID, got `{flag}`");
     };
     Ok((parse_protocol(protocol)?, parse_peer(peer)?))
+}
+
+/// Parses the `PROTOCOL=MODE` form of `--cell-mode`.
+pub fn parse_cell_mode(flag: &str) -> anyhow::Result<(StreamProtocol, Mode)> {
+    let Some((protocol, mode)) = flag.split_once('=') else {
+        bail!("--cell-mode wants PROTOCOL=stdio or PROTOCOL=connection, got `{flag}`");
+    };
+    let mode = match mode {
+        "stdio" => Mode::Stdio,
+        "connection" => Mode::Connection,
+        other => bail!("unknown mode `{other}`: use `stdio` or `connection`"),
+    };
+    Ok((parse_protocol(protocol)?, mode))
 }
 
 /// Checks that a cell may be served on `protocol`: not a node protocol, and not
@@ -229,6 +251,8 @@ pub struct Flags {
     pub limits: LimitOverrides,
     /// `--allow PROTOCOL=PEERID`: added to that cell's allowlist.
     pub allow: Vec<(StreamProtocol, PeerId)>,
+    /// `--cell-mode PROTOCOL=MODE`: forces that cell's mode.
+    pub modes: Vec<(StreamProtocol, Mode)>,
     /// `--admin ADDR`: replaces the file's.
     pub admin: Option<SocketAddr>,
 }
@@ -281,6 +305,12 @@ impl NodeConfig {
                 bail!("--allow {protocol}={peer}: no cell is served on {protocol}");
             };
             cell.allow.get_or_insert_with(Vec::new).push(peer);
+        }
+        for (protocol, mode) in flags.modes {
+            let Some(cell) = all.iter_mut().find(|cell| cell.protocol == protocol) else {
+                bail!("--cell-mode {protocol}: no cell is served on {protocol}");
+            };
+            cell.mode = Some(mode);
         }
         let limits = flags.limits.apply(file.limits.apply(Limits::default()));
         limits.check().context("[limits]")?;

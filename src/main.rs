@@ -38,6 +38,10 @@ enum Command {
         /// refuses everyone else).
         #[arg(long, value_name = "PROTOCOL=PEERID", value_parser = config::parse_allow)]
         allow: Vec<(libp2p::StreamProtocol, libp2p::PeerId)>,
+        /// Force how the cell on PROTOCOL reaches its stream (stdio or connection);
+        /// detected from its imports otherwise. Repeatable.
+        #[arg(long, value_name = "PROTOCOL=MODE", value_parser = config::parse_cell_mode)]
+        cell_mode: Vec<(libp2p::StreamProtocol, ww::cell::Mode)>,
         /// Serve /healthz, /metrics and /status over HTTP on this address (e.g.
         /// 127.0.0.1:2026); off unless given.
         #[arg(long, value_name = "ADDR")]
@@ -59,6 +63,9 @@ enum Command {
         wasm: PathBuf,
         /// Extra arguments for the guest (after its protocol argument).
         args: Vec<String>,
+        /// How the cell reaches its stream [default: detected from its imports].
+        #[arg(long, value_enum)]
+        mode: Option<ww::cell::Mode>,
         #[command(flatten)]
         limits: ww::limits::LimitOverrides,
     },
@@ -109,6 +116,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             config,
             identity,
             allow,
+            cell_mode,
             admin,
             limits,
         } => {
@@ -122,6 +130,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 cells: cell,
                 limits,
                 allow,
+                modes: cell_mode,
                 admin,
             };
             let config = NodeConfig::merge(file, flags)?;
@@ -139,7 +148,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Cell { wasm, args, limits } => {
+        Command::Cell {
+            wasm,
+            args,
+            mode,
+            limits,
+        } => {
             let limits = limits.apply(ww::limits::Limits::default());
             limits.check()?;
             let pool = ww::cell::PoolSize {
@@ -149,8 +163,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let runtime = ww::cell::Runtime::new(pool, Default::default())?;
             let name = wasm
                 .file_stem()
-                .map_or("cell".into(), |s| s.to_string_lossy());
-            let cell = ww::cell::load_file(&runtime, &name, &wasm, limits)?;
+                .map_or("cell".into(), |s| s.to_string_lossy().into());
+            let options = ww::cell::CellOptions { name, limits, mode };
+            let cell = ww::cell::load_file(&runtime, &wasm, &options)?;
             let mut argv = vec![wasm.display().to_string()];
             argv.extend(args);
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();

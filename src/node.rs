@@ -26,7 +26,7 @@ use tracing::Instrument as _;
 
 use crate::admin::{self, CellInfo, NetworkView};
 use crate::admission::{Gate, Refusal};
-use crate::cell::{self, Cell, PeerWriter, PoolSize, Runtime};
+use crate::cell::{self, Cell, CellOptions, PeerWriter, PoolSize, Runtime};
 use crate::config::{CellSource, NodeConfig};
 use crate::metrics::{CellLabel, Metrics};
 use crate::net::outcome::{self, Outcome};
@@ -122,14 +122,19 @@ fn load_cells(runtime: &Arc<Runtime>, config: &NodeConfig) -> anyhow::Result<Cel
     for spec in &config.cells {
         let started = std::time::Instant::now();
         let limits = config.cell_limits(spec);
+        let options = CellOptions {
+            name: spec.name.clone(),
+            limits,
+            mode: spec.mode,
+        };
         let cell = match &spec.source {
             CellSource::Builtin(builtin) => {
                 let source = format!("built-in cell `{}`", builtin.name);
-                runtime.load(&spec.name, &source, builtin.wasm, limits)?
+                runtime.load(&source, builtin.wasm, &options)?
             }
-            CellSource::File(path) => cell::load_file(runtime, &spec.name, path, limits)?,
+            CellSource::File(path) => cell::load_file(runtime, path, &options)?,
         };
-        tracing::info!(cell = %spec.name, protocol = %spec.protocol, elapsed = ?started.elapsed(), ?limits, "cell loaded");
+        tracing::info!(cell = %spec.name, protocol = %spec.protocol, mode = cell.mode(), elapsed = ?started.elapsed(), ?limits, "cell loaded");
         let served = ServedCell {
             cell,
             label: CellLabel {

@@ -14,6 +14,11 @@ pub struct Builtin {
 /// Every built-in cell, served by `ww run` when no cell is configured.
 pub const BUILTINS: &[Builtin] = &[
     Builtin {
+        name: "calc",
+        protocol: "/ww/calc/0.1.0",
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/calc.wasm")),
+    },
+    Builtin {
         name: "echo",
         protocol: "/ww/echo/0.1.0",
         wasm: include_bytes!(concat!(env!("OUT_DIR"), "/echo.wasm")),

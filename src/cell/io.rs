@@ -171,6 +171,27 @@ impl<R: AsyncRead + Unpin> AsyncRead for MeteredReader<R> {
     }
 }
 
+/// Makes a reader `Sync` (as wasmtime-wasi's stdin adapter wants) by only ever
+/// handing out exclusive access to it; a libp2p stream is `Send` but not `Sync`.
+pub struct SyncReader<R>(sync_wrapper::SyncWrapper<R>);
+
+impl<R> SyncReader<R> {
+    /// Wraps `reader`.
+    pub fn new(reader: R) -> Self {
+        Self(sync_wrapper::SyncWrapper::new(reader))
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for SyncReader<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(self.get_mut().0.get_mut()).poll_read(cx, buf)
+    }
+}
+
 /// The output half of a peer stream as a `wasi:io` output stream.
 ///
 /// Writes go through wasmtime-wasi's `AsyncWriteStream` (a task that drains a bounded

@@ -23,10 +23,11 @@ use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
 };
 use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream, StdoutStream as _};
 use wasmtime_wasi::p2::pipe::AsyncReadStream;
 
 pub use host::{Cell as CellBindings, CellPre, Connection, Host};
-pub use io::{GuestLog, MeteredReader, PeerOutputStream, PeerWriter};
+pub use io::{GuestLog, MeteredReader, PeerOutputStream, PeerWriter, SyncReader};
 pub use meter::LimitExceeded;
 
 use crate::limits::Limits;
@@ -38,6 +39,25 @@ use meter::Traffic;
 pub const STREAMS_INTERFACE: &str = "wetware:streams/streams@0.1.0";
 /// The export a cell must provide (any `0.2.x` patch release links).
 const RUN_EXPORT_PREFIX: &str = "wasi:cli/run@0.2.";
+
+/// How a cell reaches its peer stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Through `wetware:streams/create-connection` (the `cell` world).
+    Connection,
+    /// As stdin and stdout, like an inetd service: any WASI command works.
+    Stdio,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Connection => "connection",
+            Mode::Stdio => "stdio",
+        }
+    }
+}
 
 /// How often the engine's epoch advances. A guest in a busy loop yields its worker
 /// thread to other tasks once per tick.
@@ -100,21 +120,20 @@ impl Runtime {
     }
 
     /// Compiles and validates a cell and prepares its instantiation; its instances
-    /// will run within `limits` and be counted as `name`. `source` names the bytes in
-    /// error messages (a file path, or `built-in echo`).
+    /// will run within `options.limits` and be counted as `options.name`. `source`
+    /// names the bytes in error messages (a file path, or `built-in echo`).
     pub fn load(
         self: &Arc<Self>,
-        name: &str,
         source: &str,
         wasm: &[u8],
-        limits: Limits,
+        options: &CellOptions,
     ) -> anyhow::Result<Cell> {
         check_header(wasm).with_context(|| format!("{source}: not a WebAssembly component"))?;
         let component = Component::new(&self.engine, wasm)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("{source}: invalid component"))?;
-        check_world(&self.engine, &component).with_context(|| {
-            format!("{source}: does not target the `wetware:streams/cell` world")
+        let mode = check_world(&self.engine, &component, options.mode).with_context(|| {
+            format!("{source}: is neither a `wetware:streams/cell` nor a WASI command component")
         })?;
         let pre = self
             .linker
@@ -127,9 +146,10 @@ impl Runtime {
         Ok(Cell {
             runtime: self.clone(),
             pre,
-            limits,
+            limits: options.limits,
+            mode,
             label: CellLabel {
-                cell: name.to_string(),
+                cell: options.name.clone(),
             },
         })
     }
@@ -141,7 +161,19 @@ pub struct Cell {
     runtime: Arc<Runtime>,
     pre: CellPre<Host>,
     limits: Limits,
+    mode: Mode,
     label: CellLabel,
+}
+
+/// How to load a cell.
+#[derive(Debug, Clone)]
+pub struct CellOptions {
+    /// Its name in logs and metrics.
+    pub name: String,
+    /// The limits its instances run within.
+    pub limits: Limits,
+    /// Force a mode instead of detecting it from the component's imports.
+    pub mode: Option<Mode>,
 }
 
 /// How one instance ended.
@@ -207,15 +239,21 @@ impl Cell {
     {
         let traffic = writer.traffic();
         let reader = MeteredReader::new(reader, traffic.clone());
-        let connection = Connection::new(
-            Box::new(AsyncReadStream::new(reader)),
-            Box::new(PeerOutputStream::new(writer.clone())),
-        );
+        let io = match self.mode {
+            Mode::Connection => Io::Connection(Connection::new(
+                Box::new(AsyncReadStream::new(reader)),
+                Box::new(PeerOutputStream::new(writer.clone())),
+            )),
+            Mode::Stdio => Io::Stdio {
+                stdin: AsyncStdinStream::new(SyncReader::new(reader)),
+                stdout: AsyncStdoutStream::new(io::OUTPUT_BUDGET, writer.clone()),
+            },
+        };
         // Counted as ended even if this task is cancelled (shutdown): then as "aborted".
         let mut record = Record::start(&self.runtime.metrics, &self.label, traffic.clone());
         // The watchdog ends the instance by dropping it mid-call, which wasmtime allows.
         let outcome = tokio::select! {
-            outcome = self.run(args, Some(connection)) => outcome,
+            outcome = self.run(args, io) => outcome,
             exceeded = watchdog(&self.limits, &traffic) => Err(Failure::Limit(exceeded)),
         };
         let ending = match &outcome {
@@ -231,16 +269,26 @@ impl Cell {
 
     /// Instantiates the cell, runs it, and flushes the output it left behind. The
     /// instance is dropped on return.
-    async fn run(&self, args: &[&str], connection: Option<Connection>) -> Result<(), Failure> {
-        let wasi = WasiCtxBuilder::new()
-            .args(args)
-            .stdout(GuestLog { name: "stdout" })
+    async fn run(&self, args: &[&str], io: Io) -> Result<(), Failure> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.args(args)
             .stderr(GuestLog { name: "stderr" })
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
-        let host = Host::new(wasi, connection, &self.limits);
+            .allow_ip_name_lookup(false);
+        let (connection, mut stdout) = match io {
+            Io::Connection(connection) => {
+                wasi.stdout(GuestLog { name: "stdout" });
+                (Some(connection), None)
+            }
+            Io::Stdio { stdin, stdout } => {
+                // Kept to flush what the guest printed once it is done.
+                let handle = stdout.p2_stream();
+                wasi.stdin(stdin).stdout(stdout);
+                (None, Some(handle))
+            }
+        };
+        let host = Host::new(wasi.build(), connection, &self.limits);
         let mut store = Store::new(&self.runtime.engine, host);
         store.limiter(|host| &mut host.memory);
         store.call_hook(|mut cx, hook| {
@@ -283,7 +331,7 @@ impl Cell {
         if outcome.is_err() && store.data().memory.hit {
             outcome = Err(Failure::Limit(LimitExceeded::Memory(self.limits.memory_mb)));
         }
-        if let Some(mut output) = store.data_mut().take_output() {
+        if let Some(mut output) = store.data_mut().take_output().or(stdout.take()) {
             // A failed instance gets a moment, not forever: a peer that does not read
             // must not keep it alive.
             let flushed = match outcome {
@@ -414,9 +462,15 @@ fn check_header(wasm: &[u8]) -> anyhow::Result<()> {
     }
 }
 
-/// Checks what the linker cannot say clearly: that the component imports
-/// `wetware:streams` and exports `wasi:cli/run`.
-fn check_world(engine: &Engine, component: &Component) -> anyhow::Result<()> {
+/// Checks what the linker cannot say clearly — that the component exports
+/// `wasi:cli/run` and imports nothing ww lacks — and picks its mode: a component that
+/// imports `wetware:streams` is a connection cell, any other command a stdio cell,
+/// unless `forced` says otherwise.
+fn check_world(
+    engine: &Engine,
+    component: &Component,
+    forced: Option<Mode>,
+) -> anyhow::Result<Mode> {
     let ty = component.component_type();
     let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
     if !exports
@@ -440,14 +494,20 @@ fn check_world(engine: &Engine, component: &Component) -> anyhow::Result<()> {
             list(&unknown)
         );
     }
-    if !imports.contains(&STREAMS_INTERFACE) {
-        bail!(
-            "it does not import `{STREAMS_INTERFACE}`, so it cannot reach its peer stream \
-             (imports: {})",
+    let detected = if imports.contains(&STREAMS_INTERFACE) {
+        Mode::Connection
+    } else {
+        Mode::Stdio
+    };
+    match forced {
+        Some(Mode::Connection) if detected == Mode::Stdio => bail!(
+            "mode = \"connection\", but it does not import `{STREAMS_INTERFACE}`, so it cannot \
+             reach its peer stream (imports: {})",
             list(&imports)
-        );
+        ),
+        Some(mode) => Ok(mode),
+        None => Ok(detected),
     }
-    Ok(())
 }
 
 fn list(names: &[&str]) -> String {
@@ -461,10 +521,27 @@ fn list(names: &[&str]) -> String {
 /// Loads a cell from a file, naming the file in every error.
 pub fn load_file(
     runtime: &Arc<Runtime>,
-    name: &str,
     path: &Path,
-    limits: Limits,
+    options: &CellOptions,
 ) -> anyhow::Result<Cell> {
     let wasm = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    runtime.load(name, &path.display().to_string(), &wasm, limits)
+    runtime.load(&path.display().to_string(), &wasm, options)
+}
+
+/// The peer stream as the guest will see it.
+enum Io {
+    /// Handed over by `create-connection`.
+    Connection(Connection),
+    /// As the guest's stdin and stdout.
+    Stdio {
+        stdin: AsyncStdinStream,
+        stdout: AsyncStdoutStream,
+    },
+}
+
+impl Cell {
+    /// How this cell reaches its peer stream.
+    pub fn mode(&self) -> &'static str {
+        self.mode.name()
+    }
 }

@@ -6,4 +6,5 @@ mod failures;
 mod lifecycle;
 mod limits;
 mod startup;
+mod stdio;
 mod support;

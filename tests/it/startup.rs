@@ -32,7 +32,7 @@ async fn bad_cells_are_refused_with_the_file_named() {
     let broken = dir.path().join("broken.wasm");
     std::fs::write(&broken, b"\0asm\x0d\0\x01\0\xff\xff").unwrap();
     let missing = dir.path().join("missing.wasm");
-    let no_world = test_cell("no-world");
+    let no_run = test_cell("no-run");
     let extra_import = test_cell("extra-import");
 
     let cases = [
@@ -40,7 +40,10 @@ async fn bad_cells_are_refused_with_the_file_named() {
         (&core, "core WebAssembly module"),
         (&broken, "invalid component"),
         (&missing, "cannot read"),
-        (&no_world, "does not import `wetware:streams/streams@0.1.0`"),
+        (
+            &no_run,
+            "does not export `wasi:cli/run@0.2.x` (exports: test:no-run/greet)",
+        ),
         (
             &extra_import,
             "imports test:extra/missing, which a ww node does not provide",
@@ -56,6 +59,19 @@ async fn bad_cells_are_refused_with_the_file_named() {
         assert!(err.contains(reason), "expected `{reason}` in: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forced_mode_that_cannot_work_is_refused() {
+    let program = test_cell("stdio-echo");
+    let flag = format!("/x/1={}", program.display());
+    let err = run_fails(&["--cell", &flag, "--cell-mode", "/x/1=connection"]).await;
+    assert!(
+        err.contains("mode = \"connection\", but it does not import `wetware:streams"),
+        "{err}"
+    );
+    let err = run_fails(&["--cell", &flag, "--cell-mode", "/x/1=pipes"]).await;
+    assert!(err.contains("unknown mode `pipes`"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
