@@ -156,11 +156,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let limits = limits.apply(ww::limits::Limits::default());
             limits.check()?;
-            let pool = ww::cell::PoolSize {
-                instances: 1,
-                memory_bytes: limits.memory_bytes(),
-            };
-            let runtime = ww::cell::Runtime::new(pool, Default::default())?;
+            // One instance: allocating it on demand beats reserving a pool.
+            let runtime = ww::cell::Runtime::new(None, Default::default())?;
             let name = wasm
                 .file_stem()
                 .map_or("cell".into(), |s| s.to_string_lossy().into());

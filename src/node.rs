@@ -47,7 +47,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         instances: config.limits.max_instances,
         memory_bytes: config.max_memory_bytes(),
     };
-    let runtime = Runtime::new(pool, metrics.clone())?;
+    let runtime = Runtime::new(Some(pool), metrics.clone())?;
     let cells = load_cells(&runtime, &config)?;
     let mut protocols = vec![STATS_PROTOCOL];
     for cell in &config.cells {

@@ -91,16 +91,17 @@ impl Runtime {
     /// Creates the engine (pooling allocator if this machine allows it, on-demand
     /// otherwise), its linker with WASI and `wetware:streams`, and the epoch ticker.
     /// Must be called inside a tokio runtime.
-    pub fn new(pool: PoolSize, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Self>> {
-        let (engine, pooling) = match Engine::new(&engine_config(Some(pool))) {
-            Ok(engine) => (engine, true),
-            Err(error) => {
+    pub fn new(pool: Option<PoolSize>, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Self>> {
+        let (engine, pooling) = match Engine::new(&engine_config(pool)) {
+            Ok(engine) => (engine, pool.is_some()),
+            Err(error) if pool.is_some() => {
                 tracing::warn!(%error, "pooling allocator unavailable; allocating instances on demand");
                 (
                     Engine::new(&engine_config(None)).map_err(anyhow::Error::from)?,
                     false,
                 )
             }
+            Err(error) => return Err(error.into()),
         };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;

@@ -5,6 +5,7 @@ mod echo;
 mod failures;
 mod lifecycle;
 mod limits;
+mod python;
 mod startup;
 mod stdio;
 mod support;

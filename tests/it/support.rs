@@ -328,3 +328,26 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     }
     panic!("cannot reach {addr}: {last_error:?}");
 }
+
+/// Builds the Python cell (`protocols/wc`) with its own build script — which installs
+/// the pinned componentize-py into a virtualenv under the target directory — once
+/// per test process, and returns the component's path.
+pub fn python_cell() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join("python")
+                .join("wc.wasm");
+            std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("protocols/wc/build.sh");
+            let status = std::process::Command::new("bash")
+                .arg(&script)
+                .arg(&out)
+                .status()
+                .expect("running protocols/wc/build.sh");
+            assert!(status.success(), "building the Python cell failed");
+            out
+        })
+        .clone()
+}

@@ -1,0 +1,86 @@
+//! A cell written in Python (componentize-py), served over the network.
+
+use futures::future::join_all;
+use libp2p::StreamProtocol;
+use ww::net::client::Client;
+
+use crate::support::{Node, free_local_addr, http_get, python_cell, request, rss_kib};
+
+const WC: StreamProtocol = StreamProtocol::new("/ww/wc/0.1.0");
+
+fn counts(answer: &[u8]) -> (u64, u64, u64) {
+    let json: serde_json::Value = serde_json::from_slice(answer)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(answer)));
+    let get = |key: &str| {
+        json[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {key} in {json}"))
+    };
+    (get("lines"), get("words"), get("bytes"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_cell_answers_over_the_network() {
+    let wasm = python_cell();
+    let admin = free_local_addr();
+    let cell = format!("/ww/wc/0.1.0={}", wasm.display());
+    let started = std::time::Instant::now();
+    let node = Node::start(&["--cell", &cell, "--admin", &admin.to_string()]).await;
+    eprintln!(
+        "node with the Python cell listening after {:?} (includes compiling it)",
+        started.elapsed()
+    );
+    let client = Client::new().unwrap();
+    let peer = client.connect(&node.tcp).await.unwrap();
+
+    let answer = request(&client, peer, WC, b"hello world\nbye\n")
+        .await
+        .unwrap();
+    assert_eq!(counts(&answer), (2, 3, 16));
+
+    let streams = (0..20u64).map(|i| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let text = "word ".repeat(i as usize) + &"\n".repeat(i as usize % 3);
+            let answer = request(&client, peer, WC, text.as_bytes()).await.unwrap();
+            (counts(&answer), (i % 3, i, text.len() as u64))
+        })
+    });
+    for result in join_all(streams).await {
+        let (got, expected) = result.unwrap();
+        assert_eq!(got, expected);
+    }
+    let stats = node.wait_idle(&client).await;
+    assert_eq!((stats.succeeded, stats.failed), (21, 0));
+
+    // Measured, not asserted: what one Python instance costs.
+    let pid = node.child.id().unwrap();
+    let before = rss_kib(pid);
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.push(client.open(peer, WC).await.unwrap());
+    }
+    for _ in 0..200 {
+        if node.stats(&client).await.live == 10 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let after = rss_kib(pid);
+    let (_, metrics) = http_get(admin, "/metrics").await;
+    let metric = |name: &str| -> f64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let instantiations = metric("ww_instantiate_seconds_count{cell=\"wc\"}");
+    let mean = metric("ww_instantiate_seconds_sum{cell=\"wc\"}") / instantiations;
+    eprintln!(
+        "Python cell: {:.2} ms mean instantiation over {instantiations} instances; \
+         {} KiB RSS per live instance (10 live)",
+        mean * 1e3,
+        after.saturating_sub(before) / 10
+    );
+}
