@@ -5,6 +5,7 @@
 //! identity = "/var/lib/ww/identity.key"   # default: ~/.local/share/ww/identity.key
 //! shutdown_grace_s = 10                     # how long running guests get on shutdown
 //! admin = "127.0.0.1:2026"                  # /healthz, /metrics, /status; off if absent
+//! cache = "/var/cache/ww"                   # compiled cells; false = none; default ~/.cache/ww/cells
 //!
 //! [limits]                                  # node-wide; see `crate::limits` for every key
 //! cpu_ms = 10000
@@ -52,12 +53,24 @@ pub struct File {
     pub shutdown_grace_s: Option<u64>,
     /// Where the admin HTTP endpoint listens; off if absent.
     pub admin: Option<SocketAddr>,
+    /// Where compiled cells are cached; `false` turns the cache off.
+    pub cache: Option<CacheSetting>,
     /// Node-wide limits.
     #[serde(default)]
     pub limits: LimitOverrides,
     /// Cells by name.
     #[serde(default)]
     pub cells: BTreeMap<String, CellEntry>,
+}
+
+/// The `cache` key: a directory, or `false` for no cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum CacheSetting {
+    /// Cache compiled cells in this directory.
+    Dir(PathBuf),
+    /// `false`: compile every cell at every start; `true`: the default directory.
+    Enabled(bool),
 }
 
 /// One `[cells.<name>]` table.
@@ -212,6 +225,22 @@ pub fn parse_allow(flag: &str) -> anyhow::Result<(StreamProtocol, PeerId)> {
     Ok((parse_protocol(protocol)?, parse_peer(peer)?))
 }
 
+/// Where to cache compiled cells, from the flags and the file's `cache` key.
+pub fn cache_dir(
+    no_cache: bool,
+    flag: Option<PathBuf>,
+    file: Option<CacheSetting>,
+) -> Option<PathBuf> {
+    if no_cache {
+        return None;
+    }
+    match (flag, file) {
+        (Some(dir), _) | (None, Some(CacheSetting::Dir(dir))) => Some(dir),
+        (None, Some(CacheSetting::Enabled(false))) => None,
+        (None, Some(CacheSetting::Enabled(true)) | None) => crate::cell::Cache::default_dir(),
+    }
+}
+
 /// Parses the `PROTOCOL=MODE` form of `--cell-mode`.
 pub fn parse_cell_mode(flag: &str) -> anyhow::Result<(StreamProtocol, Mode)> {
     let Some((protocol, mode)) = flag.split_once('=') else {
@@ -255,6 +284,10 @@ pub struct Flags {
     pub modes: Vec<(StreamProtocol, Mode)>,
     /// `--admin ADDR`: replaces the file's.
     pub admin: Option<SocketAddr>,
+    /// `--cache-dir DIR`: replaces the file's.
+    pub cache_dir: Option<PathBuf>,
+    /// `--no-cache`: wins over everything.
+    pub no_cache: bool,
 }
 
 /// Everything `ww run` needs, after merging the file and the flags.
@@ -272,6 +305,8 @@ pub struct NodeConfig {
     pub cells: Vec<CellSpec>,
     /// Where the admin HTTP endpoint listens, if anywhere.
     pub admin: Option<SocketAddr>,
+    /// Where compiled cells are cached, if anywhere.
+    pub cache: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -342,6 +377,7 @@ impl NodeConfig {
             limits,
             cells: all,
             admin: flags.admin.or(file.admin),
+            cache: cache_dir(flags.no_cache, flags.cache_dir, file.cache),
         })
     }
 

@@ -42,6 +42,12 @@ enum Command {
         /// detected from its imports otherwise. Repeatable.
         #[arg(long, value_name = "PROTOCOL=MODE", value_parser = config::parse_cell_mode)]
         cell_mode: Vec<(libp2p::StreamProtocol, ww::cell::Mode)>,
+        /// Cache compiled cells here [default: ~/.cache/ww/cells]; the last one given wins.
+        #[arg(long, value_name = "DIR", overrides_with = "cache_dir")]
+        cache_dir: Option<PathBuf>,
+        /// Compile every cell at start-up; read and write no cache.
+        #[arg(long)]
+        no_cache: bool,
         /// Serve /healthz, /metrics and /status over HTTP on this address (e.g.
         /// 127.0.0.1:2026); off unless given.
         #[arg(long, value_name = "ADDR")]
@@ -66,6 +72,9 @@ enum Command {
         /// How the cell reaches its stream [default: detected from its imports].
         #[arg(long, value_enum)]
         mode: Option<ww::cell::Mode>,
+        /// Compile the cell even if it is in the cache, and do not cache it.
+        #[arg(long)]
+        no_cache: bool,
         #[command(flatten)]
         limits: ww::limits::LimitOverrides,
     },
@@ -117,6 +126,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             identity,
             allow,
             cell_mode,
+            cache_dir,
+            no_cache,
             admin,
             limits,
         } => {
@@ -132,6 +143,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 allow,
                 modes: cell_mode,
                 admin,
+                cache_dir,
+                no_cache,
             };
             let config = NodeConfig::merge(file, flags)?;
             ww::node::run(config, shutdown_signal()).await
@@ -152,12 +165,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             wasm,
             args,
             mode,
+            no_cache,
             limits,
         } => {
             let limits = limits.apply(ww::limits::Limits::default());
             limits.check()?;
             // One instance: allocating it on demand beats reserving a pool.
-            let runtime = ww::cell::Runtime::new(None, Default::default())?;
+            let cache = config::cache_dir(no_cache, None, None).map(ww::cell::Cache::open);
+            let runtime = ww::cell::Runtime::new(None, Default::default(), cache.transpose()?)?;
             let name = wasm
                 .file_stem()
                 .map_or("cell".into(), |s| s.to_string_lossy().into());

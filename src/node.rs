@@ -26,7 +26,7 @@ use tracing::Instrument as _;
 
 use crate::admin::{self, CellInfo, NetworkView};
 use crate::admission::{Gate, Refusal};
-use crate::cell::{self, Cell, CellOptions, PeerWriter, PoolSize, Runtime};
+use crate::cell::{self, Cache, Cell, CellOptions, PeerWriter, PoolSize, Runtime};
 use crate::config::{CellSource, NodeConfig};
 use crate::metrics::{CellLabel, Metrics};
 use crate::net::outcome::{self, Outcome};
@@ -47,7 +47,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         instances: config.limits.max_instances,
         memory_bytes: config.max_memory_bytes(),
     };
-    let runtime = Runtime::new(Some(pool), metrics.clone())?;
+    let cache = config.cache.clone().map(Cache::open).transpose()?;
+    let runtime = Runtime::new(Some(pool), metrics.clone(), cache)?;
     let cells = load_cells(&runtime, &config)?;
     let mut protocols = vec![STATS_PROTOCOL];
     for cell in &config.cells {
@@ -134,7 +135,7 @@ fn load_cells(runtime: &Arc<Runtime>, config: &NodeConfig) -> anyhow::Result<Cel
             }
             CellSource::File(path) => cell::load_file(runtime, path, &options)?,
         };
-        tracing::info!(cell = %spec.name, protocol = %spec.protocol, mode = cell.mode(), elapsed = ?started.elapsed(), ?limits, "cell loaded");
+        tracing::info!(cell = %spec.name, protocol = %spec.protocol, mode = cell.mode(), cached = cell.cached(), elapsed = ?started.elapsed(), ?limits, "cell loaded");
         let served = ServedCell {
             cell,
             label: CellLabel {

@@ -7,6 +7,7 @@
 //! our own; see [`io`] for the close and backpressure rules.
 
 pub mod builtin;
+pub mod cache;
 mod host;
 mod io;
 pub mod meter;
@@ -26,6 +27,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream, StdoutStream as _};
 use wasmtime_wasi::p2::pipe::AsyncReadStream;
 
+pub use cache::Cache;
 pub use host::{Cell as CellBindings, CellPre, Connection, Host};
 pub use io::{GuestLog, MeteredReader, PeerOutputStream, PeerWriter, SyncReader};
 pub use meter::LimitExceeded;
@@ -83,6 +85,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<Host>,
     metrics: Arc<Metrics>,
+    cache: Option<Cache>,
     /// Whether instances come from the pooling allocator.
     pub pooling: bool,
 }
@@ -91,7 +94,11 @@ impl Runtime {
     /// Creates the engine (pooling allocator if this machine allows it, on-demand
     /// otherwise), its linker with WASI and `wetware:streams`, and the epoch ticker.
     /// Must be called inside a tokio runtime.
-    pub fn new(pool: Option<PoolSize>, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Self>> {
+    pub fn new(
+        pool: Option<PoolSize>,
+        metrics: Arc<Metrics>,
+        cache: Option<Cache>,
+    ) -> anyhow::Result<Arc<Self>> {
         let (engine, pooling) = match Engine::new(&engine_config(pool)) {
             Ok(engine) => (engine, pool.is_some()),
             Err(error) if pool.is_some() => {
@@ -111,6 +118,7 @@ impl Runtime {
             engine,
             linker,
             metrics,
+            cache,
             pooling,
         }))
     }
@@ -130,7 +138,11 @@ impl Runtime {
         options: &CellOptions,
     ) -> anyhow::Result<Cell> {
         check_header(wasm).with_context(|| format!("{source}: not a WebAssembly component"))?;
-        let component = Component::new(&self.engine, wasm)
+        let compiled = match &self.cache {
+            Some(cache) => cache.load_or_compile(&self.engine, wasm),
+            None => Component::new(&self.engine, wasm).map(|component| (component, false)),
+        };
+        let (component, cached) = compiled
             .map_err(anyhow::Error::from)
             .with_context(|| format!("{source}: invalid component"))?;
         let mode = check_world(&self.engine, &component, options.mode).with_context(|| {
@@ -149,6 +161,7 @@ impl Runtime {
             pre,
             limits: options.limits,
             mode,
+            cached,
             label: CellLabel {
                 cell: options.name.clone(),
             },
@@ -163,6 +176,8 @@ pub struct Cell {
     pre: CellPre<Host>,
     limits: Limits,
     mode: Mode,
+    /// Whether its compiled code came from the cache.
+    cached: bool,
     label: CellLabel,
 }
 
@@ -544,5 +559,10 @@ impl Cell {
     /// How this cell reaches its peer stream.
     pub fn mode(&self) -> &'static str {
         self.mode.name()
+    }
+
+    /// Whether its compiled code came from the cache rather than the compiler.
+    pub fn cached(&self) -> bool {
+        self.cached
     }
 }

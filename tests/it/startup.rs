@@ -120,3 +120,39 @@ async fn the_identity_persists_across_restarts() {
     let second = Node::start_with_identity(tempfile::tempdir().unwrap(), &identity, &[]).await;
     assert_eq!(second.peer, peer);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compiled_cells_are_cached_across_restarts() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().join("cells").display().to_string();
+    // A later --cache-dir wins over the one the test harness passes.
+    let first = Node::start(&["--cache-dir", &dir]).await;
+    let log = first.log();
+    assert!(
+        log.contains("cached=false") && !log.contains("cached=true"),
+        "{log}"
+    );
+    drop(first);
+    let entries = std::fs::read_dir(cache.path().join("cells"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        entries,
+        ww::cell::builtin::BUILTINS.len(),
+        "one entry per built-in cell"
+    );
+
+    let second = Node::start(&["--cache-dir", &dir]).await;
+    let log = second.log();
+    assert!(
+        log.contains("cached=true") && !log.contains("cached=false"),
+        "{log}"
+    );
+    let (ok, out, err) = crate::support::ww(
+        &["dial", &second.tcp.to_string(), "/ww/echo/0.1.0"],
+        b"warm",
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out, b"warm");
+}

@@ -91,6 +91,8 @@ impl Node {
             ])
             .arg("--identity")
             .arg(identity)
+            .arg("--cache-dir")
+            .arg(Path::new(env!("CARGO_TARGET_TMPDIR")).join("cell-cache"))
             .args(args)
             .env("RUST_LOG", "info,ww=debug")
             .stdin(Stdio::null())
