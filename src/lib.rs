@@ -17,9 +17,11 @@
 //!   peers may use, and the node's persistent peer ID.
 //! - [`dial`]: `ww dial`, a stream between this terminal and a remote cell.
 //! - [`metrics`], [`admin`]: what the node counts, and the HTTP endpoint showing it.
+//! - [`bench`]: `ww bench`, a load generator for any node.
 
 pub mod admin;
 pub mod admission;
+pub mod bench;
 pub mod cell;
 pub mod config;
 pub mod dial;

@@ -78,6 +78,36 @@ enum Command {
         #[command(flatten)]
         limits: ww::limits::LimitOverrides,
     },
+    /// Load a node: open streams on a protocol, send bytes, read the answers, and
+    /// report streams/s, throughput, latency percentiles and errors.
+    Bench {
+        /// The node's address, ending in /p2p/<peer-id>.
+        multiaddr: Multiaddr,
+        /// The protocol to load, e.g. /ww/echo/0.1.0.
+        #[arg(value_parser = config::parse_protocol)]
+        protocol: libp2p::StreamProtocol,
+        /// Streams in all (unless --duration is given).
+        #[arg(long, default_value_t = 1000)]
+        streams: u64,
+        /// Streams in flight at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Bytes sent on each stream.
+        #[arg(long, default_value_t = 1024)]
+        bytes: usize,
+        /// Connections to spread the streams over (each from its own peer).
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        /// Run for this many seconds instead of a number of streams.
+        #[arg(long, value_name = "S")]
+        duration: Option<f64>,
+        /// Check that every answer equals what was sent.
+        #[arg(long)]
+        verify_echo: bool,
+        /// Also write the report as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
     /// Print a node's counters (live, succeeded and failed instances).
     Stats {
         /// The node's address, ending in /p2p/<peer-id>.
@@ -186,6 +216,29 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("{}", wasm.display()))
         }
+        Command::Bench {
+            multiaddr,
+            protocol,
+            streams,
+            concurrency,
+            bytes,
+            connections,
+            duration,
+            verify_echo,
+            json,
+        } => {
+            let options = ww::bench::Options {
+                addr: multiaddr,
+                protocol,
+                streams,
+                concurrency,
+                bytes,
+                connections,
+                duration: duration.map(std::time::Duration::from_secs_f64),
+                verify_echo,
+            };
+            bench(options, json.as_deref()).await
+        }
         Command::Stats { multiaddr } => {
             let protocol = ww::node::STATS_PROTOCOL;
             ww::dial::dial(
@@ -197,6 +250,46 @@ async fn run(command: Command) -> anyhow::Result<()> {
             .await
         }
     }
+}
+
+/// Runs `ww bench` with a progress bar on a terminal, and prints the report.
+async fn bench(options: ww::bench::Options, json: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = match options.duration {
+            Some(_) => indicatif::ProgressBar::new_spinner(),
+            None => indicatif::ProgressBar::new(options.streams),
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {pos}/{len} streams  {per_sec}  {elapsed}",
+            )
+            .expect("a valid template"),
+        );
+        // Drawn only after a second, so quick runs stay plain.
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        Some(bar)
+    } else {
+        None
+    };
+    let started = std::time::Instant::now();
+    let progress = |done: u64| {
+        if let Some(bar) = &bar {
+            if started.elapsed().as_secs() >= 1 && bar.is_hidden() {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            }
+            bar.set_position(done);
+        }
+    };
+    let report = ww::bench::run(&options, &progress).await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    print!("{}", report.to_text());
+    if let Some(path) = json {
+        report.write_json(path)?;
+    }
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

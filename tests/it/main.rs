@@ -1,6 +1,7 @@
 //! Integration tests: real `ww` processes on 127.0.0.1, real TCP and QUIC.
 
 mod admin;
+mod bench;
 mod echo;
 mod failures;
 mod lifecycle;

@@ -1,0 +1,114 @@
+//! `ww bench` against real nodes: counts, verification, the JSON report.
+
+use std::time::Duration;
+
+use libp2p::StreamProtocol;
+use ww::bench::{Options, run};
+
+use crate::support::{ECHO, Node, cell_flag, ww};
+
+fn options(node: &Node, protocol: StreamProtocol) -> Options {
+    Options {
+        addr: node.tcp.clone(),
+        protocol,
+        streams: 50,
+        concurrency: 8,
+        bytes: 3000,
+        connections: 2,
+        duration: None,
+        verify_echo: true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn counts_every_stream_and_byte() {
+    let node = Node::start(&[]).await;
+    let report = run(&options(&node, ECHO), &|_| {}).await.unwrap();
+    assert_eq!(report.streams_ok, 50);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(
+        (report.bytes_sent, report.bytes_received),
+        (150_000, 150_000)
+    );
+    assert!(report.first_byte.p50_us <= report.done.p50_us);
+    assert!(report.done.p50_us <= report.done.max_us);
+    let stats = node
+        .wait_idle(&ww::net::client::Client::new().unwrap())
+        .await;
+    assert_eq!(stats.succeeded, 50, "each stream ran one instance");
+
+    let mut timed = options(&node, ECHO);
+    timed.duration = Some(Duration::from_millis(300));
+    let report = run(&timed, &|_| {}).await.unwrap();
+    assert!(report.streams_ok > 0 && report.errors.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verification_catches_a_corrupted_reply() {
+    // `fresh` echoes, but prefixes its answer with a counter line.
+    let node = Node::start(&["--cell", &cell_flag("fresh")]).await;
+    let report = run(
+        &options(&node, StreamProtocol::new("/test/fresh/1")),
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.streams_ok, 0);
+    assert_eq!(report.errors.get("mismatch"), Some(&50));
+    let report = run(&options(&node, StreamProtocol::new("/no/such/1")), &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.errors.get("open"), Some(&50));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_json_report_has_every_field() {
+    let node = Node::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let tcp = node.tcp.to_string();
+    let args = [
+        "bench",
+        &tcp,
+        "/ww/echo/0.1.0",
+        "--streams",
+        "20",
+        "--bytes",
+        "10",
+        "--verify-echo",
+    ];
+    let (ok, out, err) = ww(
+        &[&args[..], &["--json", json.to_str().unwrap()]].concat(),
+        b"",
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(String::from_utf8(out).unwrap().contains("20 ok"));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for key in [
+        "target",
+        "protocol",
+        "streams_ok",
+        "errors",
+        "bytes_per_stream",
+        "concurrency",
+        "connections",
+        "elapsed_s",
+        "streams_per_s",
+        "bytes_per_s",
+        "bytes_sent",
+        "bytes_received",
+        "first_byte",
+        "done",
+    ] {
+        assert!(report.get(key).is_some(), "no `{key}` in {report}");
+    }
+    for percentile in ["p50_us", "p90_us", "p99_us", "max_us"] {
+        assert!(
+            report["done"][percentile].as_u64().is_some(),
+            "no done.{percentile}"
+        );
+    }
+    assert_eq!(report["streams_ok"], 20);
+}
