@@ -147,6 +147,40 @@ impl Tally {
     }
 }
 
+/// Where streams are opened.
+enum Target {
+    /// Streams on a libp2p protocol, spread over these client peers' connections.
+    Libp2p(Vec<(Client, PeerId)>),
+    /// A fresh TCP connection per stream: the baseline with no libp2p at all.
+    Tcp(std::net::SocketAddr),
+}
+
+/// Something a stream's bytes flow over.
+trait Duplex: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Duplex for T {}
+
+impl Target {
+    async fn open(&self, i: u64, protocol: &StreamProtocol) -> Result<Box<dyn Duplex>, ErrorKind> {
+        match self {
+            Target::Libp2p(peers) => {
+                let (client, peer) = &peers[i as usize % peers.len()];
+                let stream = client
+                    .open(*peer, protocol.clone())
+                    .await
+                    .map_err(|_| ErrorKind::Open)?;
+                Ok(Box::new(stream.compat()))
+            }
+            Target::Tcp(addr) => {
+                let socket = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|_| ErrorKind::Open)?;
+                socket.set_nodelay(true).map_err(|_| ErrorKind::Open)?;
+                Ok(Box::new(socket))
+            }
+        }
+    }
+}
+
 /// Runs the benchmark. `progress` is called with the number of finished streams
 /// (for a progress bar).
 pub async fn run(options: &Options, progress: &(dyn Fn(u64) + Sync)) -> anyhow::Result<Report> {
@@ -160,6 +194,20 @@ pub async fn run(options: &Options, progress: &(dyn Fn(u64) + Sync)) -> anyhow::
         let peer = client.connect(&options.addr).await?;
         peers.push((client, peer));
     }
+    drive(options, &Target::Libp2p(peers), progress).await
+}
+
+/// Runs the same load against a raw TCP echo server at `addr`, one connection per
+/// stream (`options.addr`, `protocol` and `connections` are only reported).
+pub async fn run_tcp(options: &Options, addr: std::net::SocketAddr) -> anyhow::Result<Report> {
+    drive(options, &Target::Tcp(addr), &|_| {}).await
+}
+
+async fn drive(
+    options: &Options,
+    target: &Target,
+    progress: &(dyn Fn(u64) + Sync),
+) -> anyhow::Result<Report> {
     let payload: Arc<[u8]> = (0..options.bytes).map(|i| (i % 251) as u8).collect();
     let next = AtomicU64::new(0);
     let finished = AtomicU64::new(0);
@@ -176,8 +224,7 @@ pub async fn run(options: &Options, progress: &(dyn Fn(u64) + Sync)) -> anyhow::
             if !more {
                 return tally;
             }
-            let (client, peer) = &peers[i as usize % peers.len()];
-            one_stream(client, *peer, options, &payload, &mut tally).await;
+            one_stream(target, i, options, &payload, &mut tally).await;
             progress(finished.fetch_add(1, Ordering::Relaxed) + 1);
         }
     });
@@ -205,20 +252,11 @@ pub async fn run(options: &Options, progress: &(dyn Fn(u64) + Sync)) -> anyhow::
 }
 
 /// Opens one stream, sends the payload, half-closes, reads the answer to EOF.
-async fn one_stream(
-    client: &Client,
-    peer: PeerId,
-    options: &Options,
-    payload: &[u8],
-    tally: &mut Tally,
-) {
+async fn one_stream(target: &Target, i: u64, options: &Options, payload: &[u8], tally: &mut Tally) {
     let started = Instant::now();
     let result = async {
-        let stream = client
-            .open(peer, options.protocol.clone())
-            .await
-            .map_err(|_| ErrorKind::Open)?;
-        let (mut reader, mut writer) = tokio::io::split(stream.compat());
+        let stream = target.open(i, &options.protocol).await?;
+        let (mut reader, mut writer) = tokio::io::split(stream);
         let send = async {
             writer.write_all(payload).await?;
             writer.shutdown().await

@@ -17,7 +17,8 @@
 //!   peers may use, and the node's persistent peer ID.
 //! - [`dial`]: `ww dial`, a stream between this terminal and a remote cell.
 //! - [`metrics`], [`admin`]: what the node counts, and the HTTP endpoint showing it.
-//! - [`bench`]: `ww bench`, a load generator for any node.
+//! - [`bench`], [`suite`]: `ww bench`, a load generator for any node, and the
+//!   side-by-side suite against raw TCP and native rust-libp2p.
 
 pub mod admin;
 pub mod admission;
@@ -30,3 +31,4 @@ pub mod limits;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod suite;

@@ -108,6 +108,22 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
     },
+    /// Run the side-by-side suite: the same echo workloads against raw TCP, a native
+    /// rust-libp2p echo and a ww node, all started here on 127.0.0.1.
+    BenchSuite {
+        /// Small workloads (seconds instead of minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Also write every figure and ratio as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+    /// A baseline echo server for the suite (prints its addresses; runs until killed).
+    #[command(hide = true)]
+    BenchServer {
+        #[arg(value_enum)]
+        kind: ww::suite::Baseline,
+    },
     /// Print a node's counters (live, succeeded and failed instances).
     Stats {
         /// The node's address, ending in /p2p/<peer-id>.
@@ -239,6 +255,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             bench(options, json.as_deref()).await
         }
+        Command::BenchSuite { quick, json } => {
+            let exe = std::env::current_exe().context("cannot find the ww binary")?;
+            let report = ww::suite::run_suite(&exe, quick).await?;
+            print!("{}", report.to_table());
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&report)? + "\n";
+                std::fs::write(&path, text)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            Ok(())
+        }
+        Command::BenchServer { kind } => ww::suite::serve_baseline(kind).await,
         Command::Stats { multiaddr } => {
             let protocol = ww::node::STATS_PROTOCOL;
             ww::dial::dial(

@@ -112,3 +112,33 @@ async fn the_json_report_has_every_field() {
     }
     assert_eq!(report["streams_ok"], 20);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_suite_measures_every_workload_against_every_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("suite.json");
+    let (ok, out, err) = ww(
+        &["bench-suite", "--quick", "--json", json.to_str().unwrap()],
+        b"",
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(String::from_utf8(out).unwrap().contains("| ww / native |"));
+    let suite: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(suite["machine"]["cores"].as_u64().unwrap() >= 1);
+    let rows = suite["rows"].as_array().unwrap();
+    // 3 workloads x (raw TCP + native and ww over TCP and QUIC).
+    assert_eq!(rows.len(), 15);
+    for row in rows {
+        assert_eq!(row["report"]["errors"], serde_json::json!({}), "{row}");
+        assert!(row["report"]["streams_ok"].as_u64().unwrap() > 0, "{row}");
+    }
+    let ratios = suite["ratios"].as_array().unwrap();
+    assert_eq!(ratios.len(), 8);
+    assert!(
+        ratios
+            .iter()
+            .all(|r| r["ww_over_native"].as_f64().unwrap() > 0.0)
+    );
+}

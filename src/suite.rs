@@ -1,0 +1,377 @@
+//! The side-by-side benchmark suite: the same workloads, in one run on one machine,
+//! against three servers this suite starts on 127.0.0.1, each a process of its own:
+//! 1. a raw TCP echo (tokio; no encryption, no muxer) — the floor;
+//! 2. a native rust-libp2p echo — ww's own swarm configuration (noise, yamux / QUIC),
+//!    the echo a plain Rust stream handler, no wasm;
+//! 3. a real `ww run` node serving the built-in `echo` cell.
+//!
+//! The client is this process, using [`crate::bench`] for every server.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use futures::StreamExt as _;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, StreamProtocol};
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::process::{Child, Command};
+use tokio_util::compat::FuturesAsyncReadCompatExt as _;
+
+use crate::bench::{self, Options, Report};
+use crate::net::{self, BehaviourEvent};
+
+/// The protocol the native rust-libp2p echo server answers.
+pub const NATIVE_ECHO: StreamProtocol = StreamProtocol::new("/bench/echo/1.0.0");
+const WW_ECHO: StreamProtocol = StreamProtocol::new("/ww/echo/0.1.0");
+
+/// A baseline server for the suite.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Baseline {
+    /// Raw TCP echo.
+    Tcp,
+    /// rust-libp2p echo with ww's swarm configuration.
+    Native,
+}
+
+/// Serves a baseline echo on loopback until killed, printing its address(es) on stdout.
+pub async fn serve_baseline(kind: Baseline) -> anyhow::Result<()> {
+    match kind {
+        Baseline::Tcp => {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            println!("/ip4/127.0.0.1/tcp/{}", listener.local_addr()?.port());
+            loop {
+                let (mut socket, _) = listener.accept().await?;
+                socket.set_nodelay(true)?;
+                tokio::spawn(async move {
+                    let (mut reader, mut writer) = socket.split();
+                    if tokio::io::copy(&mut reader, &mut writer).await.is_ok() {
+                        let _ = writer.shutdown().await;
+                    }
+                });
+            }
+        }
+        Baseline::Native => {
+            let keypair = libp2p::identity::Keypair::generate_ed25519();
+            let mut swarm = net::build_swarm(keypair, vec![NATIVE_ECHO])?;
+            swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+            swarm.listen_on("/ip4/127.0.0.1/udp/0/quic-v1".parse()?)?;
+            let peer = *swarm.local_peer_id();
+            loop {
+                match swarm.select_next_some().await {
+                    SwarmEvent::NewListenAddr { address, .. } => {
+                        println!("{}", address.with_p2p(peer).expect("ours"));
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Router(inbound)) => {
+                        tokio::spawn(async move {
+                            let (mut reader, mut writer) =
+                                tokio::io::split(inbound.stream.compat());
+                            if tokio::io::copy(&mut reader, &mut writer).await.is_ok() {
+                                let _ = writer.shutdown().await;
+                            }
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// The machine the suite ran on.
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    /// CPU model, from /proc/cpuinfo.
+    pub cpu: String,
+    /// Cores available to this process.
+    pub cores: usize,
+}
+
+/// One measurement: a workload over a transport against a server.
+#[derive(Debug, Serialize)]
+pub struct Row {
+    /// Which workload.
+    pub workload: &'static str,
+    /// `tcp` or `quic`.
+    pub transport: &'static str,
+    /// `tcp` (raw), `native` (rust-libp2p) or `ww`.
+    pub server: &'static str,
+    /// What was measured.
+    pub report: Report,
+}
+
+/// ww's figure over a baseline's, for one workload and transport.
+#[derive(Debug, Serialize)]
+pub struct Ratio {
+    /// Which workload.
+    pub workload: &'static str,
+    /// `tcp` or `quic`.
+    pub transport: &'static str,
+    /// What is compared (`bytes_per_s`, `streams_per_s` or `p50_done_us`).
+    pub metric: &'static str,
+    /// ww / native rust-libp2p.
+    pub ww_over_native: f64,
+    /// ww / raw TCP, where raw TCP ran the workload.
+    pub ww_over_tcp: Option<f64>,
+}
+
+/// Everything one suite run measured.
+#[derive(Debug, Serialize)]
+pub struct SuiteReport {
+    /// Where it ran.
+    pub machine: Machine,
+    /// Every measurement.
+    pub rows: Vec<Row>,
+    /// ww against each baseline.
+    pub ratios: Vec<Ratio>,
+}
+
+struct Workload {
+    name: &'static str,
+    streams: u64,
+    concurrency: usize,
+    bytes: usize,
+    metrics: &'static [&'static str],
+}
+
+fn workloads(quick: bool) -> Vec<Workload> {
+    let scale = |full: usize, small: usize| if quick { small } else { full };
+    vec![
+        Workload {
+            name: "a: one stream, large echo",
+            streams: 1,
+            concurrency: 1,
+            bytes: scale(64 << 20, 2 << 20),
+            metrics: &["bytes_per_s"],
+        },
+        Workload {
+            name: "b: 100 concurrent streams x 1 MiB",
+            streams: scale(100, 10) as u64,
+            concurrency: scale(100, 10),
+            bytes: scale(1 << 20, 64 << 10),
+            metrics: &["bytes_per_s"],
+        },
+        Workload {
+            name: "c: 1-byte echo, fresh stream each, 64 in flight",
+            streams: scale(5000, 200) as u64,
+            concurrency: 64,
+            bytes: 1,
+            metrics: &["streams_per_s", "p50_done_us"],
+        },
+    ]
+}
+
+/// Runs the suite with `exe` (the `ww` binary) providing the servers. `quick` shrinks
+/// every workload (for tests).
+pub async fn run_suite(exe: &Path, quick: bool) -> anyhow::Result<SuiteReport> {
+    let work = tempfile::tempdir()?;
+    let (_tcp_server, tcp_addrs) = start(exe, &["bench-server", "tcp"], 1).await?;
+    let (_native_server, native_addrs) = start(exe, &["bench-server", "native"], 2).await?;
+    let identity = work.path().join("id.key").display().to_string();
+    let cache = work.path().join("cache").display().to_string();
+    let ww_args = [
+        "run",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--listen",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+        "--identity",
+        &identity,
+        "--cache-dir",
+        &cache,
+        "--max-per-peer",
+        "1000",
+        "--queue-ms",
+        "60000",
+    ];
+    let (_ww_server, ww_addrs) = start(exe, &ww_args, 2).await?;
+
+    let raw_tcp = tcp_socket_addr(&tcp_addrs[0])?;
+    let mut rows = Vec::new();
+    for workload in workloads(quick) {
+        for transport in ["tcp", "quic"] {
+            let pick = |addrs: &[Multiaddr]| {
+                addrs
+                    .iter()
+                    .find(|a| is_quic(a) == (transport == "quic"))
+                    .cloned()
+                    .expect("both transports")
+            };
+            let options = |addr: Multiaddr, protocol: StreamProtocol| Options {
+                addr,
+                protocol,
+                streams: workload.streams,
+                concurrency: workload.concurrency,
+                bytes: workload.bytes,
+                connections: 1,
+                duration: None,
+                verify_echo: true,
+            };
+            if transport == "tcp" {
+                let report =
+                    bench::run_tcp(&options(tcp_addrs[0].clone(), WW_ECHO), raw_tcp).await?;
+                rows.push(Row {
+                    workload: workload.name,
+                    transport,
+                    server: "tcp",
+                    report,
+                });
+            }
+            let report = bench::run(&options(pick(&native_addrs), NATIVE_ECHO), &|_| {}).await?;
+            rows.push(Row {
+                workload: workload.name,
+                transport,
+                server: "native",
+                report,
+            });
+            let report = bench::run(&options(pick(&ww_addrs), WW_ECHO), &|_| {}).await?;
+            rows.push(Row {
+                workload: workload.name,
+                transport,
+                server: "ww",
+                report,
+            });
+        }
+    }
+    let ratios = ratios(&rows, &workloads(quick));
+    Ok(SuiteReport {
+        machine: machine(),
+        rows,
+        ratios,
+    })
+}
+
+fn ratios(rows: &[Row], workloads: &[Workload]) -> Vec<Ratio> {
+    let mut ratios = Vec::new();
+    for workload in workloads {
+        for transport in ["tcp", "quic"] {
+            let find = |server: &str| {
+                rows.iter()
+                    .find(|r| {
+                        r.workload == workload.name
+                            && r.transport == transport
+                            && r.server == server
+                    })
+                    .map(|r| &r.report)
+            };
+            let (Some(ww), Some(native)) = (find("ww"), find("native")) else {
+                continue;
+            };
+            for &metric in workload.metrics {
+                let value = |r: &Report| match metric {
+                    "bytes_per_s" => r.bytes_per_s,
+                    "streams_per_s" => r.streams_per_s,
+                    _ => r.done.p50_us as f64,
+                };
+                ratios.push(Ratio {
+                    workload: workload.name,
+                    transport,
+                    metric,
+                    ww_over_native: value(ww) / value(native),
+                    ww_over_tcp: find("tcp").map(|tcp| value(ww) / value(tcp)),
+                });
+            }
+        }
+    }
+    ratios
+}
+
+/// Starts a server process and reads `count` addresses from its stdout.
+async fn start(exe: &Path, args: &[&str], count: usize) -> anyhow::Result<(Child, Vec<Multiaddr>)> {
+    let mut child = Command::new(exe)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {} {}", exe.display(), args.join(" ")))?;
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut addrs = Vec::new();
+    while addrs.len() < count {
+        let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line()).await;
+        match line.context("a server printed no address in 120 s")?? {
+            Some(line) => addrs.push(
+                line.parse()
+                    .with_context(|| format!("not a multiaddr: {line}"))?,
+            ),
+            None => bail!("`{}` exited before listening", args.join(" ")),
+        }
+    }
+    Ok((child, addrs))
+}
+
+fn is_quic(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::QuicV1))
+}
+
+fn tcp_socket_addr(addr: &Multiaddr) -> anyhow::Result<std::net::SocketAddr> {
+    let mut ip = None;
+    let mut port = None;
+    for protocol in addr.iter() {
+        match protocol {
+            Protocol::Ip4(v4) => ip = Some(std::net::IpAddr::V4(v4)),
+            Protocol::Tcp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    Ok(std::net::SocketAddr::new(
+        ip.context("no IPv4")?,
+        port.context("no TCP port")?,
+    ))
+}
+
+fn machine() -> Machine {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines().find_map(|line| {
+                line.strip_prefix("model name")?
+                    .split(':')
+                    .nth(1)
+                    .map(|m| m.trim().to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Machine { cpu, cores }
+}
+
+impl SuiteReport {
+    /// The report as a Markdown table (as the README shows it).
+    pub fn to_table(&self) -> String {
+        let mut out = format!("{} ({} cores)\n\n", self.machine.cpu, self.machine.cores);
+        out += "| workload | transport | server | streams/s | MB/s | p50 done (µs) | p99 done (µs) | errors |\n";
+        out += "|---|---|---|---:|---:|---:|---:|---:|\n";
+        for row in &self.rows {
+            let r = &row.report;
+            let errors: u64 = r.errors.values().sum();
+            out += &format!(
+                "| {} | {} | {} | {:.0} | {:.1} | {} | {} | {} |\n",
+                row.workload,
+                row.transport,
+                row.server,
+                r.streams_per_s,
+                r.bytes_per_s / 1e6,
+                r.done.p50_us,
+                r.done.p99_us,
+                errors
+            );
+        }
+        out += "\n| workload | transport | metric | ww / native | ww / raw TCP |\n|---|---|---|---:|---:|\n";
+        for ratio in &self.ratios {
+            let tcp = ratio
+                .ww_over_tcp
+                .map_or("–".to_string(), |r| format!("{r:.2}"));
+            out += &format!(
+                "| {} | {} | {} | {:.2} | {} |\n",
+                ratio.workload, ratio.transport, ratio.metric, ratio.ww_over_native, tcp
+            );
+        }
+        out
+    }
+}
