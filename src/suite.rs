@@ -47,10 +47,8 @@ pub async fn serve_baseline(kind: Baseline) -> anyhow::Result<()> {
                 let (mut socket, _) = listener.accept().await?;
                 socket.set_nodelay(true)?;
                 tokio::spawn(async move {
-                    let (mut reader, mut writer) = socket.split();
-                    if tokio::io::copy(&mut reader, &mut writer).await.is_ok() {
-                        let _ = writer.shutdown().await;
-                    }
+                    let (reader, mut writer) = socket.split();
+                    let _ = echo(reader, &mut writer).await;
                 });
             }
         }
@@ -79,6 +77,18 @@ pub async fn serve_baseline(kind: Baseline) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// The baselines' echo: copies in 64 KiB chunks (what the echo cell's splice moves at
+/// once), then closes the write side.
+async fn echo<R, W>(reader: R, writer: &mut W) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut reader = BufReader::with_capacity(64 << 10, reader);
+    tokio::io::copy_buf(&mut reader, writer).await?;
+    writer.shutdown().await
 }
 
 /// The machine the suite ran on.
