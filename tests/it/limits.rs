@@ -9,8 +9,8 @@ use ww::net::client::Client;
 use ww::net::outcome::{self, Outcome};
 
 use crate::support::{
-    ECHO, Node, assert_failed, cell_flag, free_local_addr, http_get, outcome_of, pattern, request,
-    rss_kib,
+    ECHO, Node, assert_failed, cell_flag, free_local_addr, http_get, open_status, outcome_of,
+    pattern, request, rss_kib,
 };
 
 /// A node serving the built-in echo plus the named test cells, with `extra` flags.
@@ -111,11 +111,7 @@ async fn a_guest_waiting_on_io_is_not_charged_cpu() {
     let node = node_with(&[], &["--cpu-ms", "50"]).await;
     let client = Client::new().unwrap();
     let peer = client.connect(&node.tcp).await.unwrap();
-    let stream = client
-        .open(peer, outcome::status_variant(&ECHO))
-        .await
-        .unwrap();
-    let (mut reader, mut writer) = tokio::io::split(stream.compat());
+    let (mut reader, mut writer) = open_status(&client, peer, ECHO.as_ref()).await;
     writer.write_all(b"slow").await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await; // ten budgets of waiting
     writer.shutdown().await.unwrap();
@@ -183,12 +179,7 @@ async fn an_idle_stream_is_closed_and_its_slot_returned() {
     let node = node_with(&["sleepy"], &["--idle-s", "1", "--max-instances", "1"]).await;
     let client = Client::new().unwrap();
     let peer = client.connect(&node.tcp).await.unwrap();
-    let protocol = libp2p::StreamProtocol::new("/test/sleepy/1");
-    let stream = client
-        .open(peer, outcome::status_variant(&protocol))
-        .await
-        .unwrap();
-    let (mut reader, _writer) = tokio::io::split(stream.compat());
+    let (mut reader, _writer) = open_status(&client, peer, "/test/sleepy/1").await;
     let started = Instant::now();
     let outcome = outcome::read_answer(&mut reader, &mut Vec::new())
         .await
@@ -210,12 +201,7 @@ async fn a_stream_over_its_wall_clock_limit_is_ended() {
     let node = node_with(&["sleepy"], &["--wall-s", "1", "--idle-s", "0"]).await;
     let client = Client::new().unwrap();
     let peer = client.connect(&node.tcp).await.unwrap();
-    let protocol = libp2p::StreamProtocol::new("/test/sleepy/1");
-    let stream = client
-        .open(peer, outcome::status_variant(&protocol))
-        .await
-        .unwrap();
-    let (mut reader, mut writer) = tokio::io::split(stream.compat());
+    let (mut reader, mut writer) = open_status(&client, peer, "/test/sleepy/1").await;
     // Keep the stream busy so only the wall clock can end it.
     let keep_busy = tokio::spawn(async move {
         while writer.write_all(b".").await.is_ok() {

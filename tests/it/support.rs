@@ -353,3 +353,21 @@ pub fn python_cell() -> PathBuf {
         })
         .clone()
 }
+
+/// The two halves of a `protocol+status` stream, opened on `peer` and left open.
+pub async fn open_status(
+    client: &Client,
+    peer: PeerId,
+    protocol: &str,
+) -> (
+    tokio::io::ReadHalf<tokio_util::compat::Compat<libp2p::Stream>>,
+    tokio::io::WriteHalf<tokio_util::compat::Compat<libp2p::Stream>>,
+) {
+    use tokio_util::compat::FuturesAsyncReadCompatExt as _;
+    let protocol = StreamProtocol::try_from_owned(protocol.into()).unwrap();
+    let stream = client
+        .open(peer, outcome::status_variant(&protocol))
+        .await
+        .unwrap();
+    tokio::io::split(stream.compat())
+}
