@@ -23,7 +23,7 @@ pub enum Refusal {
     NotAllowed,
     /// Every instance slot of the node (or of the cell) stayed taken for `queue_ms`.
     #[error("refused: {0} busy")]
-    Busy(&'static str),
+    Busy(Scope),
     /// The peer already holds as many instances as it may.
     #[error("refused: too many streams from this peer ({0} at once)")]
     PeerBusy(u32),
@@ -37,18 +37,36 @@ impl Refusal {
     pub fn kind(&self) -> &'static str {
         match self {
             Refusal::NotAllowed => "not_allowed",
-            Refusal::Busy("node") => "node_busy",
-            Refusal::Busy(_) => "cell_busy",
+            Refusal::Busy(Scope::Node) => "node_busy",
+            Refusal::Busy(Scope::Cell) => "cell_busy",
             Refusal::PeerBusy(_) => "peer_busy",
             Refusal::ShuttingDown => "shutting_down",
         }
     }
 }
 
+/// Whose instance slots a [`Gate`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every instance in the node.
+    Node,
+    /// The instances of one cell.
+    Cell,
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Scope::Node => "node",
+            Scope::Cell => "cell",
+        })
+    }
+}
+
 /// Instance slots: a total, and an allowance per peer.
 pub struct Gate {
-    /// `"node"` or `"cell"`, for refusals.
-    scope: &'static str,
+    /// Whose slots these are, for refusals.
+    scope: Scope,
     total: Arc<Semaphore>,
     per_peer: Arc<Mutex<HashMap<PeerId, Arc<Semaphore>>>>,
     per_peer_max: u32,
@@ -71,7 +89,7 @@ struct PeerRelease {
 
 impl Gate {
     /// Slots for `max_instances` instances, at most `max_per_peer` of them per peer.
-    pub fn new(scope: &'static str, max_instances: u32, max_per_peer: u32) -> Self {
+    pub fn new(scope: Scope, max_instances: u32, max_per_peer: u32) -> Self {
         Self {
             scope,
             total: Arc::new(Semaphore::new(max_instances as usize)),
@@ -153,7 +171,7 @@ mod tests {
 
     #[tokio::test]
     async fn full_gates_refuse_after_the_queue_time() {
-        let gate = Gate::new("node", 2, 1);
+        let gate = Gate::new(Scope::Node, 2, 1);
         let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
         let first = gate.enter(a, soon()).await.unwrap();
         assert_eq!(
@@ -163,7 +181,7 @@ mod tests {
         let _second = gate.enter(b, soon()).await.unwrap();
         assert_eq!(
             gate.enter(c, soon()).await.err(),
-            Some(Refusal::Busy("node"))
+            Some(Refusal::Busy(Scope::Node))
         );
         drop(first);
         assert!(
@@ -174,7 +192,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_stream_gets_a_slot_freed_in_time() {
-        let gate = Arc::new(Gate::new("node", 1, 1));
+        let gate = Arc::new(Gate::new(Scope::Node, 1, 1));
         let peer = PeerId::random();
         let held = gate.enter(peer, soon()).await.unwrap();
         let waiter = tokio::spawn({
@@ -192,7 +210,7 @@ mod tests {
 
     #[tokio::test]
     async fn unused_peers_are_forgotten() {
-        let gate = Gate::new("node", 10, 2);
+        let gate = Gate::new(Scope::Node, 10, 2);
         for _ in 0..100 {
             drop(gate.enter(PeerId::random(), soon()).await.unwrap());
         }

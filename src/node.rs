@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::admin::{self, CellInfo, NetworkView};
-use crate::admission::{Gate, Refusal};
+use crate::admission::{Gate, Refusal, Scope};
 use crate::cell::{self, Cache, Cell, CellOptions, PeerWriter, PoolSize, Runtime};
 use crate::config::{CellSource, NodeConfig};
 use crate::metrics::{CellLabel, Metrics};
@@ -82,7 +82,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         swarm,
         listeners,
         cells,
-        gate: Arc::new(Gate::new("node", limits.max_instances, limits.max_per_peer)),
+        gate: Arc::new(Gate::new(
+            Scope::Node,
+            limits.max_instances,
+            limits.max_per_peer,
+        )),
         metrics,
         network,
         tasks: TaskTracker::new(),
@@ -148,7 +152,7 @@ fn load_cells(runtime: &Arc<Runtime>, config: &NodeConfig) -> anyhow::Result<Cel
             gate: spec
                 .limits
                 .caps_admission()
-                .then(|| Gate::new("cell", limits.max_instances, limits.max_per_peer)),
+                .then(|| Gate::new(Scope::Cell, limits.max_instances, limits.max_per_peer)),
             queue: limits.queue(),
         };
         cells.insert(spec.protocol.to_string(), Arc::new(served));
