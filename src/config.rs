@@ -6,6 +6,11 @@
 //! shutdown_grace_s = 10                     # how long running guests get on shutdown
 //! admin = "127.0.0.1:2026"                  # /healthz, /metrics, /status; off if absent
 //! cache = "/var/cache/ww"                   # compiled cells; false = none; default ~/.cache/ww/cells
+//! bootstrap = ["/ip4/192.0.2.7/tcp/2025/p2p/12D3KooW…"]   # peers to join the DHT through
+//! mdns = true                               # find peers on the local network
+//! dht = "auto"                              # "server" to always answer DHT queries, "client" never
+//! relay = false                             # relay connections for peers behind NAT
+//! external_addresses = []                   # addresses others reach this node at
 //!
 //! [limits]                                  # node-wide; see `crate::limits` for every key
 //! cpu_ms = 10000
@@ -34,6 +39,7 @@ use serde::Deserialize;
 use crate::cell::Mode;
 use crate::cell::builtin::{self, Builtin};
 use crate::limits::{LimitOverrides, Limits};
+use crate::net::{DhtMode, NetOptions};
 
 /// Where the node listens unless told otherwise.
 pub const DEFAULT_LISTEN: [&str; 2] = ["/ip4/0.0.0.0/tcp/2025", "/ip4/0.0.0.0/udp/2025/quic-v1"];
@@ -55,6 +61,18 @@ pub struct File {
     pub admin: Option<SocketAddr>,
     /// Where compiled cells are cached; `false` turns the cache off.
     pub cache: Option<CacheSetting>,
+    /// Peers to join the network through.
+    #[serde(default)]
+    pub bootstrap: Vec<Multiaddr>,
+    /// Whether to find peers on the local network (default: yes).
+    pub mdns: Option<bool>,
+    /// Whether to answer DHT queries.
+    pub dht: Option<DhtMode>,
+    /// Whether to relay connections for other peers (default: no).
+    pub relay: Option<bool>,
+    /// Addresses others can reach this node at.
+    #[serde(default)]
+    pub external_addresses: Vec<Multiaddr>,
     /// Node-wide limits.
     #[serde(default)]
     pub limits: LimitOverrides,
@@ -288,6 +306,16 @@ pub struct Flags {
     pub cache_dir: Option<PathBuf>,
     /// `--no-cache`: wins over everything.
     pub no_cache: bool,
+    /// `--bootstrap`: added to the file's.
+    pub bootstrap: Vec<Multiaddr>,
+    /// `--no-mdns`: wins over the file.
+    pub no_mdns: bool,
+    /// `--dht-mode`: replaces the file's.
+    pub dht: Option<DhtMode>,
+    /// `--relay`: wins over the file.
+    pub relay: bool,
+    /// `--external-address`: added to the file's.
+    pub external: Vec<Multiaddr>,
 }
 
 /// Everything `ww run` needs, after merging the file and the flags.
@@ -307,6 +335,8 @@ pub struct NodeConfig {
     pub admin: Option<SocketAddr>,
     /// Where compiled cells are cached, if anywhere.
     pub cache: Option<PathBuf>,
+    /// Discovery, DHT, relaying.
+    pub network: NetOptions,
 }
 
 impl NodeConfig {
@@ -367,6 +397,13 @@ impl NodeConfig {
                 );
             }
         }
+        let bootstrap = [file.bootstrap, flags.bootstrap].concat();
+        if let Some(addr) = bootstrap
+            .iter()
+            .find(|addr| crate::net::discovery::peer_of(addr).is_none())
+        {
+            bail!("bootstrap address {addr} does not end in /p2p/<peer-id>");
+        }
         let shutdown_grace = file
             .shutdown_grace_s
             .map_or(DEFAULT_SHUTDOWN_GRACE, Duration::from_secs);
@@ -378,6 +415,13 @@ impl NodeConfig {
             cells: all,
             admin: flags.admin.or(file.admin),
             cache: cache_dir(flags.no_cache, flags.cache_dir, file.cache),
+            network: NetOptions {
+                bootstrap,
+                mdns: !flags.no_mdns && file.mdns.unwrap_or(true),
+                dht: flags.dht.or(file.dht).unwrap_or_default(),
+                relay: flags.relay || file.relay.unwrap_or(false),
+                external: [file.external_addresses, flags.external].concat(),
+            },
         })
     }
 

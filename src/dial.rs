@@ -1,25 +1,60 @@
-//! `ww dial`: a stream between local bytes (this terminal) and a remote cell.
+//! `ww dial` and `ww find`: a stream between local bytes (this terminal) and a remote
+//! cell, and the peers that serve a cell.
+
+use std::str::FromStr;
 
 use anyhow::{Context as _, bail};
-use libp2p::{Multiaddr, StreamProtocol};
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 
 use crate::net::client::Client;
+use crate::net::discovery;
 use crate::net::outcome::{self, Outcome};
 use crate::net::router::OpenStreamError;
 
-/// Opens a stream to `protocol` on the node at `addr` (ending in `/p2p/<peer-id>`),
-/// copies `input` to it and closes its write side at EOF, and copies the answer to
-/// `output` until the node closes the stream.
+/// Which node `ww dial` opens its stream on.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A full address, ending in `/p2p/<peer-id>`.
+    Addr(Multiaddr),
+    /// A peer ID alone (`12D3KooW…` or `/p2p/12D3KooW…`): its addresses come from the DHT.
+    Peer(PeerId),
+    /// Any provider of the protocol, found in the DHT.
+    Any,
+}
+
+impl FromStr for Target {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> anyhow::Result<Self> {
+        if let Ok(peer) = text.parse::<PeerId>() {
+            return Ok(Self::Peer(peer));
+        }
+        let addr: Multiaddr = text
+            .parse()
+            .with_context(|| format!("`{text}` is neither a multiaddr nor a peer ID"))?;
+        match addr.iter().collect::<Vec<_>>().as_slice() {
+            [Protocol::P2p(peer)] => Ok(Self::Peer(*peer)),
+            _ if discovery::peer_of(&addr).is_some() => Ok(Self::Addr(addr)),
+            _ => bail!("{addr} does not end in /p2p/<peer-id>"),
+        }
+    }
+}
+
+/// Opens a stream to `protocol` on `target`, copies `input` to it and closes its
+/// write side at EOF, and copies the answer to `output` until the node closes the
+/// stream. `bootstrap` peers let the DHT find a peer ID or a protocol's providers.
 ///
 /// The status variant `protocol+status` is asked for first, so a failed cell is
 /// reported even when the transport cannot show it (see [`outcome`]); a peer that
 /// only speaks `protocol` is served plainly. Errors are one line: an unsupported
-/// protocol, an unreachable or wrong peer, a failed cell, a broken stream.
+/// protocol, an unreachable or wrong peer, no provider, a failed cell, a broken stream.
 pub async fn dial<I, O>(
-    addr: &Multiaddr,
+    target: &Target,
     protocol: StreamProtocol,
+    bootstrap: Vec<Multiaddr>,
     input: I,
     output: O,
 ) -> anyhow::Result<()>
@@ -27,18 +62,37 @@ where
     I: AsyncRead + Unpin,
     O: AsyncWrite + Unpin,
 {
-    let client = Client::new()?;
-    let peer = client.connect(addr).await?;
+    let client = Client::with_bootstrap(bootstrap)?;
     let offer = vec![outcome::status_variant(&protocol), protocol.clone()];
-    let (stream, chosen) = client
-        .open_first(peer, offer)
-        .await
-        .map_err(|error| match error {
-            OpenStreamError::UnsupportedProtocol(_) => {
-                anyhow::anyhow!("{peer} does not serve {protocol}")
-            }
-            error => anyhow::Error::new(error).context(format!("cannot open {protocol} on {peer}")),
-        })?;
+    let unsupported = |peer: PeerId, error: OpenStreamError| match error {
+        OpenStreamError::UnsupportedProtocol(_) => {
+            anyhow::anyhow!("{peer} does not serve {protocol}")
+        }
+        error => anyhow::Error::new(error).context(format!("cannot open {protocol} on {peer}")),
+    };
+    let (peer, stream, chosen) = match target {
+        Target::Addr(addr) => {
+            let peer = client.connect(addr).await?;
+            let (stream, chosen) = client
+                .open_first(peer, offer)
+                .await
+                .map_err(|e| unsupported(peer, e))?;
+            (peer, stream, chosen)
+        }
+        Target::Peer(peer) => {
+            client.connect_peer(*peer).await?;
+            let (stream, chosen) = client
+                .open_first(*peer, offer)
+                .await
+                .map_err(|e| unsupported(*peer, e))?;
+            (*peer, stream, chosen)
+        }
+        Target::Any => {
+            let (peer, stream, chosen) = client.open_any(&protocol, offer).await?;
+            tracing::info!(%peer, "dialing a provider");
+            (peer, stream, chosen)
+        }
+    };
     let (_, framed) = outcome::parse(&chosen);
     let (mut from_node, mut to_node) = tokio::io::split(stream.compat());
     let (mut input, mut output) = (input, output);
@@ -76,4 +130,30 @@ where
         Outcome::Success => Ok(()),
         Outcome::Failure(reason) => bail!("{protocol} on {peer} failed: {reason}"),
     }
+}
+
+/// Finds the nodes that serve `protocol` through `bootstrap` peers, and returns the
+/// reachable ones as full addresses (`…/p2p/<peer-id>`), with warnings about
+/// providers that could not be reached (stale records of nodes that have gone).
+pub async fn find(
+    protocol: &StreamProtocol,
+    bootstrap: Vec<Multiaddr>,
+) -> anyhow::Result<(Vec<Multiaddr>, Vec<String>)> {
+    if bootstrap.is_empty() {
+        bail!("give at least one --bootstrap peer to search the DHT through");
+    }
+    let client = Client::with_bootstrap(bootstrap)?;
+    let providers = client.providers(protocol).await?;
+    let mut found = Vec::new();
+    let mut unreachable = Vec::new();
+    for provider in providers {
+        match provider.reached {
+            Ok(addr) => {
+                let addr = addr.unwrap_or_else(Multiaddr::empty);
+                found.push(addr.with(Protocol::P2p(provider.peer)));
+            }
+            Err(why) => unreachable.push(format!("{}: {why}", provider.peer)),
+        }
+    }
+    Ok((found, unreachable))
 }

@@ -17,6 +17,29 @@ struct Cli {
     command: Command,
 }
 
+/// How `ww run` joins the network.
+#[derive(clap::Args)]
+struct NetworkArgs {
+    /// Join the network (the DHT) through this peer, a full address ending in
+    /// /p2p/<peer-id>; repeatable.
+    #[arg(long, value_name = "MULTIADDR")]
+    bootstrap: Vec<Multiaddr>,
+    /// Do not look for peers on the local network with mDNS.
+    #[arg(long)]
+    no_mdns: bool,
+    /// Answer DHT queries: auto (once reachable), server (always) or client (never)
+    /// [default: auto].
+    #[arg(long, value_enum, value_name = "MODE")]
+    dht_mode: Option<ww::net::DhtMode>,
+    /// Relay connections for peers that cannot be reached directly (circuit relay v2).
+    #[arg(long)]
+    relay: bool,
+    /// An address others can reach this node at (a public IP, a port forward);
+    /// repeatable. Makes the node a DHT server in auto mode and lets it relay.
+    #[arg(long, value_name = "MULTIADDR")]
+    external_address: Vec<Multiaddr>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a node serving cells (the built-in ones if none are given).
@@ -53,15 +76,36 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         admin: Option<std::net::SocketAddr>,
         #[command(flatten)]
+        network: NetworkArgs,
+        #[command(flatten)]
         limits: ww::limits::LimitOverrides,
     },
     /// Open a stream to a cell: stdin goes to it, what it answers goes to stdout.
+    #[command(group = clap::ArgGroup::new("where").required(true).args(["target", "any"]))]
     Dial {
-        /// The node's address, ending in /p2p/<peer-id>.
-        multiaddr: Multiaddr,
+        /// The node: a full address ending in /p2p/<peer-id>, or a peer ID alone
+        /// (found in the DHT through --bootstrap).
+        #[arg(requires = "protocol")]
+        target: Option<ww::dial::Target>,
+        /// The cell's protocol, e.g. /ww/echo/0.1.0.
+        #[arg(value_parser = config::parse_protocol)]
+        protocol: Option<libp2p::StreamProtocol>,
+        /// Dial any node that serves this protocol (found in the DHT through
+        /// --bootstrap), trying the next when one fails.
+        #[arg(long, value_name = "PROTOCOL", value_parser = config::parse_protocol, conflicts_with = "protocol")]
+        any: Option<libp2p::StreamProtocol>,
+        /// A peer to search the DHT through (full address); repeatable.
+        #[arg(long, value_name = "MULTIADDR")]
+        bootstrap: Vec<Multiaddr>,
+    },
+    /// Print the nodes that serve a cell, one address (ending in /p2p/<peer-id>) per line.
+    Find {
         /// The cell's protocol, e.g. /ww/echo/0.1.0.
         #[arg(value_parser = config::parse_protocol)]
         protocol: libp2p::StreamProtocol,
+        /// A peer to search the DHT through (full address); repeatable, at least one.
+        #[arg(long, value_name = "MULTIADDR", required = true)]
+        bootstrap: Vec<Multiaddr>,
     },
     /// Run a cell locally with its connection on this terminal's stdin and stdout.
     Cell {
@@ -175,6 +219,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             cache_dir,
             no_cache,
             admin,
+            network,
             limits,
         } => {
             let file = match config {
@@ -191,21 +236,44 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 admin,
                 cache_dir,
                 no_cache,
+                bootstrap: network.bootstrap,
+                no_mdns: network.no_mdns,
+                dht: network.dht_mode,
+                relay: network.relay,
+                external: network.external_address,
             };
             let config = NodeConfig::merge(file, flags)?;
             ww::node::run(config, shutdown_signal()).await
         }
         Command::Dial {
-            multiaddr,
+            target,
             protocol,
+            any,
+            bootstrap,
         } => {
-            ww::dial::dial(
-                &multiaddr,
-                protocol,
-                tokio::io::stdin(),
-                tokio::io::stdout(),
-            )
-            .await
+            let (target, protocol) = match (target, protocol, any) {
+                (Some(target), Some(protocol), None) => (target, protocol),
+                (None, None, Some(protocol)) => (ww::dial::Target::Any, protocol),
+                _ => anyhow::bail!("give NODE PROTOCOL, or --any PROTOCOL"),
+            };
+            let (stdin, stdout) = (tokio::io::stdin(), tokio::io::stdout());
+            ww::dial::dial(&target, protocol, bootstrap, stdin, stdout).await
+        }
+        Command::Find {
+            protocol,
+            bootstrap,
+        } => {
+            let (found, unreachable) = ww::dial::find(&protocol, bootstrap).await?;
+            for provider in &unreachable {
+                tracing::warn!("provider unreachable: {provider}");
+            }
+            if found.is_empty() {
+                anyhow::bail!("no reachable node serves {protocol}");
+            }
+            for addr in found {
+                println!("{addr}");
+            }
+            Ok(())
         }
         Command::Cell {
             wasm,
@@ -268,14 +336,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::BenchServer { kind } => ww::suite::serve_baseline(kind).await,
         Command::Stats { multiaddr } => {
+            let target = ww::dial::Target::Addr(multiaddr);
             let protocol = ww::node::STATS_PROTOCOL;
-            ww::dial::dial(
-                &multiaddr,
-                protocol,
-                tokio::io::empty(),
-                tokio::io::stdout(),
-            )
-            .await
+            let (input, output) = (tokio::io::empty(), tokio::io::stdout());
+            ww::dial::dial(&target, protocol, Vec::new(), input, output).await
         }
     }
 }

@@ -15,11 +15,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures::channel::mpsc;
 use futures::{AsyncWriteExt as _, FutureExt as _, StreamExt as _};
 use libp2p::core::transport::ListenerId;
 use libp2p::metrics::Recorder as _;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{PeerId, StreamProtocol, Swarm};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, autonat, identify, relay};
 use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
@@ -29,9 +30,10 @@ use crate::admission::{Gate, Refusal, Scope};
 use crate::cell::{self, Cache, Cell, CellOptions, PeerWriter, PoolSize, Runtime};
 use crate::config::{CellSource, NodeConfig};
 use crate::metrics::{CellLabel, Metrics};
+use crate::net::control::{Control, Network, Request};
 use crate::net::outcome::{self, Outcome};
 use crate::net::router::InboundStream;
-use crate::net::{self, Behaviour, BehaviourEvent};
+use crate::net::{self, Behaviour, BehaviourEvent, discovery};
 
 /// A native protocol every node serves: a plain-text snapshot of its counters, one
 /// `name value` pair per line (`live`, `succeeded`, `failed`, `refused`), then the
@@ -55,7 +57,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         protocols.push(cell.protocol.clone());
         protocols.push(outcome::status_variant(&cell.protocol));
     }
-    let mut swarm = net::build_swarm(keypair, protocols)?;
+    let mut swarm = net::build_swarm(keypair, protocols, &config.network)?;
     let mut listeners = Vec::new();
     for addr in &config.listen {
         let listener = swarm.listen_on(addr.clone());
@@ -77,6 +79,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     };
     tracing::info!(peer = %swarm.local_peer_id(), pooling = runtime.pooling, cells = cells.len(), "node starting");
 
+    let (network_handle, requests) = Network::new(*swarm.local_peer_id());
+    let mut control = Control::default();
+    control.join(&mut swarm, &config.network.bootstrap);
+    let served: Vec<StreamProtocol> = config.cells.iter().map(|c| c.protocol.clone()).collect();
+    control.provide(&mut swarm, &served);
+
     let limits = config.limits;
     let mut node = Node {
         swarm,
@@ -92,12 +100,17 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         tasks: TaskTracker::new(),
         next_stream: 0,
         accepting: true,
+        control,
+        requests,
+        _network: network_handle,
+        relays: HashMap::new(),
     };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             event = node.swarm.select_next_some() => node.on_event(event),
+            Some(request) = node.requests.next() => node.control.handle(&mut node.swarm, request),
         }
     }
     node.shut_down(config.shutdown_grace).await;
@@ -176,19 +189,63 @@ struct Node {
     next_stream: u64,
     /// False once shutdown began: new streams are refused.
     accepting: bool,
+    /// Dials, lookups and announcements in progress.
+    control: Control,
+    /// Requests from this node's own tasks.
+    requests: mpsc::Receiver<Request>,
+    /// Keeps `requests` open while the node runs.
+    _network: Network,
+    /// Relays we know of (peers that offer circuit relay), at a direct address.
+    relays: HashMap<PeerId, Multiaddr>,
 }
 
 impl Node {
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         self.metrics.libp2p.record(&event);
+        self.control.on_event(&mut self.swarm, &event);
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Router(inbound)) => self.accept(inbound),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => {
-                self.metrics.libp2p.record(&event)
+                self.metrics.libp2p.record(&event);
+                if let identify::Event::Received { peer_id, info, .. } = &event {
+                    self.note_relay(*peer_id, info);
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => {
                 self.metrics.libp2p.record(&event)
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => {
+                self.metrics.libp2p.record(&event);
+                if let libp2p::kad::Event::ModeChanged { new_mode } = event {
+                    tracing::info!(mode = %new_mode, "DHT mode changed");
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => {
+                self.metrics.libp2p.record(&event);
+                tracing::debug!(?event, "relay");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                relay::client::Event::ReservationReqAccepted {
+                    relay_peer_id,
+                    renewal: false,
+                    ..
+                },
+            )) => tracing::info!(relay = %relay_peer_id, "reserved a slot on a relay"),
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) => {
+                self.metrics.libp2p.record(&event);
+                match event.result {
+                    Ok(_) => {
+                        tracing::info!(peer = %event.remote_peer_id, "relayed connection upgraded to a direct one")
+                    }
+                    Err(error) => {
+                        tracing::debug!(peer = %event.remote_peer_id, %error, "hole punching failed")
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged {
+                new,
+                ..
+            })) => self.on_reachability(new),
             SwarmEvent::NewListenAddr { address, .. } => {
                 let full = address
                     .with_p2p(*self.swarm.local_peer_id())
@@ -300,8 +357,41 @@ impl Node {
         )
     }
 
+    /// Remembers a peer that offers circuit relay, at a direct address of its own.
+    fn note_relay(&mut self, peer: PeerId, info: &identify::Info) {
+        if !info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
+            return;
+        }
+        if let Some(addr) = info.listen_addrs.iter().find(|a| !discovery::is_relayed(a)) {
+            self.relays
+                .insert(peer, discovery::without_peer(addr.clone()));
+        }
+    }
+
+    /// AutoNAT's verdict changed. A node found unreachable reserves a slot on every
+    /// relay it knows, so it can still be dialed (through `/p2p-circuit` addresses
+    /// that identify and the DHT then announce).
+    fn on_reachability(&mut self, status: autonat::NatStatus) {
+        tracing::info!(?status, "reachability");
+        if status != autonat::NatStatus::Private {
+            return;
+        }
+        for (relay, addr) in &self.relays {
+            let circuit = addr
+                .clone()
+                .with_p2p(*relay)
+                .map(|a| a.with(libp2p::multiaddr::Protocol::P2pCircuit));
+            match circuit.map(|c| self.swarm.listen_on(c.clone()).map(|_| c)) {
+                Ok(Ok(circuit)) => tracing::info!(%circuit, "listening through a relay"),
+                Ok(Err(error)) => tracing::warn!(%relay, %error, "cannot listen through relay"),
+                Err(addr) => tracing::warn!(%addr, "relay address has another peer ID"),
+            }
+        }
+    }
+
     async fn shut_down(mut self, grace: Duration) {
         self.accepting = false;
+        self.control.withdraw(&mut self.swarm);
         tracing::info!(running = self.tasks.len(), ?grace, "shutting down");
         for listener in self.listeners.drain(..) {
             self.swarm.remove_listener(listener);

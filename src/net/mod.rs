@@ -1,7 +1,11 @@
-//! The libp2p side of a node: transports (TCP + noise + yamux, QUIC), the composed
-//! [`Behaviour`] (identify, ping, cell-protocol routing) and a small dialing client.
+//! The libp2p side of a node: transports (TCP + noise + yamux, QUIC, circuit relay),
+//! the composed [`Behaviour`] (limits, identify, ping, discovery, relaying, cell-protocol
+//! routing), the [`control`] loop that answers requests against a swarm, and a small
+//! dialing [`client`].
 
 pub mod client;
+pub mod control;
+pub mod discovery;
 pub mod outcome;
 pub mod router;
 
@@ -10,7 +14,13 @@ use std::time::Duration;
 use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{StreamProtocol, Swarm, identify, memory_connection_limits, noise, ping, tcp, yamux};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    StreamProtocol, Swarm, autonat, dcutr, identify, kad, mdns, memory_connection_limits, noise,
+    ping, relay, tcp, yamux,
+};
+
+pub use discovery::{DhtMode, NetOptions};
 
 /// The identify protocol version ww nodes announce.
 pub const PROTOCOL_VERSION: &str = "/ww/0.1.0";
@@ -39,20 +49,34 @@ pub struct Behaviour {
     pub connection_limits: connection_limits::Behaviour,
     /// Refuses new connections while memory is short.
     pub memory_limits: memory_connection_limits::Behaviour,
+    /// Reserves slots on relays and dials through them.
+    pub relay_client: relay::client::Behaviour,
+    /// Relays for peers that cannot be reached directly (`--relay`).
+    pub relay: Toggle<relay::Behaviour>,
     /// Tells peers our addresses and the protocols (cells) we serve.
     pub identify: identify::Behaviour,
     /// Keeps connections' liveness checked.
     pub ping: ping::Behaviour,
+    /// The DHT: peers' addresses and which peers provide which cell.
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// Finds peers on the local network (on unless `--no-mdns`).
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Asks peers to dial us back, to learn whether we are reachable.
+    pub autonat: autonat::Behaviour,
+    /// Upgrades relayed connections to direct ones where hole punching works.
+    pub dcutr: dcutr::Behaviour,
     /// Accepts streams on cell protocols and opens them on request.
     pub router: router::Behaviour,
 }
 
-/// Builds a swarm with TCP (noise, yamux) and QUIC that serves `protocols`.
+/// Builds a swarm with TCP (noise, yamux), QUIC and circuit relay that serves
+/// `protocols`, with discovery as `options` say. Must be called inside a tokio runtime.
 pub fn build_swarm(
     keypair: Keypair,
     protocols: Vec<StreamProtocol>,
+    options: &NetOptions,
 ) -> anyhow::Result<Swarm<Behaviour>> {
-    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
             tcp::Config::default().nodelay(true),
@@ -60,7 +84,8 @@ pub fn build_swarm(
             yamux_config,
         )?
         .with_quic()
-        .with_behaviour(|key| Behaviour {
+        .with_relay_client(noise::Config::new, yamux_config)?
+        .with_behaviour(|key, relay_client| Behaviour {
             connection_limits: connection_limits::Behaviour::new(
                 ConnectionLimits::default()
                     .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
@@ -70,11 +95,17 @@ pub fn build_swarm(
             memory_limits: memory_connection_limits::Behaviour::with_max_percentage(
                 MAX_MEMORY_SHARE,
             ),
-            identify: identify::Behaviour::new(identify::Config::new(
-                PROTOCOL_VERSION.to_string(),
-                key.public(),
-            )),
+            relay_client,
+            relay: Toggle::from(options.relay.then(|| discovery::relay_server(key))),
+            identify: identify::Behaviour::new(
+                identify::Config::new(PROTOCOL_VERSION.to_string(), key.public())
+                    .with_push_listen_addr_updates(true),
+            ),
             ping: ping::Behaviour::default(),
+            kad: discovery::kademlia(key, options.dht),
+            mdns: Toggle::from(options.mdns.then(|| discovery::mdns(key)).flatten()),
+            autonat: autonat::Behaviour::new(key.public().to_peer_id(), Default::default()),
+            dcutr: dcutr::Behaviour::new(key.public().to_peer_id()),
             router: router::Behaviour::new(protocols),
         })?
         .with_swarm_config(|config| {
@@ -83,6 +114,9 @@ pub fn build_swarm(
                 .with_max_negotiating_inbound_streams(MAX_NEGOTIATING_INBOUND_STREAMS)
         })
         .build();
+    for addr in &options.external {
+        swarm.add_external_address(addr.clone());
+    }
     Ok(swarm)
 }
 

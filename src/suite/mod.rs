@@ -5,7 +5,10 @@
 //!    the echo a plain Rust stream handler, no wasm;
 //! 3. a real `ww run` node serving the built-in `echo` cell.
 //!
-//! The client is this process, using [`crate::bench`] for every server.
+//! The client is this process, using [`crate::bench`] for every server. Workload (f),
+//! memory per live cell, runs against nodes of its own ([`memory`]).
+
+mod memory;
 
 use std::path::Path;
 use std::process::Stdio;
@@ -23,6 +26,7 @@ use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 
 use crate::bench::{self, Options, Report};
 use crate::net::{self, BehaviourEvent};
+pub use memory::MemoryRow;
 
 /// The protocol the native rust-libp2p echo server answers.
 pub const NATIVE_ECHO: StreamProtocol = StreamProtocol::new("/bench/echo/1.0.0");
@@ -54,7 +58,8 @@ pub async fn serve_baseline(kind: Baseline) -> anyhow::Result<()> {
         }
         Baseline::Native => {
             let keypair = libp2p::identity::Keypair::generate_ed25519();
-            let mut swarm = net::build_swarm(keypair, vec![NATIVE_ECHO])?;
+            let mut swarm =
+                net::build_swarm(keypair, vec![NATIVE_ECHO], &net::NetOptions::default())?;
             swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
             swarm.listen_on("/ip4/127.0.0.1/udp/0/quic-v1".parse()?)?;
             let peer = *swarm.local_peer_id();
@@ -137,6 +142,8 @@ pub struct SuiteReport {
     pub rows: Vec<Row>,
     /// ww against each baseline.
     pub ratios: Vec<Ratio>,
+    /// (f): resident memory per live idle cell.
+    pub memory: Vec<MemoryRow>,
 }
 
 struct Workload {
@@ -196,6 +203,7 @@ pub async fn run_suite(exe: &Path, quick: bool) -> anyhow::Result<SuiteReport> {
         "1000",
         "--queue-ms",
         "60000",
+        "--no-mdns",
     ];
     let (_ww_server, ww_addrs) = start(exe, &ww_args, 2).await?;
 
@@ -247,10 +255,19 @@ pub async fn run_suite(exe: &Path, quick: bool) -> anyhow::Result<SuiteReport> {
         }
     }
     let ratios = ratios(&rows, &workloads(quick));
+    let mut memory = Vec::new();
+    for count in if quick {
+        &[50][..]
+    } else {
+        &[1_000, 10_000][..]
+    } {
+        memory.push(memory::measure(exe, *count).await?);
+    }
     Ok(SuiteReport {
         machine: machine(),
         rows,
         ratios,
+        memory,
     })
 }
 
@@ -380,6 +397,18 @@ impl SuiteReport {
             out += &format!(
                 "| {} | {} | {} | {:.2} | {} |\n",
                 ratio.workload, ratio.transport, ratio.metric, ratio.ww_over_native, tcp
+            );
+        }
+        out += "\n| f: live idle cells | connections | node RSS before (MiB) | with them (MiB) | KiB per cell | all live after (s) |\n|---:|---:|---:|---:|---:|---:|\n";
+        for row in &self.memory {
+            out += &format!(
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.2} |\n",
+                row.live,
+                row.connections,
+                row.rss_idle_kib as f64 / 1024.0,
+                row.rss_live_kib as f64 / 1024.0,
+                row.kib_per_cell,
+                row.ramp_s
             );
         }
         out

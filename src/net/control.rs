@@ -1,0 +1,622 @@
+//! Requests against a swarm from other tasks: connect, find a peer or a cell's
+//! providers in the DHT, open a stream.
+//!
+//! A swarm lives in one task (a node's event loop, a client's). Other tasks hold a
+//! [`Network`] handle and send it [`Request`]s; the owning task passes each request
+//! and every swarm event to its [`Control`], which starts the work (dials, DHT
+//! queries) and answers when the swarm reports the outcome. `ww dial`, `ww find`, the
+//! tests and cells that dial all go through here.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use futures::channel::{mpsc, oneshot};
+use libp2p::core::ConnectedPoint;
+use libp2p::kad::{self, GetClosestPeersError, GetProvidersError, GetProvidersOk, QueryResult};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, Swarm, identify, mdns};
+
+use super::discovery::{self, KAD_PROTOCOL};
+use super::router::{OpenStream, OpenStreamError};
+use super::{Behaviour, BehaviourEvent};
+
+/// Why a peer could not be reached.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The address does not say which peer to expect.
+    #[error("{0} does not end in /p2p/<peer-id>")]
+    MissingPeerId(Multiaddr),
+    /// Dialing failed: unreachable, refused, or a different peer answered.
+    #[error("cannot reach {peer}: {reason}")]
+    Dial {
+        /// The peer we tried to reach.
+        peer: PeerId,
+        /// What went wrong, as libp2p reported it.
+        reason: String,
+    },
+    /// Neither the DHT nor any other source knows an address of the peer.
+    #[error("no address of {0} is known here or in the DHT")]
+    NotFound(PeerId),
+    /// The task running the swarm is gone.
+    #[error("the network task has shut down")]
+    Closed,
+}
+
+/// Why no stream could be opened to any provider of a protocol.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenAnyError {
+    /// The DHT knows no provider (besides this peer).
+    #[error("no provider of {0} found")]
+    NoProviders(StreamProtocol),
+    /// Every provider failed; each with its reason.
+    #[error("no provider of {protocol} answered: {}", describe(.failures))]
+    AllFailed {
+        /// The protocol looked up.
+        protocol: StreamProtocol,
+        /// Each provider tried, and why it failed.
+        failures: Vec<(PeerId, String)>,
+    },
+    /// The task running the swarm is gone.
+    #[error("the network task has shut down")]
+    Closed,
+}
+
+fn describe(failures: &[(PeerId, String)]) -> String {
+    let each: Vec<String> = failures
+        .iter()
+        .map(|(peer, why)| format!("{peer}: {why}"))
+        .collect();
+    each.join("; ")
+}
+
+/// A provider of a protocol, as a lookup found it.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    /// Who.
+    pub peer: PeerId,
+    /// Reached, at this address if known (without `/p2p/`); or why it could not be.
+    pub reached: Result<Option<Multiaddr>, String>,
+    /// Whether we already had a connection to it before the lookup.
+    pub was_connected: bool,
+}
+
+/// A request to the task that owns a swarm.
+pub enum Request {
+    /// Connect to the peer the address ends in.
+    Connect {
+        /// A full address, ending in `/p2p/<peer-id>`.
+        addr: Multiaddr,
+        /// Answered once connected (at once if already).
+        reply: oneshot::Sender<Result<PeerId, ConnectError>>,
+    },
+    /// Connect to a peer known only by its ID, finding its addresses in the DHT.
+    ConnectPeer {
+        /// Who.
+        peer: PeerId,
+        /// Answered once connected.
+        reply: oneshot::Sender<Result<(), ConnectError>>,
+    },
+    /// Open a stream to a connected peer.
+    Open {
+        /// Who.
+        peer: PeerId,
+        /// The protocols to offer, in order of preference.
+        protocols: Vec<StreamProtocol>,
+        /// Answered with what to wait on for the stream.
+        reply: oneshot::Sender<OpenStream>,
+    },
+    /// Find the providers of a protocol and connect to each.
+    Providers {
+        /// The cell protocol.
+        protocol: StreamProtocol,
+        /// Answered when the lookup and every dial it started have finished.
+        reply: oneshot::Sender<Vec<Provider>>,
+    },
+}
+
+/// How many requests may wait for the swarm's task.
+const REQUEST_QUEUE: usize = 64;
+/// Least time between two announcements of the node's cells triggered by bootstraps.
+const REANNOUNCE_AFTER: Duration = Duration::from_secs(10);
+
+/// A handle to a swarm running in another task. Cheap to clone.
+#[derive(Clone)]
+pub struct Network {
+    requests: mpsc::Sender<Request>,
+    local_peer_id: PeerId,
+}
+
+impl Network {
+    /// A handle for the swarm of `local_peer_id`, and the receiver its task must drain.
+    pub fn new(local_peer_id: PeerId) -> (Self, mpsc::Receiver<Request>) {
+        let (requests, receiver) = mpsc::channel(REQUEST_QUEUE);
+        let network = Self {
+            requests,
+            local_peer_id,
+        };
+        (network, receiver)
+    }
+
+    /// The peer ID of the swarm behind this handle.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    /// Connects to the peer that `addr` ends in (`/p2p/<peer-id>`) and returns its
+    /// ID. Returns at once if a connection already exists.
+    pub async fn connect(&self, addr: &Multiaddr) -> Result<PeerId, ConnectError> {
+        let (reply, answer) = oneshot::channel();
+        let addr = addr.clone();
+        self.send(Request::Connect { addr, reply }).await?;
+        answer.await.map_err(|_| ConnectError::Closed)?
+    }
+
+    /// Connects to `peer`, looking its addresses up in the DHT if need be.
+    pub async fn connect_peer(&self, peer: PeerId) -> Result<(), ConnectError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::ConnectPeer { peer, reply }).await?;
+        answer.await.map_err(|_| ConnectError::Closed)?
+    }
+
+    /// Opens a stream to a connected `peer` on `protocol`.
+    pub async fn open(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+    ) -> Result<Stream, OpenStreamError> {
+        Ok(self.open_first(peer, vec![protocol]).await?.0)
+    }
+
+    /// Opens a stream to a connected `peer` on the first of `protocols` it accepts.
+    pub async fn open_first(
+        &self,
+        peer: PeerId,
+        protocols: Vec<StreamProtocol>,
+    ) -> Result<(Stream, StreamProtocol), OpenStreamError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::Open {
+            peer,
+            protocols,
+            reply,
+        })
+        .await
+        .map_err(|_| OpenStreamError::NotConnected)?;
+        let opening = answer.await.map_err(|_| OpenStreamError::NotConnected)?;
+        opening.await.map_err(|_| OpenStreamError::NotConnected)?
+    }
+
+    /// Finds the providers of `protocol` in the DHT and connects to each, so every
+    /// one returned says whether (and where) it could be reached. Peers this swarm
+    /// was already connected to come first.
+    pub async fn providers(
+        &self,
+        protocol: &StreamProtocol,
+    ) -> Result<Vec<Provider>, ConnectError> {
+        let (reply, answer) = oneshot::channel();
+        let protocol = protocol.clone();
+        self.send(Request::Providers { protocol, reply }).await?;
+        answer.await.map_err(|_| ConnectError::Closed)
+    }
+
+    /// Opens a stream to any provider of `protocol`, offering `offer` (in order of
+    /// preference), trying providers in the order [`Network::providers`] returns them
+    /// and moving on when one fails. Returns the provider with the stream.
+    pub async fn open_any(
+        &self,
+        protocol: &StreamProtocol,
+        offer: Vec<StreamProtocol>,
+    ) -> Result<(PeerId, Stream, StreamProtocol), OpenAnyError> {
+        let providers = self
+            .providers(protocol)
+            .await
+            .map_err(|_| OpenAnyError::Closed)?;
+        if providers.is_empty() {
+            return Err(OpenAnyError::NoProviders(protocol.clone()));
+        }
+        let mut failures = Vec::new();
+        for provider in providers {
+            if let Err(why) = provider.reached {
+                failures.push((provider.peer, why));
+                continue;
+            }
+            match self.open_first(provider.peer, offer.clone()).await {
+                Ok((stream, chosen)) => return Ok((provider.peer, stream, chosen)),
+                Err(error) => {
+                    tracing::debug!(peer = %provider.peer, %error, "provider failed; trying the next");
+                    failures.push((provider.peer, error.to_string()));
+                }
+            }
+        }
+        Err(OpenAnyError::AllFailed {
+            protocol: protocol.clone(),
+            failures,
+        })
+    }
+
+    async fn send(&self, request: Request) -> Result<(), ConnectError> {
+        use futures::SinkExt as _;
+        self.requests
+            .clone()
+            .send(request)
+            .await
+            .map_err(|_| ConnectError::Closed)
+    }
+}
+
+/// A provider lookup in progress.
+struct ProviderLookup {
+    reply: oneshot::Sender<Vec<Provider>>,
+    seen: HashSet<PeerId>,
+    found: Vec<Provider>,
+    /// Providers being dialed (by us or by the DHT query itself).
+    dialing: HashSet<PeerId>,
+    /// The DHT query has finished; only dials may be outstanding.
+    query_done: bool,
+}
+
+/// The swarm-side state of [`Request`]s in progress, plus what the node announces.
+#[derive(Default)]
+pub struct Control {
+    /// Dials answering a `Connect` or `ConnectPeer`.
+    connecting: HashMap<ConnectionId, (PeerId, ConnectReply)>,
+    /// `ConnectPeer` requests waiting for a closest-peers query.
+    finding: HashMap<kad::QueryId, (PeerId, ConnectReply)>,
+    /// Provider lookups by DHT query.
+    lookups: HashMap<kad::QueryId, ProviderLookup>,
+    /// A dialable address of each peer, the latest we learned.
+    addresses: HashMap<PeerId, Multiaddr>,
+    /// Keys of the cells this swarm serves, announced in the DHT.
+    provided: Vec<kad::RecordKey>,
+    /// When the cells were last announced.
+    announced: Option<Instant>,
+}
+
+/// Who waits for a dial: `Connect` wants the peer ID back, `ConnectPeer` does not.
+enum ConnectReply {
+    WithPeer(oneshot::Sender<Result<PeerId, ConnectError>>),
+    Unit(oneshot::Sender<Result<(), ConnectError>>),
+}
+
+impl ConnectReply {
+    fn send(self, peer: PeerId, result: Result<(), ConnectError>) {
+        match self {
+            Self::WithPeer(reply) => {
+                let _ = reply.send(result.map(|()| peer));
+            }
+            Self::Unit(reply) => {
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+impl Control {
+    /// Joins the network through `bootstrap` peers: adds them to the DHT's routing
+    /// table, dials them and starts a bootstrap query.
+    pub fn join(&mut self, swarm: &mut Swarm<Behaviour>, bootstrap: &[Multiaddr]) {
+        for addr in bootstrap {
+            let Some(peer) = discovery::peer_of(addr) else {
+                tracing::warn!(%addr, "bootstrap address has no /p2p/<peer-id>; skipped");
+                continue;
+            };
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            if let Err(error) = swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, %error, "cannot dial bootstrap peer");
+            }
+        }
+        if !bootstrap.is_empty()
+            && let Err(error) = swarm.behaviour_mut().kad.bootstrap()
+        {
+            tracing::warn!(%error, "DHT bootstrap not started");
+        }
+    }
+
+    /// Announces `protocols` as served by this swarm, now and whenever the routing
+    /// table fills in after a bootstrap; the DHT refreshes the records every
+    /// [`discovery::PROVIDER_REFRESH`].
+    pub fn provide(&mut self, swarm: &mut Swarm<Behaviour>, protocols: &[StreamProtocol]) {
+        self.provided = protocols.iter().map(discovery::provider_key).collect();
+        self.announce(swarm);
+    }
+
+    /// Withdraws every announcement (this node's own store; other nodes' copies
+    /// expire after [`discovery::PROVIDER_TTL`]).
+    pub fn withdraw(&mut self, swarm: &mut Swarm<Behaviour>) {
+        for key in self.provided.drain(..) {
+            swarm.behaviour_mut().kad.stop_providing(&key);
+        }
+    }
+
+    fn announce(&mut self, swarm: &mut Swarm<Behaviour>) {
+        for key in &self.provided {
+            if let Err(error) = swarm.behaviour_mut().kad.start_providing(key.clone()) {
+                tracing::warn!(%error, "cannot announce a cell");
+            }
+        }
+        self.announced = Some(Instant::now());
+    }
+
+    /// Starts the work a request asks for.
+    pub fn handle(&mut self, swarm: &mut Swarm<Behaviour>, request: Request) {
+        match request {
+            Request::Connect { addr, reply } => {
+                let Some(peer) = discovery::peer_of(&addr) else {
+                    let _ = reply.send(Err(ConnectError::MissingPeerId(addr)));
+                    return;
+                };
+                let opts = DialOpts::peer_id(peer).addresses(vec![addr]).build();
+                self.dial(swarm, peer, opts, ConnectReply::WithPeer(reply));
+            }
+            Request::ConnectPeer { peer, reply } => {
+                if swarm.is_connected(&peer) {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                let query = swarm.behaviour_mut().kad.get_closest_peers(peer);
+                self.finding
+                    .insert(query, (peer, ConnectReply::Unit(reply)));
+            }
+            Request::Open {
+                peer,
+                protocols,
+                reply,
+            } => {
+                let _ = reply.send(swarm.behaviour_mut().router.open_stream(peer, protocols));
+            }
+            Request::Providers { protocol, reply } => {
+                let key = discovery::provider_key(&protocol);
+                let query = swarm.behaviour_mut().kad.get_providers(key);
+                self.lookups.insert(
+                    query,
+                    ProviderLookup {
+                        reply,
+                        seen: HashSet::new(),
+                        found: Vec::new(),
+                        dialing: HashSet::new(),
+                        query_done: false,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Dials with `opts` and answers `reply` when the dial settles; at once if the
+    /// peer is already connected.
+    fn dial(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        peer: PeerId,
+        opts: DialOpts,
+        reply: ConnectReply,
+    ) {
+        if swarm.is_connected(&peer) {
+            reply.send(peer, Ok(()));
+            return;
+        }
+        let connection = opts.connection_id();
+        match swarm.dial(opts) {
+            Ok(()) => {
+                self.connecting.insert(connection, (peer, reply));
+            }
+            Err(DialError::NoAddresses) => reply.send(peer, Err(ConnectError::NotFound(peer))),
+            Err(error) => reply.send(peer, Err(dial_failed(peer, &error))),
+        }
+    }
+
+    /// Advances requests with what the swarm reports. Call it with every event.
+    pub fn on_event(&mut self, swarm: &mut Swarm<Behaviour>, event: &SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                if let ConnectedPoint::Dialer { address, .. } = endpoint {
+                    self.addresses
+                        .insert(*peer_id, discovery::without_peer(address.clone()));
+                }
+                if let Some((peer, reply)) = self.connecting.remove(connection_id) {
+                    reply.send(peer, Ok(()));
+                }
+                self.provider_dialed(*peer_id, Ok(()));
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                if let Some((peer, reply)) = self.connecting.remove(connection_id) {
+                    reply.send(peer, Err(dial_failed(peer, error)));
+                }
+                if let Some(peer) = peer_id
+                    && !swarm.is_connected(peer)
+                {
+                    self.provider_dialed(*peer, Err(error.to_string()));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => self.learn(swarm, *peer_id, info),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    tracing::debug!(%peer, %addr, "found on the local network");
+                    swarm.behaviour_mut().kad.add_address(peer, addr.clone());
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result,
+                step,
+                ..
+            })) => self.on_query(swarm, *id, result, step.last),
+            _ => {}
+        }
+    }
+
+    /// What identify tells about a peer: DHT servers go into the routing table with
+    /// their listen addresses.
+    fn learn(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId, info: &identify::Info) {
+        if !info.protocols.contains(&KAD_PROTOCOL) {
+            return;
+        }
+        for addr in &info.listen_addrs {
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        }
+        if let Some(addr) = info.listen_addrs.iter().find(|a| !discovery::is_relayed(a)) {
+            self.addresses
+                .entry(peer)
+                .or_insert_with(|| discovery::without_peer(addr.clone()));
+        }
+    }
+
+    fn on_query(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        id: kad::QueryId,
+        result: &QueryResult,
+        last: bool,
+    ) {
+        match result {
+            QueryResult::GetProviders(Ok(GetProvidersOk::FoundProviders { providers, .. })) => {
+                self.found_providers(swarm, id, providers)
+            }
+            QueryResult::GetProviders(Ok(GetProvidersOk::FinishedWithNoAdditionalRecord {
+                ..
+            })) => {}
+            QueryResult::GetProviders(Err(GetProvidersError::Timeout { .. })) => {
+                tracing::debug!("provider lookup timed out; answering with what it found");
+            }
+            QueryResult::GetClosestPeers(result) => {
+                let peers = match result {
+                    Ok(ok) => &ok.peers,
+                    Err(GetClosestPeersError::Timeout { peers, .. }) => peers,
+                };
+                if let Some((peer, reply)) = self.finding.remove(&id) {
+                    let addrs = peers
+                        .iter()
+                        .find(|info| info.peer_id == peer)
+                        .map(|info| info.addrs.clone())
+                        .unwrap_or_default();
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(addrs)
+                        .extend_addresses_through_behaviour()
+                        .build();
+                    self.dial(swarm, peer, opts, reply);
+                }
+            }
+            QueryResult::Bootstrap(Ok(_)) if last => {
+                let stale = self
+                    .announced
+                    .is_none_or(|at| at.elapsed() > REANNOUNCE_AFTER);
+                if !self.provided.is_empty() && stale {
+                    self.announce(swarm);
+                }
+            }
+            QueryResult::StartProviding(Err(error)) => {
+                tracing::debug!(%error, "announcing a cell failed; the DHT retries on refresh");
+            }
+            _ => {}
+        }
+        if last && let Some(lookup) = self.lookups.get_mut(&id) {
+            lookup.query_done = true;
+            self.finish_lookup(id);
+        }
+    }
+
+    /// New providers: note the connected ones, dial the others while the query still
+    /// holds their addresses.
+    fn found_providers(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        id: kad::QueryId,
+        providers: &HashSet<PeerId>,
+    ) {
+        let local = *swarm.local_peer_id();
+        let Some(lookup) = self.lookups.get_mut(&id) else {
+            return;
+        };
+        for &peer in providers {
+            if peer == local || !lookup.seen.insert(peer) {
+                continue;
+            }
+            if swarm.is_connected(&peer) {
+                lookup.found.push(Provider {
+                    peer,
+                    reached: Ok(self.addresses.get(&peer).cloned()),
+                    was_connected: true,
+                });
+                continue;
+            }
+            let opts = DialOpts::peer_id(peer)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            match swarm.dial(opts) {
+                // A dial already under way (the DHT query's own) settles ours too.
+                Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {
+                    lookup.dialing.insert(peer);
+                }
+                Err(error) => lookup.found.push(Provider {
+                    peer,
+                    reached: Err(error.to_string()),
+                    was_connected: false,
+                }),
+            }
+        }
+    }
+
+    /// A dial to `peer` settled: every lookup waiting on it learns the outcome.
+    fn provider_dialed(&mut self, peer: PeerId, result: Result<(), String>) {
+        let waiting: Vec<kad::QueryId> = self
+            .lookups
+            .iter()
+            .filter(|(_, lookup)| lookup.dialing.contains(&peer))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            if let Some(lookup) = self.lookups.get_mut(&id) {
+                lookup.dialing.remove(&peer);
+                lookup.found.push(Provider {
+                    peer,
+                    reached: result.clone().map(|()| self.addresses.get(&peer).cloned()),
+                    was_connected: false,
+                });
+            }
+            self.finish_lookup(id);
+        }
+    }
+
+    /// Answers a lookup once its query and all its dials are done: providers we
+    /// were connected to first, then the reachable ones, then the rest.
+    fn finish_lookup(&mut self, id: kad::QueryId) {
+        let done = self
+            .lookups
+            .get(&id)
+            .is_some_and(|lookup| lookup.query_done && lookup.dialing.is_empty());
+        if !done {
+            return;
+        }
+        let Some(mut lookup) = self.lookups.remove(&id) else {
+            return;
+        };
+        lookup
+            .found
+            .sort_by_key(|p| (!p.was_connected, p.reached.is_err()));
+        let _ = lookup.reply.send(lookup.found);
+    }
+}
+
+fn dial_failed(peer: PeerId, error: &DialError) -> ConnectError {
+    match error {
+        DialError::NoAddresses => ConnectError::NotFound(peer),
+        error => ConnectError::Dial {
+            peer,
+            reason: error.to_string(),
+        },
+    }
+}

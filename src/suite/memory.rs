@@ -1,0 +1,177 @@
+//! Workload (f): what a live, idle instance costs a node in resident memory.
+//!
+//! A fresh `ww run` node serves the `echo` cell; clients, each a peer of its own (so
+//! neither the per-peer connection limit nor yamux's per-connection stream cap is in
+//! the way), open `count` echo streams and send nothing, so every instance sits in its
+//! first read. The node's RSS before and after, over `count`, is the cost of one live
+//! cell: its instance, its store, its stream and that stream's share of a connection.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _, TryStreamExt as _};
+use libp2p::{PeerId, Stream};
+use serde::Serialize;
+
+use super::{WW_ECHO, start};
+use crate::net::client::Client;
+use crate::node::STATS_PROTOCOL;
+
+/// Streams one client connection carries (yamux allows 512 per connection).
+const STREAMS_PER_CONNECTION: usize = 500;
+/// Streams a client opens at once.
+const OPENING: usize = 32;
+/// How long the node may take to report every instance live.
+const RAMP_LIMIT: Duration = Duration::from_secs(300);
+
+/// The node's memory while it held `live` idle instances.
+#[derive(Debug, Serialize)]
+pub struct MemoryRow {
+    /// Live idle instances the node held.
+    pub live: u64,
+    /// Connections, each from a peer of its own, the streams were spread over.
+    pub connections: usize,
+    /// Node RSS after serving one stream and before the others opened, in KiB.
+    pub rss_idle_kib: u64,
+    /// Node RSS while holding `live` instances, in KiB.
+    pub rss_live_kib: u64,
+    /// (`rss_live_kib` − `rss_idle_kib`) / `live`.
+    pub kib_per_cell: f64,
+    /// Seconds from the first stream opening to the node counting all `live`.
+    pub ramp_s: f64,
+}
+
+/// Starts a node with room for `count` instances, fills it with idle echo instances
+/// and measures its RSS.
+pub async fn measure(exe: &Path, count: u64) -> anyhow::Result<MemoryRow> {
+    let work = tempfile::tempdir()?;
+    let identity = work.path().join("id.key").display().to_string();
+    let cache = work.path().join("cache").display().to_string();
+    let room = count.to_string();
+    let args = [
+        "run",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--identity",
+        &identity,
+        "--cache-dir",
+        &cache,
+        "--max-instances",
+        &room,
+        "--max-per-peer",
+        &room,
+        "--idle-s",
+        "0",
+        "--queue-ms",
+        "60000",
+        "--no-mdns",
+    ];
+    let (node, addrs) = start(exe, &args, 1).await?;
+    let pid = node.id().context("the node exited at start")?;
+    let addr = &addrs[0];
+
+    let probe = Client::new()?;
+    let peer = probe.connect(addr).await?;
+    echo_one_byte(&probe, peer).await?;
+    let rss_idle_kib = rss_kib(pid)?;
+
+    let started = Instant::now();
+    let count_usize = usize::try_from(count)?;
+    let connections = count_usize.div_ceil(STREAMS_PER_CONNECTION);
+    let mut clients = Vec::with_capacity(connections);
+    let mut held: Vec<Stream> = Vec::with_capacity(count_usize);
+    for connection in 0..connections {
+        let share = STREAMS_PER_CONNECTION.min(count_usize - connection * STREAMS_PER_CONNECTION);
+        let client = Client::new()?;
+        client.connect(addr).await?;
+        let streams: Vec<Stream> = futures::stream::iter(0..share)
+            .map(|_| client.open(peer, WW_ECHO.clone()))
+            .buffer_unordered(OPENING)
+            .try_collect()
+            .await
+            .context("opening an idle echo stream")?;
+        held.extend(streams);
+        clients.push(client);
+    }
+    wait_until_live(&probe, peer, count).await?;
+    let ramp_s = started.elapsed().as_secs_f64();
+    let rss_live_kib = settled_rss_kib(pid).await?;
+    drop(held);
+    Ok(MemoryRow {
+        live: count,
+        connections,
+        rss_idle_kib,
+        rss_live_kib,
+        kib_per_cell: rss_live_kib.saturating_sub(rss_idle_kib) as f64 / count as f64,
+        ramp_s,
+    })
+}
+
+/// One full echo stream, so the code and the first instance's pages are resident
+/// before the baseline is read, as on any node that has served.
+async fn echo_one_byte(client: &Client, peer: PeerId) -> anyhow::Result<()> {
+    let mut stream = client.open(peer, WW_ECHO.clone()).await?;
+    stream.write_all(b"x").await?;
+    stream.close().await?;
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await?;
+    if reply != b"x" {
+        bail!("the echo cell answered {reply:?} to \"x\"");
+    }
+    Ok(())
+}
+
+/// Polls the node's counters until `count` instances are live.
+async fn wait_until_live(client: &Client, peer: PeerId, count: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + RAMP_LIMIT;
+    loop {
+        let live = live_instances(client, peer).await?;
+        if live >= count {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {live} of {count} instances live after {RAMP_LIMIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The node's `live` counter, read over its stats protocol.
+async fn live_instances(client: &Client, peer: PeerId) -> anyhow::Result<u64> {
+    let mut stream = client.open(peer, STATS_PROTOCOL).await?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("live "))
+        .context("no `live` line in the node's stats")?
+        .parse()
+        .context("a malformed `live` count")
+}
+
+/// RSS once instances counted live have also reached their first read: read until
+/// two readings half a second apart differ by under 1%.
+async fn settled_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let mut last = rss_kib(pid)?;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = rss_kib(pid)?;
+        if now.abs_diff(last) * 100 < last {
+            return Ok(now);
+        }
+        last = now;
+    }
+    Ok(last)
+}
+
+/// A process's resident set size in KiB, from /proc.
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse().ok())
+        .with_context(|| format!("no VmRSS in {path}"))
+}
