@@ -24,6 +24,8 @@ fn spawn_on(c: &mut Criterion, name: &str, tokio: tokio::runtime::Runtime) {
         name: "echo".into(),
         limits: Default::default(),
         mode: None,
+        dial: Default::default(),
+        network: None,
     };
     let cell = runtime
         .load("built-in echo", echo.wasm, &options)

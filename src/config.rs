@@ -24,6 +24,7 @@
 //! wasm = "cells/mine.wasm"                  # … or a component file, relative to this file
 //! allow = ["12D3KooW…"]                     # only these peers may open streams
 //! mode = "stdio"                            # or "connection"; detected if absent
+//! dial = ["/ww/echo/0.1.0"]                 # may open streams on these (true: any)
 //! limits = { memory_mb = 256, max_instances = 10 }
 //! ```
 
@@ -36,8 +37,8 @@ use anyhow::{Context as _, bail};
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use serde::Deserialize;
 
-use crate::cell::Mode;
 use crate::cell::builtin::{self, Builtin};
+use crate::cell::{DialGrant, DialSetting, Mode};
 use crate::limits::{LimitOverrides, Limits};
 use crate::net::{DhtMode, NetOptions};
 
@@ -105,6 +106,8 @@ pub struct CellEntry {
     pub allow: Option<Vec<String>>,
     /// `"stdio"` or `"connection"`; detected from the component if absent.
     pub mode: Option<Mode>,
+    /// What the cell may dial: `true` (anything), `false`, or a list of protocols.
+    pub dial: Option<DialSetting>,
     /// Limits for this cell only.
     #[serde(default)]
     pub limits: LimitOverrides,
@@ -152,6 +155,8 @@ pub struct CellSpec {
     pub limits: LimitOverrides,
     /// A forced mode; detected from the component if `None`.
     pub mode: Option<Mode>,
+    /// What its instances may dial.
+    pub dial: DialGrant,
 }
 
 impl CellSpec {
@@ -171,6 +176,7 @@ impl CellSpec {
             allow: None,
             limits: LimitOverrides::default(),
             mode: None,
+            dial: DialGrant::Denied,
         })
     }
 
@@ -185,6 +191,7 @@ impl CellSpec {
                 allow: None,
                 limits: LimitOverrides::default(),
                 mode: None,
+                dial: DialGrant::Denied,
             })
             .collect()
     }
@@ -212,6 +219,17 @@ impl CellSpec {
                     .collect::<Result<_, _>>()?,
             ),
         };
+        let dial = match &entry.dial {
+            None | Some(DialSetting::All(false)) => DialGrant::Denied,
+            Some(DialSetting::All(true)) => DialGrant::Any,
+            Some(DialSetting::Only(protocols)) => DialGrant::Only(
+                protocols
+                    .iter()
+                    .map(|p| parse_protocol(p))
+                    .collect::<Result<_, _>>()
+                    .context("dial")?,
+            ),
+        };
         Ok(Self {
             name: name.to_string(),
             protocol: parse_protocol(&entry.protocol)?,
@@ -219,6 +237,7 @@ impl CellSpec {
             allow,
             limits: entry.limits,
             mode: entry.mode,
+            dial,
         })
     }
 }
@@ -256,6 +275,21 @@ pub fn cache_dir(
         (Some(dir), _) | (None, Some(CacheSetting::Dir(dir))) => Some(dir),
         (None, Some(CacheSetting::Enabled(false))) => None,
         (None, Some(CacheSetting::Enabled(true)) | None) => crate::cell::Cache::default_dir(),
+    }
+}
+
+/// Parses `--grant-dial PROTOCOL` (the cell on PROTOCOL may dial anything) or
+/// `--grant-dial PROTOCOL=TARGET,TARGET…` (only those protocols).
+pub fn parse_dial_grant(flag: &str) -> anyhow::Result<(StreamProtocol, DialGrant)> {
+    match flag.split_once('=') {
+        None => Ok((parse_protocol(flag)?, DialGrant::Any)),
+        Some((protocol, targets)) => {
+            let targets = targets
+                .split(',')
+                .map(parse_protocol)
+                .collect::<anyhow::Result<_>>()?;
+            Ok((parse_protocol(protocol)?, DialGrant::Only(targets)))
+        }
     }
 }
 
@@ -300,6 +334,8 @@ pub struct Flags {
     pub allow: Vec<(StreamProtocol, PeerId)>,
     /// `--cell-mode PROTOCOL=MODE`: forces that cell's mode.
     pub modes: Vec<(StreamProtocol, Mode)>,
+    /// `--grant-dial PROTOCOL[=TARGETS]`: replaces that cell's grant.
+    pub dial_grants: Vec<(StreamProtocol, DialGrant)>,
     /// `--admin ADDR`: replaces the file's.
     pub admin: Option<SocketAddr>,
     /// `--cache-dir DIR`: replaces the file's.
@@ -376,6 +412,12 @@ impl NodeConfig {
                 bail!("--cell-mode {protocol}: no cell is served on {protocol}");
             };
             cell.mode = Some(mode);
+        }
+        for (protocol, grant) in flags.dial_grants {
+            let Some(cell) = all.iter_mut().find(|cell| cell.protocol == protocol) else {
+                bail!("--grant-dial {protocol}: no cell is served on {protocol}");
+            };
+            cell.dial = grant;
         }
         let limits = flags.limits.apply(file.limits.apply(Limits::default()));
         limits.check().context("[limits]")?;

@@ -7,15 +7,17 @@
 //!
 //! # Layout
 //! The modules follow the data path of a stream:
-//! - [`net`]: the swarm (TCP + noise + yamux, QUIC, identify, ping) and
-//!   [`net::router`], which accepts streams on cell protocols without losing any;
-//!   [`net::client`] dials nodes.
+//! - [`net`]: the swarm (TCP + noise + yamux, QUIC, relay; identify, ping, the DHT,
+//!   mDNS, AutoNAT, DCUtR) and [`net::router`], which accepts streams on cell
+//!   protocols without losing any; [`net::control`] answers dial and lookup requests;
+//!   [`net::client`] is a peer that only asks.
 //! - [`node`]: wiring — loads cells, runs the swarm, gives each stream its own task;
 //!   [`admission`] decides whether and when a stream may start an instance.
 //! - [`cell`]: the wasmtime engine, the `wetware:streams` host, one instance per stream.
 //! - [`config`], [`limits`], [`identity`]: the node's settings, what guests and
 //!   peers may use, and the node's persistent peer ID.
-//! - [`dial`]: `ww dial`, a stream between this terminal and a remote cell.
+//! - [`dial`]: `ww dial` and `ww find`, a stream between this terminal and a remote
+//!   cell, and the nodes that serve a cell; [`devnet`]: a local multi-node cluster.
 //! - [`metrics`], [`admin`]: what the node counts, and the HTTP endpoint showing it.
 //! - [`bench`], [`suite`]: `ww bench`, a load generator for any node, and the
 //!   side-by-side suite against raw TCP and native rust-libp2p.
@@ -25,6 +27,7 @@ pub mod admission;
 pub mod bench;
 pub mod cell;
 pub mod config;
+pub mod devnet;
 pub mod dial;
 pub mod identity;
 pub mod limits;

@@ -10,6 +10,7 @@
 //! | `max_instances` | 1000 | live instances (node-wide; per cell when set on a cell) |
 //! | `max_per_peer` | 64 | live instances one peer may hold (likewise) |
 //! | `queue_ms` | 100 | how long a stream waits for a free slot before it is refused |
+//! | `max_dials` | 16 | streams one instance may open to other nodes (`wetware:streams/dialer`) |
 
 use std::time::Duration;
 
@@ -32,6 +33,8 @@ pub struct Limits {
     pub max_per_peer: u32,
     /// Longest wait for a free slot, in milliseconds.
     pub queue_ms: u64,
+    /// Outbound streams one instance may open.
+    pub max_dials: u32,
 }
 
 impl Default for Limits {
@@ -44,6 +47,7 @@ impl Default for Limits {
             max_instances: 1000,
             max_per_peer: 64,
             queue_ms: 100,
+            max_dials: 16,
         }
     }
 }
@@ -108,6 +112,10 @@ pub struct LimitOverrides {
     /// How long a stream may wait for a free slot before it is refused, in ms [default: 100].
     #[arg(long, value_name = "MS")]
     pub queue_ms: Option<u64>,
+    /// Streams one instance may open to other nodes through `wetware:streams/dialer`
+    /// [default: 16].
+    #[arg(long, value_name = "N")]
+    pub max_dials: Option<u32>,
 }
 
 impl LimitOverrides {
@@ -121,6 +129,7 @@ impl LimitOverrides {
             max_instances: self.max_instances.unwrap_or(base.max_instances),
             max_per_peer: self.max_per_peer.unwrap_or(base.max_per_peer),
             queue_ms: self.queue_ms.unwrap_or(base.queue_ms),
+            max_dials: self.max_dials.unwrap_or(base.max_dials),
         }
     }
 

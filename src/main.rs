@@ -40,6 +40,8 @@ struct NetworkArgs {
     external_address: Vec<Multiaddr>,
 }
 
+// Parsed once per process; boxing `run`'s many flags would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run a node serving cells (the built-in ones if none are given).
@@ -65,6 +67,10 @@ enum Command {
         /// detected from its imports otherwise. Repeatable.
         #[arg(long, value_name = "PROTOCOL=MODE", value_parser = config::parse_cell_mode)]
         cell_mode: Vec<(libp2p::StreamProtocol, ww::cell::Mode)>,
+        /// Let the cell on PROTOCOL open streams to other nodes (any protocol, or only
+        /// the listed ones); repeatable.
+        #[arg(long, value_name = "PROTOCOL[=TARGET,…]", value_parser = config::parse_dial_grant)]
+        grant_dial: Vec<(libp2p::StreamProtocol, ww::cell::DialGrant)>,
         /// Cache compiled cells here [default: ~/.cache/ww/cells]; the last one given wins.
         #[arg(long, value_name = "DIR", overrides_with = "cache_dir")]
         cache_dir: Option<PathBuf>,
@@ -97,6 +103,24 @@ enum Command {
         /// A peer to search the DHT through (full address); repeatable.
         #[arg(long, value_name = "MULTIADDR")]
         bootstrap: Vec<Multiaddr>,
+    },
+    /// Run N nodes on 127.0.0.1, bootstrapped to one another, until Ctrl-C.
+    Devnet {
+        /// How many nodes.
+        nodes: u16,
+        /// Node i listens on TCP and UDP port BASE_PORT + i.
+        #[arg(long, default_value_t = 4100)]
+        base_port: u16,
+        /// Where identities and logs go [default: a new directory in the temp dir].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Serve a component on a protocol on every node (instead of the built-in
+        /// cells); repeatable.
+        #[arg(long, value_name = "PROTOCOL=FILE.wasm")]
+        cell: Vec<String>,
+        /// More `ww run` arguments for every node, after `--`.
+        #[arg(last = true)]
+        node_args: Vec<String>,
     },
     /// Print the nodes that serve a cell, one address (ending in /p2p/<peer-id>) per line.
     Find {
@@ -216,6 +240,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             identity,
             allow,
             cell_mode,
+            grant_dial,
             cache_dir,
             no_cache,
             admin,
@@ -233,6 +258,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 limits,
                 allow,
                 modes: cell_mode,
+                dial_grants: grant_dial,
                 admin,
                 cache_dir,
                 no_cache,
@@ -258,6 +284,27 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             let (stdin, stdout) = (tokio::io::stdin(), tokio::io::stdout());
             ww::dial::dial(&target, protocol, bootstrap, stdin, stdout).await
+        }
+        Command::Devnet {
+            nodes,
+            base_port,
+            dir,
+            cell,
+            node_args,
+        } => {
+            let exe = std::env::current_exe().context("cannot find the ww binary")?;
+            let mut args: Vec<String> = cell
+                .into_iter()
+                .flat_map(|c| ["--cell".into(), c])
+                .collect();
+            args.extend(node_args);
+            let options = ww::devnet::Options {
+                nodes,
+                base_port,
+                dir,
+                node_args: args,
+            };
+            ww::devnet::run(&exe, options, shutdown_signal()).await
         }
         Command::Find {
             protocol,
@@ -290,7 +337,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let name = wasm
                 .file_stem()
                 .map_or("cell".into(), |s| s.to_string_lossy().into());
-            let options = ww::cell::CellOptions { name, limits, mode };
+            let options = ww::cell::CellOptions {
+                name,
+                limits,
+                mode,
+                // Offline: a dialing cell loads, and its dials fail cleanly.
+                dial: ww::cell::DialGrant::Any,
+                network: None,
+            };
             let cell = ww::cell::load_file(&runtime, &wasm, &options)?;
             let mut argv = vec![wasm.display().to_string()];
             argv.extend(args);

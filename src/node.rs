@@ -51,7 +51,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     };
     let cache = config.cache.clone().map(Cache::open).transpose()?;
     let runtime = Runtime::new(Some(pool), metrics.clone(), cache)?;
-    let cells = load_cells(&runtime, &config)?;
+    let (network_handle, requests) = Network::new(keypair.public().to_peer_id());
+    let cells = load_cells(&runtime, &config, &network_handle)?;
     let mut protocols = vec![STATS_PROTOCOL];
     for cell in &config.cells {
         protocols.push(cell.protocol.clone());
@@ -79,7 +80,6 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     };
     tracing::info!(peer = %swarm.local_peer_id(), pooling = runtime.pooling, cells = cells.len(), "node starting");
 
-    let (network_handle, requests) = Network::new(*swarm.local_peer_id());
     let mut control = Control::default();
     control.join(&mut swarm, &config.network.bootstrap);
     let served: Vec<StreamProtocol> = config.cells.iter().map(|c| c.protocol.clone()).collect();
@@ -135,7 +135,11 @@ struct ServedCell {
 /// Cells by the protocol ID they are served on.
 type Cells = HashMap<String, Arc<ServedCell>>;
 
-fn load_cells(runtime: &Arc<Runtime>, config: &NodeConfig) -> anyhow::Result<Cells> {
+fn load_cells(
+    runtime: &Arc<Runtime>,
+    config: &NodeConfig,
+    network: &Network,
+) -> anyhow::Result<Cells> {
     let mut cells = HashMap::new();
     for spec in &config.cells {
         let started = std::time::Instant::now();
@@ -144,6 +148,8 @@ fn load_cells(runtime: &Arc<Runtime>, config: &NodeConfig) -> anyhow::Result<Cel
             name: spec.name.clone(),
             limits,
             mode: spec.mode,
+            dial: spec.dial.clone(),
+            network: Some(network.clone()),
         };
         let cell = match &spec.source {
             CellSource::Builtin(builtin) => {

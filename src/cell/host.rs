@@ -5,14 +5,21 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::dialer::InstanceDialer;
 use super::meter::{CpuMeter, MemoryLimiter};
 use crate::limits::Limits;
 
 mod generated {
     wasmtime::component::bindgen!({
         path: "wit",
-        world: "wetware:streams/cell",
-        imports: { default: tracing | trappable },
+        world: "wetware:streams/dialing-cell",
+        imports: {
+            default: tracing | trappable,
+            // Dialing waits on the network.
+            "wetware:streams/dialer.dial": async | tracing | trappable,
+            "wetware:streams/dialer.dial-any": async | tracing | trappable,
+            "wetware:streams/dialer.providers": async | tracing | trappable,
+        },
         exports: { default: async },
         with: {
             // `input-stream` and `output-stream` are wasmtime-wasi's own resources, so
@@ -23,24 +30,38 @@ mod generated {
     });
 }
 
-pub(super) use generated::wetware::streams::streams;
-pub use generated::{Cell, CellPre};
+pub(super) use generated::wetware::streams::{dialer, streams};
+/// The bindings of a cell's world (`dialing-cell` covers `cell` too).
+pub use generated::{DialingCell as Cell, DialingCellPre as CellPre};
 
-/// The two halves of the peer stream that started an instance, adapted to `wasi:io`.
+/// The two halves of a stream, adapted to `wasi:io`: the peer stream that started an
+/// instance, or one the instance dialed.
 ///
 /// Each half can be taken once: `get-input-stream` and `get-output-stream` move it
 /// into the guest's resource table.
 pub struct Connection {
     input: Option<DynInputStream>,
     output: Option<DynOutputStream>,
+    /// Opened by the instance (`dialer`), not the stream that started it.
+    dialed: bool,
 }
 
 impl Connection {
-    /// Wraps an input and an output stream that belong to one peer stream.
+    /// Wraps an input and an output stream that belong to the peer stream that
+    /// started an instance.
     pub fn new(input: DynInputStream, output: DynOutputStream) -> Self {
         Self {
             input: Some(input),
             output: Some(output),
+            dialed: false,
+        }
+    }
+
+    /// Wraps the halves of a stream the instance opened itself.
+    pub(super) fn dialed(input: DynInputStream, output: DynOutputStream) -> Self {
+        Self {
+            dialed: true,
+            ..Self::new(input, output)
         }
     }
 }
@@ -74,11 +95,19 @@ pub struct Host {
     /// The output half once the guest took it, so the host can close it if the guest
     /// returns from `run` still holding it.
     output: Option<Resource<DynOutputStream>>,
+    /// How the instance opens streams of its own, if its cell may.
+    pub(super) dialer: Option<InstanceDialer>,
 }
 
 impl Host {
-    /// Store data for an instance serving `connection` (or none) within `limits`.
-    pub fn new(wasi: WasiCtx, connection: Option<Connection>, limits: &Limits) -> Self {
+    /// Store data for an instance serving `connection` (or none) within `limits`,
+    /// dialing with `dialer` (if its cell may).
+    pub fn new(
+        wasi: WasiCtx,
+        connection: Option<Connection>,
+        limits: &Limits,
+        dialer: Option<InstanceDialer>,
+    ) -> Self {
         let connection = match connection {
             Some(connection) => ConnectionState::Unclaimed(connection),
             None => ConnectionState::Absent,
@@ -92,7 +121,16 @@ impl Host {
             memory: MemoryLimiter::new(limits.memory_bytes()),
             connection,
             output: None,
+            dialer,
         }
+    }
+
+    /// Puts a connection into the guest's resource table.
+    pub(super) fn push_connection(
+        &mut self,
+        connection: Connection,
+    ) -> wasmtime::Result<Resource<Connection>> {
+        Ok(self.table.push(connection)?)
     }
 
     /// Takes the peer's output half back from wherever it is, so the host can flush
@@ -156,17 +194,23 @@ impl streams::HostConnection for Host {
         &mut self,
         connection: Resource<Connection>,
     ) -> wasmtime::Result<Resource<DynOutputStream>> {
-        let Some(output) = self.table.get_mut(&connection)?.output.take() else {
+        let connection = self.table.get_mut(&connection)?;
+        let dialed = connection.dialed;
+        let Some(output) = connection.output.take() else {
             wasmtime::bail!("get-output-stream called twice on the same connection");
         };
         let resource = self.table.push(output)?;
-        self.output = Some(Resource::new_own(resource.rep()));
+        if !dialed {
+            self.output = Some(Resource::new_own(resource.rep()));
+        }
         Ok(resource)
     }
 
     fn drop(&mut self, connection: Resource<Connection>) -> wasmtime::Result<()> {
         let connection = self.table.delete(connection)?;
-        self.connection = ConnectionState::Dropped(connection.output);
+        if !connection.dialed {
+            self.connection = ConnectionState::Dropped(connection.output);
+        }
         Ok(())
     }
 }

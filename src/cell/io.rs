@@ -43,10 +43,20 @@ struct WriterState {
 impl PeerWriter {
     /// Wraps the write half of a peer stream; `framed` for a `+status` stream.
     pub fn new<W: AsyncWrite + Send + 'static>(writer: W, framed: bool) -> Self {
+        Self::with_traffic(writer, framed, Arc::default())
+    }
+
+    /// Like [`PeerWriter::new`], counting into existing traffic counters (a stream
+    /// an instance dialed counts as that instance's traffic).
+    pub fn with_traffic<W: AsyncWrite + Send + 'static>(
+        writer: W,
+        framed: bool,
+        traffic: Arc<Traffic>,
+    ) -> Self {
         let framer = framed.then(Framer::default);
         Self(Arc::new(Mutex::new(WriterState {
             writer: Box::pin(writer),
-            traffic: Arc::default(),
+            traffic,
             framer,
             closed: false,
         })))

@@ -8,6 +8,7 @@
 
 pub mod builtin;
 pub mod cache;
+pub mod dialer;
 mod host;
 mod io;
 pub mod meter;
@@ -28,17 +29,30 @@ use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream, StdoutStream as _}
 use wasmtime_wasi::p2::pipe::AsyncReadStream;
 
 pub use cache::Cache;
+use dialer::InstanceDialer;
+pub use dialer::{DialGrant, DialSetting, Dialing};
 pub use host::{Cell as CellBindings, CellPre, Connection, Host};
 pub use io::{GuestLog, MeteredReader, PeerOutputStream, PeerWriter, SyncReader};
 pub use meter::LimitExceeded;
 
 use crate::limits::Limits;
 use crate::metrics::{CellLabel, Metrics};
+use crate::net::control::Network;
 use crate::net::outcome::Outcome;
 use meter::Traffic;
 
 /// The interface a cell must import to reach its peer stream.
 pub const STREAMS_INTERFACE: &str = "wetware:streams/streams@0.1.0";
+/// The interface a cell imports to open streams of its own.
+pub const DIALER_INTERFACE: &str = "wetware:streams/dialer@0.1.0";
+
+/// What [`check_world`] found a component to be.
+struct World {
+    /// How it reaches its stream.
+    mode: Mode,
+    /// Whether it imports the dialer.
+    dials: bool,
+}
 /// The export a cell must provide (any `0.2.x` patch release links).
 const RUN_EXPORT_PREFIX: &str = "wasi:cli/run@0.2.";
 
@@ -113,6 +127,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         host::streams::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |host| host)?;
+        host::dialer::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |host| host)?;
         spawn_epoch_ticker(&engine);
         Ok(Arc::new(Self {
             engine,
@@ -145,9 +160,17 @@ impl Runtime {
         let (component, cached) = compiled
             .map_err(anyhow::Error::from)
             .with_context(|| format!("{source}: invalid component"))?;
-        let mode = check_world(&self.engine, &component, options.mode).with_context(|| {
+        let world = check_world(&self.engine, &component, options.mode).with_context(|| {
             format!("{source}: is neither a `wetware:streams/cell` nor a WASI command component")
         })?;
+        if world.dials && !options.dial.is_granted() {
+            bail!(
+                "{source}: imports `{DIALER_INTERFACE}`, but cell `{}` is not granted dialing \
+                 (set `dial = true` or `dial = [\"/protocol\", …]` in its config table, or \
+                 pass --grant-dial PROTOCOL)",
+                options.name
+            );
+        }
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -160,7 +183,12 @@ impl Runtime {
             runtime: self.clone(),
             pre,
             limits: options.limits,
-            mode,
+            mode: world.mode,
+            grant: Arc::new(options.dial.clone()),
+            dialing: options.network.clone().map(|network| Dialing {
+                network,
+                grant: Arc::new(options.dial.clone()),
+            }),
             cached,
             label: CellLabel {
                 cell: options.name.clone(),
@@ -176,6 +204,10 @@ pub struct Cell {
     pre: CellPre<Host>,
     limits: Limits,
     mode: Mode,
+    /// What its instances may dial.
+    grant: Arc<DialGrant>,
+    /// The network they dial through, if any.
+    dialing: Option<Dialing>,
     /// Whether its compiled code came from the cache.
     cached: bool,
     label: CellLabel,
@@ -190,6 +222,10 @@ pub struct CellOptions {
     pub limits: Limits,
     /// Force a mode instead of detecting it from the component's imports.
     pub mode: Option<Mode>,
+    /// What its instances may dial (`wetware:streams/dialer`).
+    pub dial: DialGrant,
+    /// The network they dial through; `None` runs them offline (`ww cell`).
+    pub network: Option<Network>,
 }
 
 /// How one instance ended.
@@ -269,7 +305,7 @@ impl Cell {
         let mut record = Record::start(&self.runtime.metrics, &self.label, traffic.clone());
         // The watchdog ends the instance by dropping it mid-call, which wasmtime allows.
         let outcome = tokio::select! {
-            outcome = self.run(args, io) => outcome,
+            outcome = self.run(args, io, &traffic) => outcome,
             exceeded = watchdog(&self.limits, &traffic) => Err(Failure::Limit(exceeded)),
         };
         let ending = match &outcome {
@@ -285,7 +321,7 @@ impl Cell {
 
     /// Instantiates the cell, runs it, and flushes the output it left behind. The
     /// instance is dropped on return.
-    async fn run(&self, args: &[&str], io: Io) -> Result<(), Failure> {
+    async fn run(&self, args: &[&str], io: Io, traffic: &Arc<Traffic>) -> Result<(), Failure> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(args)
             .stderr(GuestLog { name: "stderr" })
@@ -304,7 +340,11 @@ impl Cell {
                 (None, Some(handle))
             }
         };
-        let host = Host::new(wasi.build(), connection, &self.limits);
+        let dialer = self.grant.is_granted().then(|| {
+            let (grant, max_dials) = (self.grant.clone(), self.limits.max_dials);
+            InstanceDialer::new(self.dialing.as_ref(), grant, max_dials, traffic.clone())
+        });
+        let host = Host::new(wasi.build(), connection, &self.limits, dialer);
         let mut store = Store::new(&self.runtime.engine, host);
         store.limiter(|host| &mut host.memory);
         store.call_hook(|mut cx, hook| {
@@ -486,7 +526,7 @@ fn check_world(
     engine: &Engine,
     component: &Component,
     forced: Option<Mode>,
-) -> anyhow::Result<Mode> {
+) -> anyhow::Result<World> {
     let ty = component.component_type();
     let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
     if !exports
@@ -502,7 +542,9 @@ fn check_world(
     let unknown: Vec<&str> = imports
         .iter()
         .copied()
-        .filter(|name| *name != STREAMS_INTERFACE && !name.starts_with("wasi:"))
+        .filter(|name| {
+            *name != STREAMS_INTERFACE && *name != DIALER_INTERFACE && !name.starts_with("wasi:")
+        })
         .collect();
     if !unknown.is_empty() {
         bail!(
@@ -515,15 +557,17 @@ fn check_world(
     } else {
         Mode::Stdio
     };
-    match forced {
+    let mode = match forced {
         Some(Mode::Connection) if detected == Mode::Stdio => bail!(
             "mode = \"connection\", but it does not import `{STREAMS_INTERFACE}`, so it cannot \
              reach its peer stream (imports: {})",
             list(&imports)
         ),
-        Some(mode) => Ok(mode),
-        None => Ok(detected),
-    }
+        Some(mode) => mode,
+        None => detected,
+    };
+    let dials = imports.contains(&DIALER_INTERFACE);
+    Ok(World { mode, dials })
 }
 
 fn list(names: &[&str]) -> String {

@@ -123,7 +123,7 @@ const REQUEST_QUEUE: usize = 64;
 const REANNOUNCE_AFTER: Duration = Duration::from_secs(10);
 
 /// A handle to a swarm running in another task. Cheap to clone.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Network {
     requests: mpsc::Sender<Request>,
     local_peer_id: PeerId,

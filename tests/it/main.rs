@@ -2,6 +2,7 @@
 
 mod admin;
 mod bench;
+mod cluster;
 mod echo;
 mod failures;
 mod lifecycle;

@@ -88,6 +88,7 @@ impl Node {
                 "/ip4/127.0.0.1/tcp/0",
                 "--listen",
                 "/ip4/127.0.0.1/udp/0/quic-v1",
+                "--no-mdns",
             ])
             .arg("--identity")
             .arg(identity)
@@ -117,7 +118,9 @@ impl Node {
             let addr: Multiaddr = line
                 .parse()
                 .unwrap_or_else(|e| panic!("not a multiaddr: {line}: {e}"));
-            if addr.iter().any(|p| matches!(p, Protocol::QuicV1)) {
+            if addr.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
+                continue;
+            } else if addr.iter().any(|p| matches!(p, Protocol::QuicV1)) {
                 quic = Some(addr);
             } else {
                 tcp = Some(addr);
@@ -370,4 +373,31 @@ pub async fn open_status(
         .await
         .unwrap();
     tokio::io::split(stream.compat())
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `n` consecutive ports, each free for both TCP and UDP on 127.0.0.1 a moment ago.
+pub fn free_port_block(n: u16) -> u16 {
+    for _ in 0..100 {
+        let base = free_tcp_port();
+        if base.checked_add(n).is_none() {
+            continue;
+        }
+        let free = (base..base + n).all(|port| {
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        });
+        if free {
+            return base;
+        }
+    }
+    panic!("no block of {n} free ports");
 }

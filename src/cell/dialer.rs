@@ -1,0 +1,214 @@
+//! The host side of `wetware:streams/dialer`: an instance opens streams to cells on
+//! other nodes, within its cell's grant and its own `max_dials`.
+//!
+//! A dialed stream is byte-transparent (the plain protocol, no `+status` framing) and
+//! reaches the guest as the same `connection` resource the peer stream does: its
+//! input half through wasmtime-wasi's `AsyncReadStream`, its output half through
+//! [`PeerOutputStream`], which closes our write side when the guest drops it. Its
+//! bytes count as the instance's traffic, so the idle limit sees a guest that waits
+//! on a remote cell as busy, and the wall-clock and CPU limits cover the wait.
+
+use std::sync::Arc;
+
+use libp2p::{PeerId, Stream, StreamProtocol};
+use serde::Deserialize;
+use tokio_util::compat::FuturesAsyncReadCompatExt as _;
+use wasmtime::component::Resource;
+use wasmtime_wasi::p2::pipe::AsyncReadStream;
+
+use super::host::{Connection, Host, dialer};
+use super::io::{MeteredReader, PeerOutputStream, PeerWriter};
+use super::meter::Traffic;
+use crate::net::control::{Network, OpenAnyError};
+use crate::net::router::OpenStreamError;
+
+pub use dialer::DialError;
+
+/// Which protocols a cell's instances may open streams on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum DialGrant {
+    /// None: a cell that imports the dialer is refused at load.
+    #[default]
+    Denied,
+    /// Any protocol.
+    Any,
+    /// Only these.
+    Only(Vec<StreamProtocol>),
+}
+
+impl DialGrant {
+    /// Whether the grant covers `protocol`.
+    pub fn allows(&self, protocol: &StreamProtocol) -> bool {
+        match self {
+            Self::Denied => false,
+            Self::Any => true,
+            Self::Only(protocols) => protocols.contains(protocol),
+        }
+    }
+
+    /// Whether the cell may dial at all.
+    pub fn is_granted(&self) -> bool {
+        *self != Self::Denied
+    }
+}
+
+/// The `dial` key of a `[cells.<name>]` table: `true`, `false`, or a list of protocols.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum DialSetting {
+    /// `true`: any protocol; `false`: none.
+    All(bool),
+    /// Only these protocols.
+    Only(Vec<String>),
+}
+
+/// What a cell's instances dial with: the node's network and the cell's grant.
+#[derive(Clone)]
+pub struct Dialing {
+    /// The node's swarm.
+    pub network: Network,
+    /// What the cell may dial.
+    pub grant: Arc<DialGrant>,
+}
+
+/// One instance's dialing state.
+pub struct InstanceDialer {
+    network: Option<Network>,
+    grant: Arc<DialGrant>,
+    /// Dials left before `limit-reached`.
+    remaining: u32,
+    traffic: Arc<Traffic>,
+}
+
+impl InstanceDialer {
+    /// An instance's dialer: `dialing` (none for a cell run without a network, such as
+    /// under `ww cell`), at most `max_dials` streams, counted into `traffic`.
+    pub fn new(
+        dialing: Option<&Dialing>,
+        grant: Arc<DialGrant>,
+        max_dials: u32,
+        traffic: Arc<Traffic>,
+    ) -> Self {
+        Self {
+            network: dialing.map(|d| d.network.clone()),
+            grant,
+            remaining: max_dials,
+            traffic,
+        }
+    }
+
+    /// Checks a dial against the grant and the limit, and takes one dial from it.
+    fn admit(&mut self, protocol: &str) -> Result<(StreamProtocol, Network), DialError> {
+        let protocol = StreamProtocol::try_from_owned(protocol.to_string())
+            .map_err(|e| DialError::InvalidProtocol(format!("`{protocol}`: {e}")))?;
+        if !self.grant.allows(&protocol) {
+            return Err(DialError::NotAllowed);
+        }
+        let Some(network) = self.network.clone() else {
+            return Err(DialError::Unreachable(
+                "this host runs cells without a network".into(),
+            ));
+        };
+        if self.remaining == 0 {
+            return Err(DialError::LimitReached);
+        }
+        self.remaining -= 1;
+        Ok((protocol, network))
+    }
+
+    /// A dialed stream as a `connection`, its bytes counted as the instance's.
+    fn connection(&self, stream: Stream) -> Connection {
+        let (reader, writer) = tokio::io::split(stream.compat());
+        let reader = MeteredReader::new(reader, self.traffic.clone());
+        let writer = PeerWriter::with_traffic(writer, false, self.traffic.clone());
+        Connection::dialed(
+            Box::new(AsyncReadStream::new(reader)),
+            Box::new(PeerOutputStream::new(writer)),
+        )
+    }
+}
+
+type DialResult = wasmtime::Result<Result<Resource<Connection>, DialError>>;
+
+impl Host {
+    fn instance_dialer(&mut self) -> wasmtime::Result<&mut InstanceDialer> {
+        // Only a cell with a grant may import the dialer (see `check_world`), and its
+        // instances all get one; reaching here without is a host bug, so a trap.
+        self.dialer
+            .as_mut()
+            .ok_or_else(|| wasmtime::Error::msg("dialer called in an instance without one"))
+    }
+
+    fn dialed(&mut self, stream: Stream) -> DialResult {
+        let connection = self.instance_dialer()?.connection(stream);
+        Ok(Ok(self.push_connection(connection)?))
+    }
+}
+
+impl dialer::Host for Host {
+    async fn dial(&mut self, peer: String, protocol: String) -> DialResult {
+        let admitted = self.instance_dialer()?.admit(&protocol);
+        let (protocol, network) = match admitted {
+            Ok(admitted) => admitted,
+            Err(error) => return Ok(Err(error)),
+        };
+        let peer: PeerId = match peer.parse() {
+            Ok(peer) => peer,
+            Err(error) => return Ok(Err(DialError::InvalidPeer(format!("`{peer}`: {error}")))),
+        };
+        if let Err(error) = network.connect_peer(peer).await {
+            return Ok(Err(DialError::Unreachable(error.to_string())));
+        }
+        match network.open(peer, protocol.clone()).await {
+            Ok(stream) => self.dialed(stream),
+            Err(OpenStreamError::UnsupportedProtocol(_)) => Ok(Err(DialError::Unreachable(
+                format!("{peer} does not serve {protocol}"),
+            ))),
+            Err(error) => Ok(Err(DialError::Unreachable(format!("{peer}: {error}")))),
+        }
+    }
+
+    async fn dial_any(&mut self, protocol: String) -> DialResult {
+        let admitted = self.instance_dialer()?.admit(&protocol);
+        let (protocol, network) = match admitted {
+            Ok(admitted) => admitted,
+            Err(error) => return Ok(Err(error)),
+        };
+        match network.open_any(&protocol, vec![protocol.clone()]).await {
+            Ok((_, stream, _)) => self.dialed(stream),
+            Err(OpenAnyError::NoProviders(_)) => Ok(Err(DialError::NoProviders)),
+            Err(error) => Ok(Err(DialError::Unreachable(error.to_string()))),
+        }
+    }
+
+    async fn providers(
+        &mut self,
+        protocol: String,
+    ) -> wasmtime::Result<Result<Vec<String>, DialError>> {
+        let dialer = self.instance_dialer()?;
+        let protocol = match StreamProtocol::try_from_owned(protocol.clone()) {
+            Ok(protocol) => protocol,
+            Err(e) => {
+                return Ok(Err(DialError::InvalidProtocol(format!(
+                    "`{protocol}`: {e}"
+                ))));
+            }
+        };
+        if !dialer.grant.allows(&protocol) {
+            return Ok(Err(DialError::NotAllowed));
+        }
+        let Some(network) = dialer.network.clone() else {
+            return Ok(Err(DialError::Unreachable(
+                "this host runs cells without a network".into(),
+            )));
+        };
+        match network.providers(&protocol).await {
+            Ok(providers) => Ok(Ok(providers
+                .into_iter()
+                .filter(|p| p.reached.is_ok())
+                .map(|p| p.peer.to_string())
+                .collect())),
+            Err(error) => Ok(Err(DialError::Unreachable(error.to_string()))),
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! `ww devnet N`: a cluster of N nodes on 127.0.0.1, one command away.
+//!
+//! Every node is a `ww run` process of its own (so one can be killed to see what the
+//! others do), with its identity and log in a directory of its own under the devnet's
+//! directory. Node *i* listens on TCP and QUIC port `base + i`, confirms that address
+//! as external (which makes it a DHT server and lets it relay), and bootstraps from
+//! node 0 and node *i − 1*. The devnet prints a table of peer IDs and addresses, then
+//! waits; on Ctrl-C or SIGTERM it stops every node (SIGTERM, so they shut down
+//! gracefully, then SIGKILL after a grace period) and leaves no process behind.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use libp2p::{Multiaddr, PeerId};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::process::{Child, Command};
+
+/// What `ww devnet` was asked for.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How many nodes.
+    pub nodes: u16,
+    /// Node *i* listens on TCP and UDP port `base_port + i`.
+    pub base_port: u16,
+    /// Where identities and logs go; a new directory under the system's temp dir if
+    /// `None`. Kept after the devnet stops, so logs can be read.
+    pub dir: Option<PathBuf>,
+    /// Extra `ww run` arguments for every node (e.g. `--cell P=F.wasm`).
+    pub node_args: Vec<String>,
+}
+
+/// One node of a running devnet.
+#[derive(Debug)]
+pub struct DevNode {
+    /// Its index.
+    pub index: u16,
+    /// Its peer ID.
+    pub peer: PeerId,
+    /// Its TCP address, ending in `/p2p/<peer-id>`.
+    pub addr: Multiaddr,
+    /// Its directory (identity, log).
+    pub dir: PathBuf,
+    child: Child,
+}
+
+impl DevNode {
+    /// The process ID of the node.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+/// How long nodes get to stop after SIGTERM before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+/// How long a node may take to start listening.
+const START_LIMIT: Duration = Duration::from_secs(120);
+
+/// Starts the devnet, prints its table to stdout, runs until `shutdown` resolves,
+/// then stops every node.
+pub async fn run(
+    exe: &Path,
+    options: Options,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    if options.nodes == 0 {
+        bail!("a devnet needs at least one node");
+    }
+    let last_port = u32::from(options.base_port) + u32::from(options.nodes) - 1;
+    if options.base_port == 0 || last_port > u32::from(u16::MAX) {
+        bail!(
+            "ports {}..={last_port} do not fit: pick a --base-port between 1 and {}",
+            options.base_port,
+            u16::MAX - options.nodes + 1
+        );
+    }
+    let dir = match &options.dir {
+        Some(dir) => dir.clone(),
+        None => tempfile::Builder::new()
+            .prefix("ww-devnet-")
+            .tempdir()?
+            .keep(),
+    };
+    let mut nodes = start(exe, &options, &dir).await?;
+    print_table(&nodes, &dir);
+    let outcome = watch(&mut nodes, shutdown).await;
+    stop(&mut nodes).await;
+    outcome
+}
+
+/// Creates every node's identity (so bootstrap addresses are known up front) and
+/// starts the nodes, waiting for each to listen.
+async fn start(exe: &Path, options: &Options, dir: &Path) -> anyhow::Result<Vec<DevNode>> {
+    let mut planned = Vec::new();
+    for index in 0..options.nodes {
+        let node_dir = dir.join(format!("node{index}"));
+        std::fs::create_dir_all(&node_dir)
+            .with_context(|| format!("cannot create {}", node_dir.display()))?;
+        let keypair = crate::identity::load_or_create(&node_dir.join("identity.key"))?;
+        let port = options.base_port + index;
+        let tcp: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse()?;
+        let peer = keypair.public().to_peer_id();
+        planned.push((index, node_dir, port, tcp, peer));
+    }
+    let full = |i: usize| {
+        planned[i]
+            .3
+            .clone()
+            .with_p2p(planned[i].4)
+            .expect("own peer ID")
+    };
+    let mut nodes = Vec::new();
+    for (index, node_dir, port, tcp, peer) in &planned {
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--identity".into(),
+            node_dir.join("identity.key").display().to_string(),
+            "--listen".into(),
+            tcp.to_string(),
+            "--listen".into(),
+            format!("/ip4/127.0.0.1/udp/{port}/quic-v1"),
+            "--external-address".into(),
+            tcp.to_string(),
+            "--no-mdns".into(),
+        ];
+        let i = usize::from(*index);
+        let mut bootstrap = vec![0, i.saturating_sub(1)];
+        bootstrap.dedup();
+        for earlier in bootstrap.into_iter().filter(|&b| b < i) {
+            args.extend(["--bootstrap".into(), full(earlier).to_string()]);
+        }
+        args.extend(options.node_args.iter().cloned());
+        let child = spawn(exe, &args, node_dir)
+            .await
+            .with_context(|| format!("node {index}"))?;
+        nodes.push(DevNode {
+            index: *index,
+            peer: *peer,
+            addr: full(i),
+            dir: node_dir.clone(),
+            child,
+        });
+    }
+    Ok(nodes)
+}
+
+/// Starts one `ww run`, logs to `dir/ww.log`, and waits for its first address; its
+/// further output (relay addresses) goes to `dir/addresses`.
+async fn spawn(exe: &Path, args: &[String], dir: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(dir.join("ww.log"))?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", exe.display()))?;
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut addresses = tokio::fs::File::create(dir.join("addresses")).await?;
+    let first = tokio::time::timeout(START_LIMIT, lines.next_line())
+        .await
+        .context("did not start listening in time")??;
+    let Some(first) = first else {
+        let log = std::fs::read_to_string(dir.join("ww.log")).unwrap_or_default();
+        let last: Vec<&str> = log.lines().rev().take(5).collect();
+        bail!(
+            "exited at start (is the port in use?): {}",
+            last.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    };
+    addresses.write_all(format!("{first}\n").as_bytes()).await?;
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if addresses
+                .write_all(format!("{line}\n").as_bytes())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    Ok(child)
+}
+
+fn print_table(nodes: &[DevNode], dir: &Path) {
+    println!("node  pid      peer id                                               address");
+    for node in nodes {
+        let pid = node.pid().map_or("-".into(), |p| p.to_string());
+        println!(
+            "{:<5} {:<8} {:<53} {}",
+            node.index, pid, node.peer, node.addr
+        );
+    }
+    println!("identities and logs: {}", dir.display());
+    println!(
+        "bootstrap from any node, e.g.: ww find /ww/echo/0.1.0 --bootstrap {}",
+        nodes[0].addr
+    );
+}
+
+/// Waits for `shutdown`, reporting nodes that exit on their own (killed to test
+/// failure, crashed); the others go on.
+async fn watch(nodes: &mut [DevNode], shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    tokio::pin!(shutdown);
+    let mut running: Vec<u16> = nodes.iter().map(|node| node.index).collect();
+    loop {
+        if running.is_empty() {
+            bail!("every node has exited");
+        }
+        let exits = nodes
+            .iter_mut()
+            .filter(|node| running.contains(&node.index))
+            .map(|node| Box::pin(async move { (node.index, node.child.wait().await) }));
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            ((i, status), _, _) = futures::future::select_all(exits) => {
+                let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                eprintln!("node {i} exited ({status}); the others keep running");
+                running.retain(|&r| r != i);
+            }
+        }
+    }
+}
+
+/// Stops every node: SIGTERM, then SIGKILL for any still running after the grace
+/// period.
+async fn stop(nodes: &mut [DevNode]) {
+    for node in nodes.iter() {
+        if let Some(pid) = node.pid() {
+            terminate(pid);
+        }
+    }
+    let deadline = tokio::time::Instant::now() + STOP_GRACE;
+    for node in nodes.iter_mut() {
+        match tokio::time::timeout_at(deadline, node.child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!("node {} did not stop in time; killing it", node.index);
+                let _ = node.child.kill().await;
+            }
+        }
+    }
+}
+
+/// Asks a process to shut down gracefully.
+fn terminate(pid: u32) {
+    #[cfg(unix)]
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) with a valid signal number has no memory effects.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = pid;
+}

@@ -1,0 +1,277 @@
+//! Clusters: discovery through the DHT, `ww find`, `ww dial` by peer ID and `--any`,
+//! failover between providers, a cell reached through a relay, `ww devnet`.
+
+use std::time::{Duration, Instant};
+
+use libp2p::Multiaddr;
+use libp2p::multiaddr::Protocol;
+
+use crate::support::*;
+
+/// A cell protocol only the nodes given `only_cell` serve.
+const ONLY: &str = "/test/only/1";
+
+fn only_cell() -> String {
+    format!("{ONLY}={}", test_cell("stdio-echo").display())
+}
+
+/// Starts a DHT-serving node bootstrapped from `bootstrap` (if any), with `args`.
+async fn dht_node(bootstrap: Option<&Node>, args: &[&str]) -> Node {
+    let mut all = vec!["--dht-mode", "server"];
+    let addr = bootstrap.map(|node| node.tcp.to_string());
+    if let Some(addr) = &addr {
+        all.extend(["--bootstrap", addr]);
+    }
+    all.extend(args);
+    Node::start(&all).await
+}
+
+/// Runs `ww find` until it lists a provider or `PATIENCE` runs out; returns the
+/// providers' peer IDs and how long it took.
+async fn find_until_found(protocol: &str, bootstrap: &Node) -> (Vec<String>, Duration) {
+    let started = Instant::now();
+    let addr = bootstrap.tcp.to_string();
+    loop {
+        let (ok, out, err) = ww(&["find", protocol, "--bootstrap", &addr], b"").await;
+        if ok {
+            let lines = String::from_utf8(out).unwrap();
+            let peers = lines
+                .lines()
+                .map(|line| {
+                    let addr: Multiaddr = line.parse().expect("a multiaddr per line");
+                    match addr.iter().last() {
+                        Some(Protocol::P2p(peer)) => peer.to_string(),
+                        _ => panic!("{line} does not end in /p2p/"),
+                    }
+                })
+                .collect();
+            return (peers, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "ww find never found {protocol}: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn five_nodes_find_a_cell_served_by_one_and_dial_any_reaches_it() {
+    let only = only_cell();
+    let n1 = dht_node(None, &[]).await;
+    let n2 = dht_node(Some(&n1), &[]).await;
+    let n3 = dht_node(Some(&n1), &[]).await;
+    let n4 = dht_node(Some(&n1), &["--cell", &only]).await;
+    let n5 = dht_node(Some(&n1), &[]).await;
+
+    let (providers, took) = find_until_found(ONLY, &n5).await;
+    println!("discovery through node 5 took {took:?}");
+    assert_eq!(
+        providers,
+        vec![n4.peer.to_string()],
+        "only node 4 serves {ONLY}"
+    );
+
+    let data = pattern(100_000, 4);
+    let bootstrap = n5.tcp.to_string();
+    let (ok, out, err) = ww(&["dial", "--any", ONLY, "--bootstrap", &bootstrap], &data).await;
+    assert!(ok, "{err}");
+    assert_eq!(out, data, "byte-exact through the provider found");
+
+    // The built-in echo cell is everywhere: all five are found.
+    let (mut everyone, _) = find_until_found("/ww/echo/0.1.0", &n5).await;
+    everyone.sort();
+    let mut expected: Vec<String> = [&n1, &n2, &n3, &n4, &n5]
+        .iter()
+        .filter(|n| n.peer != n4.peer)
+        .map(|n| n.peer.to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(everyone, expected, "node 4 serves only {ONLY}");
+}
+
+#[tokio::test]
+async fn dial_by_bare_peer_id_finds_the_addresses_in_the_dht() {
+    let n1 = dht_node(None, &[]).await;
+    let n2 = dht_node(Some(&n1), &[]).await;
+    let n3 = dht_node(Some(&n2), &[]).await;
+    let bootstrap = n1.tcp.to_string();
+    for target in [n3.peer.to_string(), format!("/p2p/{}", n3.peer)] {
+        let mut answered = None;
+        for _ in 0..50 {
+            let (ok, out, err) = ww(
+                &["dial", &target, "/ww/echo/0.1.0", "--bootstrap", &bootstrap],
+                b"by id",
+            )
+            .await;
+            if ok {
+                answered = Some(out);
+                break;
+            }
+            assert!(err.contains("no address"), "{err}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(answered.as_deref(), Some(&b"by id"[..]), "{target}");
+    }
+    let unknown = libp2p::PeerId::random().to_string();
+    let (ok, _, err) = ww(
+        &[
+            "dial",
+            &unknown,
+            "/ww/echo/0.1.0",
+            "--bootstrap",
+            &bootstrap,
+        ],
+        b"",
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains(&format!("no address of {unknown}")), "{err}");
+}
+
+#[tokio::test]
+async fn dial_any_moves_to_a_surviving_provider_and_fails_clearly_without_one() {
+    let only = only_cell();
+    let hub = dht_node(None, &[]).await;
+    let mut a = dht_node(Some(&hub), &["--cell", &only]).await;
+    let mut b = dht_node(Some(&hub), &["--cell", &only]).await;
+    let (mut providers, _) = find_until_found(ONLY, &hub).await;
+    for _ in 0..50 {
+        if providers.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        providers = find_until_found(ONLY, &hub).await.0;
+    }
+    assert_eq!(providers.len(), 2, "both providers announced");
+    let bootstrap = hub.tcp.to_string();
+    let dial_any = |data: &'static [u8]| {
+        let bootstrap = bootstrap.clone();
+        async move { ww(&["dial", "--any", ONLY, "--bootstrap", &bootstrap], data).await }
+    };
+
+    a.child.kill().await.unwrap();
+    for _ in 0..5 {
+        let (ok, out, err) = dial_any(b"still here").await;
+        assert!(ok, "the survivor answers: {err}");
+        assert_eq!(out, b"still here");
+    }
+
+    b.child.kill().await.unwrap();
+    let (ok, out, err) = dial_any(b"anyone?").await;
+    assert!(!ok, "no provider is left");
+    assert!(out.is_empty());
+    assert!(
+        err.contains(&format!("no provider of {ONLY} answered"))
+            && err.contains(&a.peer.to_string())
+            && err.contains(&b.peer.to_string()),
+        "names both dead providers: {err}"
+    );
+}
+
+#[tokio::test]
+async fn a_cell_behind_a_relay_is_reached_through_p2p_circuit() {
+    let port = free_tcp_port();
+    let relay_addr = format!("/ip4/127.0.0.1/tcp/{port}");
+    let relay = Node::start(&[
+        "--relay",
+        "--listen",
+        &relay_addr,
+        "--external-address",
+        &relay_addr,
+    ])
+    .await;
+    let circuit_listen = format!("{relay_addr}/p2p/{}/p2p-circuit", relay.peer);
+    let behind = Node::start(&["--listen", &circuit_listen]).await;
+    let circuit: Multiaddr = format!("{circuit_listen}/p2p/{}", behind.peer)
+        .parse()
+        .unwrap();
+
+    let client = ww::net::client::Client::new().unwrap();
+    let mut connected = None;
+    for _ in 0..100 {
+        match client.connect(&circuit).await {
+            Ok(peer) => {
+                connected = Some(peer);
+                break;
+            }
+            // The reservation may not be in place yet.
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let peer = connected.unwrap_or_else(|| panic!("never reached {circuit}:\n{}", behind.log()));
+    assert_eq!(peer, behind.peer);
+    let data = pattern(64 << 10, 9);
+    let answer = request(&client, peer, ECHO, &data).await.unwrap();
+    assert_eq!(answer, data, "byte-exact through the relay");
+    assert!(
+        behind.log().contains("reserved a slot on a relay"),
+        "{}",
+        behind.log()
+    );
+}
+
+#[tokio::test]
+async fn devnet_starts_serves_and_stops_without_leftovers() {
+    let base = free_port_block(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut devnet = spawn_ww(&[
+        "devnet",
+        "3",
+        "--base-port",
+        &base.to_string(),
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    use tokio::io::AsyncBufReadExt as _;
+    let mut lines = tokio::io::BufReader::new(devnet.stdout.take().unwrap()).lines();
+    let mut rows = Vec::new();
+    while rows.len() < 3 {
+        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .expect("devnet printed its table")
+            .unwrap()
+            .expect("devnet exited early");
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.first().is_some_and(|f| f.parse::<u16>().is_ok()) {
+            rows.push((fields[1].parse::<u32>().unwrap(), fields[3].to_string()));
+        }
+    }
+    for (i, (_, addr)) in rows.iter().enumerate() {
+        assert!(
+            addr.starts_with(&format!("/ip4/127.0.0.1/tcp/{}/p2p/", base + i as u16)),
+            "{addr}"
+        );
+    }
+    let (ok, out, err) = ww(
+        &["dial", "--any", "/ww/echo/0.1.0", "--bootstrap", &rows[2].1],
+        b"devnet",
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out, b"devnet");
+
+    let devnet_pid = devnet.id().unwrap() as libc::pid_t;
+    // SAFETY: kill(2) has no memory effects.
+    unsafe { libc::kill(devnet_pid, libc::SIGTERM) };
+    let status = tokio::time::timeout(PATIENCE, devnet.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    for (pid, _) in rows {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "node process {pid} is still running"
+        );
+    }
+    for i in 0..3 {
+        let log = std::fs::read_to_string(dir.path().join(format!("node{i}/ww.log"))).unwrap();
+        assert!(
+            log.contains("shutting down"),
+            "node {i} was stopped gracefully:\n{log}"
+        );
+    }
+}
