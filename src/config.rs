@@ -160,11 +160,23 @@ pub struct CellSpec {
 }
 
 impl CellSpec {
-    /// Parses the `PROTOCOL=FILE.wasm` form of `--cell`.
+    /// Parses `--cell PROTOCOL=FILE.wasm`, or `--cell PROTOCOL=builtin:NAME` for a
+    /// cell compiled into ww.
     pub fn parse_flag(flag: &str) -> anyhow::Result<Self> {
         let Some((protocol, file)) = flag.split_once('=') else {
-            bail!("--cell wants PROTOCOL=FILE.wasm, got `{flag}`");
+            bail!("--cell wants PROTOCOL=FILE.wasm or PROTOCOL=builtin:NAME, got `{flag}`");
         };
+        if let Some(name) = file.strip_prefix("builtin:") {
+            return Ok(Self {
+                name: name.to_string(),
+                protocol: parse_protocol(protocol)?,
+                source: CellSource::Builtin(find_builtin(name)?),
+                allow: None,
+                limits: LimitOverrides::default(),
+                mode: None,
+                dial: DialGrant::Denied,
+            });
+        }
         let path = PathBuf::from(file);
         let name = path
             .file_stem()
@@ -180,10 +192,11 @@ impl CellSpec {
         })
     }
 
-    /// Every built-in cell on its default protocol.
+    /// Every default built-in cell on its default protocol.
     pub fn builtins() -> Vec<Self> {
         builtin::BUILTINS
             .iter()
+            .filter(|cell| cell.default)
             .map(|cell| Self {
                 name: cell.name.to_string(),
                 protocol: StreamProtocol::new(cell.protocol),
@@ -199,15 +212,7 @@ impl CellSpec {
     fn from_entry(name: &str, entry: &CellEntry) -> anyhow::Result<Self> {
         let source = match (&entry.wasm, &entry.builtin) {
             (Some(path), None) => CellSource::File(path.clone()),
-            (None, Some(builtin)) => {
-                CellSource::Builtin(builtin::find(builtin).with_context(|| {
-                    let known: Vec<_> = builtin::BUILTINS.iter().map(|b| b.name).collect();
-                    format!(
-                        "no built-in cell `{builtin}` (there are: {})",
-                        known.join(", ")
-                    )
-                })?)
-            }
+            (None, Some(builtin)) => CellSource::Builtin(find_builtin(builtin)?),
             _ => bail!("give exactly one of `wasm = \"FILE\"` or `builtin = \"NAME\"`"),
         };
         let allow = match &entry.allow {
@@ -240,6 +245,17 @@ impl CellSpec {
             dial,
         })
     }
+}
+
+/// A built-in cell by name, or an error listing them.
+fn find_builtin(name: &str) -> anyhow::Result<&'static Builtin> {
+    builtin::find(name).with_context(|| {
+        let known: Vec<_> = builtin::BUILTINS.iter().map(|b| b.name).collect();
+        format!(
+            "no built-in cell `{name}` (there are: {})",
+            known.join(", ")
+        )
+    })
 }
 
 /// Checks a protocol ID the way libp2p wants it: a string starting with `/`.

@@ -50,8 +50,9 @@ enum Command {
         /// /ip4/0.0.0.0/udp/2025/quic-v1].
         #[arg(long, value_name = "MULTIADDR")]
         listen: Vec<Multiaddr>,
-        /// Serve a component on a protocol; repeatable.
-        #[arg(long, value_name = "PROTOCOL=FILE.wasm", value_parser = CellSpec::parse_flag)]
+        /// Serve a component (FILE.wasm, or builtin:NAME for a cell compiled into ww) on a
+        /// protocol; repeatable.
+        #[arg(long, value_name = "PROTOCOL=FILE.wasm|builtin:NAME", value_parser = CellSpec::parse_flag)]
         cell: Vec<CellSpec>,
         /// A TOML config file (see the README).
         #[arg(long, value_name = "FILE")]
@@ -116,7 +117,7 @@ enum Command {
         dir: Option<PathBuf>,
         /// Serve a component on a protocol on every node (instead of the built-in
         /// cells); repeatable.
-        #[arg(long, value_name = "PROTOCOL=FILE.wasm")]
+        #[arg(long, value_name = "PROTOCOL=FILE.wasm|builtin:NAME")]
         cell: Vec<String>,
         /// More `ww run` arguments for every node, after `--`.
         #[arg(last = true)]

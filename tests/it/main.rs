@@ -3,6 +3,7 @@
 mod admin;
 mod bench;
 mod cluster;
+mod dialer;
 mod echo;
 mod failures;
 mod lifecycle;

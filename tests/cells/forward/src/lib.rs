@@ -1,0 +1,205 @@
+//! Forwards its stream to a cell on another node.
+//!
+//! The first line names where to: `PEER PROTOCOL\n` dials `PROTOCOL` on `PEER`, and
+//! `any PROTOCOL\n` dials any provider of it. On success the rest of the input goes to
+//! the remote and the remote's answer comes back, both at once, each direction closing
+//! its write side when its source ends; a stream that fails on the way aborts ours. A
+//! dial error is answered with the line `dial failed: <error>` (`not-allowed`,
+//! `unreachable: <text>`, …) and a graceful close. A malformed first line gets
+//! `error: …` and aborts the stream.
+wit_bindgen::generate!({ world: "dialing-cell", path: "../../../wit", generate_all });
+
+use wasi::io::poll::{Pollable, poll};
+use wasi::io::streams::{InputStream, OutputStream, StreamError};
+use wetware::streams::dialer::{DialError, dial, dial_any};
+use wetware::streams::streams::create_connection;
+
+/// Longest first line, newline included.
+const MAX_LINE: usize = 1024;
+/// Largest chunk moved per splice.
+const CHUNK: u64 = 64 * 1024;
+
+struct Forward;
+
+impl exports::wasi::cli::run::Guest for Forward {
+    fn run() -> Result<(), ()> {
+        let connection = create_connection();
+        let input = connection.get_input_stream();
+        let output = connection.get_output_stream();
+
+        let Some(FirstLine { line, rest }) = read_line(&input).map_err(drop)? else {
+            return refuse(&output, "error: no first line within 1 KiB");
+        };
+        let line = String::from_utf8(line).unwrap_or_default();
+        let dialed = match line.split_whitespace().collect::<Vec<_>>()[..] {
+            ["any", protocol] => dial_any(protocol),
+            [peer, protocol] => dial(peer, protocol),
+            _ => {
+                return refuse(
+                    &output,
+                    "error: the first line must be `PEER PROTOCOL` or `any PROTOCOL`",
+                );
+            }
+        };
+        let remote = match dialed {
+            Ok(remote) => remote,
+            Err(error) => {
+                let line = format!("dial failed: {}\n", describe(&error));
+                return write_all(&output, line.as_bytes()).map_err(drop);
+            }
+        };
+
+        let remote_output = remote.get_output_stream();
+        write_all(&remote_output, &rest).map_err(drop)?;
+        // Each pipe closes its write side (the remote's or our peer's EOF) when its
+        // source ends; both move at once, so neither side can stall the other.
+        let mut pipes = [
+            Some(Pipe::new(input, remote_output)),
+            Some(Pipe::new(remote.get_input_stream(), output)),
+        ];
+        while pipes.iter().any(Option::is_some) {
+            let waiting: Vec<&Pollable> = pipes.iter().flatten().map(Pipe::waits_on).collect();
+            poll(&waiting);
+            for slot in &mut pipes {
+                if let Some(pipe) = slot
+                    && pipe.advance().map_err(drop)?
+                {
+                    *slot = None;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+export!(Forward);
+
+/// One direction of the copy: `from` into `to`, then a flush, then `to` is closed.
+struct Pipe {
+    /// Children of the streams below, declared first to be dropped first.
+    readable: Pollable,
+    writable: Pollable,
+    from: InputStream,
+    to: OutputStream,
+    /// `from` has ended and `to` is flushing.
+    closing: bool,
+}
+
+impl Pipe {
+    fn new(from: InputStream, to: OutputStream) -> Self {
+        Self {
+            readable: from.subscribe(),
+            writable: to.subscribe(),
+            from,
+            to,
+            closing: false,
+        }
+    }
+
+    /// What to wait for before `advance` can make progress: room in `to` (or the end
+    /// of its flush) when it has none, else bytes in `from`.
+    fn waits_on(&self) -> &Pollable {
+        match self.to.check_write() {
+            Ok(0) => &self.writable,
+            // A closed or failed stream makes `writable` ready at once.
+            Ok(_) if !self.closing => &self.readable,
+            _ => &self.writable,
+        }
+    }
+
+    /// Moves what can be moved without blocking. Returns `true` once the pipe is done.
+    fn advance(&mut self) -> Result<bool, StreamError> {
+        if self.closing {
+            return match self.to.check_write() {
+                Ok(0) => Ok(false),
+                Ok(_) | Err(StreamError::Closed) => Ok(true),
+                Err(error) => Err(error),
+            };
+        }
+        match self.to.splice(&self.from, CHUNK) {
+            Ok(_) => Ok(false),
+            // `from` ended (or `to` was closed): flush what is left, then close.
+            Err(StreamError::Closed) => match self.to.flush() {
+                Ok(()) => {
+                    self.closing = true;
+                    Ok(false)
+                }
+                Err(StreamError::Closed) => Ok(true),
+                Err(error) => Err(error),
+            },
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// The first line of the request and what was read past it.
+struct FirstLine {
+    /// The line without its `\n`.
+    line: Vec<u8>,
+    /// The start of what follows.
+    rest: Vec<u8>,
+}
+
+/// Reads the first line of `input`. `None` if there is no newline within `MAX_LINE`
+/// bytes or before EOF.
+fn read_line(input: &InputStream) -> Result<Option<FirstLine>, StreamError> {
+    let mut buffer = Vec::new();
+    while buffer.len() < MAX_LINE {
+        let chunk = match input.blocking_read((MAX_LINE - buffer.len()) as u64) {
+            Ok(chunk) => chunk,
+            Err(StreamError::Closed) => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let start = buffer.len();
+        buffer.extend_from_slice(&chunk);
+        if let Some(at) = buffer[start..].iter().position(|&byte| byte == b'\n') {
+            let rest = buffer.split_off(start + at + 1);
+            buffer.pop();
+            return Ok(Some(FirstLine { line: buffer, rest }));
+        }
+    }
+    Ok(None)
+}
+
+/// Writes all of `bytes`, waiting whenever the stream is full, then flushes.
+fn write_all(output: &OutputStream, mut bytes: &[u8]) -> Result<(), StreamError> {
+    let ready = output.subscribe();
+    while !bytes.is_empty() {
+        let permit = output.check_write()?;
+        if permit == 0 {
+            ready.block();
+            continue;
+        }
+        let n = bytes
+            .len()
+            .min(usize::try_from(permit).unwrap_or(usize::MAX));
+        output.write(&bytes[..n])?;
+        bytes = &bytes[n..];
+    }
+    drop(ready);
+    output.blocking_flush()
+}
+
+/// Answers a malformed request with `line` and aborts the stream.
+fn refuse(output: &OutputStream, line: &str) -> Result<(), ()> {
+    let _ = write_all(output, format!("{line}\n").as_bytes());
+    Err(())
+}
+
+/// A `dial-error` as the answer shows it: the case in kebab case, then `: <text>` for
+/// the cases that carry one.
+fn describe(error: &DialError) -> String {
+    match error {
+        DialError::NotAllowed => "not-allowed".to_string(),
+        DialError::LimitReached => "limit-reached".to_string(),
+        DialError::InvalidPeer(text) => format!("invalid-peer: {}", one_line(text)),
+        DialError::InvalidProtocol(text) => format!("invalid-protocol: {}", one_line(text)),
+        DialError::NoProviders => "no-providers".to_string(),
+        DialError::Unreachable(text) => format!("unreachable: {}", one_line(text)),
+    }
+}
+
+/// `text` with its line breaks turned into spaces, so it stays on one line.
+fn one_line(text: &str) -> String {
+    text.replace(['\r', '\n'], " ")
+}
