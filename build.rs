@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// Crates under `protocols/` that are embedded in the binary.
-const CELLS: &[&str] = &["calc", "echo", "fanout", "sha256"];
+const CELLS: &[&str] = &["calc", "echo", "fanout", "forward", "sha256"];
 const TARGET: &str = "wasm32-wasip2";
 
 fn main() {

@@ -35,6 +35,12 @@ pub const BUILTINS: &[Builtin] = &[
         default: false,
     },
     Builtin {
+        name: "forward",
+        protocol: "/ww/forward/0.1.0",
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/forward.wasm")),
+        default: false,
+    },
+    Builtin {
         name: "sha256",
         protocol: "/ww/sha256/0.1.0",
         wasm: include_bytes!(concat!(env!("OUT_DIR"), "/sha256.wasm")),

@@ -103,13 +103,22 @@ pub fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
 
-pub(super) fn kademlia(key: &Keypair, mode: DhtMode) -> kad::Behaviour<kad::store::MemoryStore> {
+pub(super) fn kademlia(
+    options: &NetOptions,
+    key: &Keypair,
+) -> kad::Behaviour<kad::store::MemoryStore> {
     let peer = key.public().to_peer_id();
     let mut config = kad::Config::new(KAD_PROTOCOL);
     config
         .set_query_timeout(QUERY_TIMEOUT)
         .set_provider_record_ttl(Some(PROVIDER_TTL))
         .set_provider_publication_interval(Some(PROVIDER_REFRESH));
+    if options.bootstrap.is_empty() {
+        // A first node (a seed) has nobody to refresh its table from until peers join
+        // it, and each join bootstraps it anyway; periodic bootstraps would only warn.
+        config.set_periodic_bootstrap_interval(None);
+    }
+    let mode = options.dht;
     let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), config);
     match mode {
         DhtMode::Auto => {}

@@ -102,7 +102,7 @@ pub fn build_swarm(
                     .with_push_listen_addr_updates(true),
             ),
             ping: ping::Behaviour::default(),
-            kad: discovery::kademlia(key, options.dht),
+            kad: discovery::kademlia(options, key),
             mdns: Toggle::from(options.mdns.then(|| discovery::mdns(key)).flatten()),
             autonat: autonat::Behaviour::new(key.public().to_peer_id(), Default::default()),
             dcutr: dcutr::Behaviour::new(key.public().to_peer_id()),

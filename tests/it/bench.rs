@@ -141,4 +141,15 @@ async fn the_suite_measures_every_workload_against_every_server() {
             .iter()
             .all(|r| r["ww_over_native"].as_f64().unwrap() > 0.0)
     );
+    // (f): the quick run holds 50 idle cells on a node of their own.
+    let memory = suite["memory"].as_array().unwrap();
+    assert_eq!(memory.len(), 1);
+    let row = &memory[0];
+    assert_eq!(row["live"], 50);
+    assert_eq!(row["connections"], 1);
+    assert!(
+        row["rss_live_kib"].as_u64().unwrap() > row["rss_idle_kib"].as_u64().unwrap(),
+        "{row}"
+    );
+    assert!(row["kib_per_cell"].as_f64().unwrap() > 0.0, "{row}");
 }

@@ -5,11 +5,11 @@ use sha2::{Digest as _, Sha256};
 
 use crate::support::*;
 
-const FORWARD: &str = "/test/forward/1";
+const FORWARD: &str = "/ww/forward/0.1.0";
 const DIAL_MANY: &str = "/test/dial-many/1";
 
 fn forward_cell() -> String {
-    format!("{FORWARD}={}", test_cell("forward").display())
+    format!("{FORWARD}=builtin:forward")
 }
 
 /// A DHT hub and a node bootstrapped to it that serves the `forward` cell with `args`.
@@ -219,4 +219,39 @@ async fn the_fanout_cell_asks_every_provider_and_concatenates_the_answers() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     assert_eq!(answer, expected.concat(), "{}", fanout.log());
+}
+
+#[tokio::test]
+async fn a_chain_of_forward_cells_crosses_three_nodes() {
+    let (hub, first) = hub_and_forwarder(&["--grant-dial", FORWARD]).await;
+    let hub_addr = hub.tcp.to_string();
+    let cell = forward_cell();
+    let second = Node::start(&[
+        "--dht-mode",
+        "server",
+        "--bootstrap",
+        &hub_addr,
+        "--cell",
+        &cell,
+        "--grant-dial",
+        FORWARD,
+    ])
+    .await;
+    let last = Node::start(&["--dht-mode", "server", "--bootstrap", &hub_addr]).await;
+    let data = pattern(200_000, 31);
+    let mut body = format!("{} /ww/sha256/0.1.0\n", last.peer).into_bytes();
+    body.extend_from_slice(&data);
+    let line = format!("{} {FORWARD}", second.peer);
+    let expected = format!("{:x}\n", Sha256::digest(&data));
+    let mut answer = String::new();
+    for _ in 0..50 {
+        answer =
+            String::from_utf8_lossy(&through(&first, FORWARD, &line, &body).await).into_owned();
+        if answer == expected {
+            break;
+        }
+        // The last node may still be joining the DHT.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(answer, expected, "{}\n{}", first.log(), second.log());
 }

@@ -1,4 +1,5 @@
-//! Forwards its stream to a cell on another node.
+//! `/ww/forward/0.1.0`: forwards its stream to a cell on another node — one hop in a
+//! chain of cells.
 //!
 //! The first line names where to: `PEER PROTOCOL\n` dials `PROTOCOL` on `PEER`, and
 //! `any PROTOCOL\n` dials any provider of it. On success the rest of the input goes to
@@ -7,7 +8,7 @@
 //! dial error is answered with the line `dial failed: <error>` (`not-allowed`,
 //! `unreachable: <text>`, …) and a graceful close. A malformed first line gets
 //! `error: …` and aborts the stream.
-wit_bindgen::generate!({ world: "dialing-cell", path: "../../../wit", generate_all });
+wit_bindgen::generate!({ world: "dialing-cell", path: "../../wit", generate_all });
 
 use wasi::io::poll::{Pollable, poll};
 use wasi::io::streams::{InputStream, OutputStream, StreamError};
