@@ -3,7 +3,7 @@
 //!
 //! A dialed stream is byte-transparent (the plain protocol, no `+status` framing) and
 //! reaches the guest as the same `connection` resource the peer stream does: its
-//! input half through wasmtime-wasi's `AsyncReadStream`, its output half through
+//! input half through [`PeerInputStream`], its output half through
 //! [`PeerOutputStream`], which closes our write side when the guest drops it. Its
 //! bytes count as the instance's traffic, so the idle limit sees a guest that waits
 //! on a remote cell as busy, and the wall-clock and CPU limits cover the wait.
@@ -14,10 +14,9 @@ use libp2p::{PeerId, Stream, StreamProtocol};
 use serde::Deserialize;
 use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 use wasmtime::component::Resource;
-use wasmtime_wasi::p2::pipe::AsyncReadStream;
 
 use super::host::{Connection, Host, dialer};
-use super::io::{MeteredReader, PeerOutputStream, PeerWriter};
+use super::io::{MeteredReader, PeerInputStream, PeerOutputStream, PeerWriter};
 use super::meter::Traffic;
 use crate::net::control::{Network, OpenAnyError};
 use crate::net::router::OpenStreamError;
@@ -122,7 +121,7 @@ impl InstanceDialer {
         let reader = MeteredReader::new(reader, self.traffic.clone());
         let writer = PeerWriter::with_traffic(writer, false, self.traffic.clone());
         Connection::dialed(
-            Box::new(AsyncReadStream::new(reader)),
+            Box::new(PeerInputStream::new(reader)),
             Box::new(PeerOutputStream::new(writer)),
         )
     }

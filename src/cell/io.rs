@@ -1,9 +1,9 @@
 //! Byte plumbing between a peer stream and a guest: the output half that closes
 //! gracefully, and the guest's stdout/stderr turned into log lines.
 //!
-//! The input half needs nothing of ours: wasmtime-wasi's `AsyncReadStream` reads the
-//! peer stream in a task of its own through a one-slot channel, so a guest that stops
-//! reading stops the reads from the peer (and yamux's window then stops the peer).
+//! The input half ([`PeerInputStream`]) reads the peer stream in the guest's own task,
+//! only when the guest asks, so a guest that stops reading stops the reads from the
+//! peer (and yamux's window then stops the peer) without a task of its own per stream.
 
 use std::future::poll_fn;
 use std::io;
@@ -11,11 +11,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::pipe::AsyncWriteStream;
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
+use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError};
 
 use super::meter::Traffic;
 use crate::net::outcome::{Framer, Outcome, trailer};
@@ -178,6 +178,95 @@ impl<R: AsyncRead + Unpin> AsyncRead for MeteredReader<R> {
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
         self.traffic.received(buf.filled().len() - before);
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Most bytes one read from the peer stream may bring in.
+const READ_CHUNK: usize = 64 * 1024;
+/// Bytes read ahead when the guest waits without saying how much it wants.
+const READ_AHEAD: usize = 16 * 1024;
+
+/// The read half of a stream as a `wasi:io` input stream, read in the task that runs
+/// the guest: `ready` waits for bytes (or the end) and `read` hands them out, trying
+/// the stream once more without waiting when nothing is buffered. Unlike
+/// wasmtime-wasi's `AsyncReadStream` it needs no task and no channel per stream, so a
+/// stream costs no cross-thread wake-ups beyond the transport's own.
+pub struct PeerInputStream<R> {
+    reader: R,
+    /// Read from the stream, not yet taken by the guest.
+    buffer: BytesMut,
+    /// How much the guest last asked for, so `ready` reads ahead about as much.
+    wanted: usize,
+    /// Set once the stream ended or failed; reported after the buffer is drained.
+    end: Option<Result<(), io::Error>>,
+}
+
+impl<R: AsyncRead + Send + Unpin + 'static> PeerInputStream<R> {
+    /// A `wasi:io` input stream reading `reader`.
+    pub fn new(reader: R) -> Self {
+        Self {
+            reader,
+            buffer: BytesMut::new(),
+            wanted: READ_AHEAD,
+            end: None,
+        }
+    }
+
+    /// Reads once into the buffer; `Ready` once bytes arrived or the stream ended.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.buffer.is_empty() || self.end.is_some() {
+            return Poll::Ready(());
+        }
+        self.buffer.reserve(self.wanted.clamp(1, READ_CHUNK));
+        let spare = self.buffer.spare_capacity_mut();
+        let mut buf = ReadBuf::uninit(spare);
+        match Pin::new(&mut self.reader).poll_read(cx, &mut buf) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(error)) => {
+                self.end = Some(Err(error));
+                Poll::Ready(())
+            }
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len();
+                if n == 0 {
+                    self.end = Some(Ok(()));
+                } else {
+                    // SAFETY: `poll_read` initialised the first `n` spare bytes.
+                    unsafe { self.buffer.set_len(self.buffer.len() + n) };
+                }
+                Poll::Ready(())
+            }
+        }
+    }
+}
+
+impl<R: AsyncRead + Send + Unpin + 'static> InputStream for PeerInputStream<R> {
+    fn read(&mut self, size: usize) -> Result<Bytes, StreamError> {
+        self.wanted = size;
+        if self.buffer.is_empty() && self.end.is_none() {
+            // Whatever already arrived, without waiting (`ready` registers the real
+            // waker when the guest waits).
+            let _ = self.poll_fill(&mut Context::from_waker(std::task::Waker::noop()));
+        }
+        if !self.buffer.is_empty() {
+            let n = size.min(self.buffer.len());
+            return Ok(self.buffer.split_to(n).freeze());
+        }
+        match &mut self.end {
+            None => Ok(Bytes::new()),
+            Some(Ok(())) => Err(StreamError::Closed),
+            Some(Err(error)) => {
+                let error = std::mem::replace(error, io::ErrorKind::BrokenPipe.into());
+                Err(StreamError::LastOperationFailed(error.into()))
+            }
+        }
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl<R: AsyncRead + Send + Unpin + 'static> Pollable for PeerInputStream<R> {
+    async fn ready(&mut self) {
+        poll_fn(|cx| self.poll_fill(cx)).await
     }
 }
 

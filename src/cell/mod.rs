@@ -26,13 +26,12 @@ use wasmtime::{
 };
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream, StdoutStream as _};
-use wasmtime_wasi::p2::pipe::AsyncReadStream;
 
 pub use cache::Cache;
 use dialer::InstanceDialer;
 pub use dialer::{DialGrant, DialSetting, Dialing};
 pub use host::{Cell as CellBindings, CellPre, Connection, Host};
-pub use io::{GuestLog, MeteredReader, PeerOutputStream, PeerWriter, SyncReader};
+pub use io::{GuestLog, MeteredReader, PeerInputStream, PeerOutputStream, PeerWriter, SyncReader};
 pub use meter::LimitExceeded;
 
 use crate::limits::Limits;
@@ -293,7 +292,7 @@ impl Cell {
         let reader = MeteredReader::new(reader, traffic.clone());
         let io = match self.mode {
             Mode::Connection => Io::Connection(Connection::new(
-                Box::new(AsyncReadStream::new(reader)),
+                Box::new(PeerInputStream::new(reader)),
                 Box::new(PeerOutputStream::new(writer.clone())),
             )),
             Mode::Stdio => Io::Stdio {
