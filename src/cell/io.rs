@@ -14,7 +14,6 @@ use std::task::{Context, Poll, ready};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::pipe::AsyncWriteStream;
 use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError};
 
 use super::meter::Traffic;
@@ -291,25 +290,83 @@ impl<R: AsyncRead + Unpin> AsyncRead for SyncReader<R> {
     }
 }
 
-/// The output half of a peer stream as a `wasi:io` output stream.
+/// The output half of a peer stream as a `wasi:io` output stream, written in the task
+/// that runs the guest.
 ///
-/// Writes go through wasmtime-wasi's `AsyncWriteStream` (a task that drains a bounded
-/// budget into the stream, so a peer that stops reading stalls the guest). When the
-/// guest drops it, what was written is flushed and — on a plain stream — the write
-/// side is closed at once, so the peer reads EOF even if the guest keeps running. A
-/// `+status` stream is ended by the host after `run` returns, with its trailer.
+/// `write` hands the bytes to the stream at once when the transport takes them (the
+/// usual case: yamux buffers up to its window) and keeps the rest, at most
+/// [`OUTPUT_BUDGET`], for the guest's next `write`, `flush`, `check-write` or wait on
+/// the stream's pollable — the `wasi:io` contract, under which bytes are only sure to
+/// leave after a flush the guest waited for. A peer that stops reading therefore
+/// stalls the guest, and no task or channel per stream is needed (wasmtime-wasi's
+/// `AsyncWriteStream` spawns one). When the guest drops it, what was written is
+/// flushed and — on a plain stream — the write side is closed at once, so the peer
+/// reads EOF even if the guest keeps running. A `+status` stream is ended by the host
+/// after `run` returns, with its trailer.
 pub struct PeerOutputStream {
-    inner: AsyncWriteStream,
     writer: PeerWriter,
+    /// Accepted from the guest, not yet taken by the stream.
+    pending: BytesMut,
+    /// The guest asked for a flush that has not completed.
+    flushing: bool,
+    /// Why the stream failed; reported to the guest once, then `closed`.
+    failed: Option<io::Error>,
+    /// The stream failed and the guest was told.
+    closed: bool,
 }
 
 impl PeerOutputStream {
     /// A `wasi:io` output stream writing to `writer`.
     pub fn new(writer: PeerWriter) -> Self {
         Self {
-            inner: AsyncWriteStream::new(OUTPUT_BUDGET, writer.clone()),
             writer,
+            pending: BytesMut::new(),
+            flushing: false,
+            failed: None,
+            closed: false,
         }
+    }
+
+    /// Moves pending bytes into the stream and completes a requested flush, as far as
+    /// the stream allows without waiting. `Ready` when the guest may write again (or
+    /// must hear about a failure).
+    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while !self.pending.is_empty() && self.failed.is_none() && !self.closed {
+            match Pin::new(&mut self.writer).poll_write(cx, &self.pending) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => self.failed = Some(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => {
+                    let _ = self.pending.split_to(n);
+                }
+                Poll::Ready(Err(error)) => self.failed = Some(error),
+            }
+        }
+        if self.flushing && self.failed.is_none() && !self.closed {
+            match Pin::new(&mut self.writer).poll_flush(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) => self.flushing = false,
+                Poll::Ready(Err(error)) => self.failed = Some(error),
+            }
+        }
+        Poll::Ready(())
+    }
+
+    /// Drives without waiting.
+    fn drive_now(&mut self) {
+        let _ = self.poll_drive(&mut Context::from_waker(std::task::Waker::noop()));
+    }
+
+    /// The failure to report, if any: the error once, then `closed`.
+    fn status(&mut self) -> Result<(), StreamError> {
+        if let Some(error) = self.failed.take() {
+            self.closed = true;
+            self.pending.clear();
+            return Err(StreamError::LastOperationFailed(error.into()));
+        }
+        if self.closed {
+            return Err(StreamError::Closed);
+        }
+        Ok(())
     }
 }
 
@@ -325,33 +382,60 @@ pub async fn flush(output: &mut dyn OutputStream) -> Result<(), StreamError> {
 #[wasmtime_wasi::async_trait]
 impl OutputStream for PeerOutputStream {
     fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
-        self.inner.write(bytes)
+        self.status()?;
+        if self.flushing || bytes.len() > OUTPUT_BUDGET - self.pending.len() {
+            return Err(StreamError::Trap(wasmtime::format_err!(
+                "write of {} bytes exceeds what check-write permitted",
+                bytes.len()
+            )));
+        }
+        self.pending.extend_from_slice(&bytes);
+        self.drive_now();
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<(), StreamError> {
-        self.inner.flush()
+        self.status()?;
+        self.flushing = true;
+        self.drive_now();
+        Ok(())
     }
 
     fn check_write(&mut self) -> Result<usize, StreamError> {
-        self.inner.check_write()
+        self.drive_now();
+        self.status()?;
+        if self.flushing {
+            return Ok(0);
+        }
+        Ok(OUTPUT_BUDGET - self.pending.len())
     }
 
     async fn cancel(&mut self) {
-        let flushed = flush(&mut self.inner).await;
+        let flushed = flush(self).await;
         if flushed.is_ok()
             && !self.writer.is_framed()
             && let Err(error) = self.writer.close().await
         {
             tracing::debug!(%error, "closing the peer stream failed");
         }
-        self.inner.cancel().await;
     }
 }
 
 #[wasmtime_wasi::async_trait]
 impl Pollable for PeerOutputStream {
     async fn ready(&mut self) {
-        self.inner.ready().await
+        // Ready when `check-write` would permit a byte (or report a failure); a
+        // `Pending` drive has registered this task's waker with the stream.
+        poll_fn(|cx| {
+            let _ = self.poll_drive(cx);
+            let room = !self.flushing && self.pending.len() < OUTPUT_BUDGET;
+            if room || self.failed.is_some() || self.closed {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
     }
 }
 
@@ -502,6 +586,13 @@ mod tests {
         let (near, _far) = tokio::io::duplex(16);
         let mut output = PeerOutputStream::new(PeerWriter::new(near, false));
         output.write(Bytes::from(vec![0u8; OUTPUT_BUDGET])).unwrap();
+        // What the duplex took frees that much budget, once.
+        let room = output.check_write().unwrap();
+        assert!(
+            room <= 16,
+            "only what the stream took is free again ({room})"
+        );
+        output.write(Bytes::from(vec![0u8; room])).unwrap();
         let stalled = timeout(Duration::from_millis(200), output.write_ready()).await;
         assert!(
             stalled.is_err(),
