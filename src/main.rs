@@ -183,6 +183,9 @@ enum Command {
         /// Small workloads (seconds instead of minutes).
         #[arg(long)]
         quick: bool,
+        /// Run every measurement this many times and report the median run.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
         /// Also write every figure and ratio as JSON to this file.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
@@ -378,9 +381,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             bench(options, json.as_deref()).await
         }
-        Command::BenchSuite { quick, json } => {
+        Command::BenchSuite {
+            quick,
+            repeat,
+            json,
+        } => {
             let exe = std::env::current_exe().context("cannot find the ww binary")?;
-            let report = ww::suite::run_suite(&exe, quick).await?;
+            let report = ww::suite::run_suite(&exe, quick, repeat).await?;
             print!("{}", report.to_table());
             if let Some(path) = json {
                 let text = serde_json::to_string_pretty(&report)? + "\n";

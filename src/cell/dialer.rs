@@ -121,7 +121,7 @@ impl InstanceDialer {
         let reader = MeteredReader::new(reader, self.traffic.clone());
         let writer = PeerWriter::with_traffic(writer, false, self.traffic.clone());
         Connection::dialed(
-            Box::new(PeerInputStream::new(reader)),
+            Box::new(PeerInputStream::new(reader).driving(writer.clone())),
             Box::new(PeerOutputStream::new(writer)),
         )
     }

@@ -37,6 +37,22 @@ struct WriterState {
     /// `Some` on a `+status` stream: the guest's bytes go out in frames.
     framer: Option<Framer>,
     closed: bool,
+    /// The guest's bytes not yet taken by the stream (see [`PeerOutputStream`]).
+    pending: BytesMut,
+    /// Why pushing `pending` failed, until the guest is told.
+    failed: Option<io::Error>,
+}
+
+impl WriterState {
+    /// Writes guest bytes (framed on a `+status` stream), counting them.
+    fn poll_write_guest(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let written = ready!(match &mut self.framer {
+            Some(framer) => framer.poll_write(self.writer.as_mut(), cx, buf),
+            None => self.writer.as_mut().poll_write(cx, buf),
+        })?;
+        self.traffic.sent(written);
+        Poll::Ready(Ok(written))
+    }
 }
 
 impl PeerWriter {
@@ -58,7 +74,49 @@ impl PeerWriter {
             traffic,
             framer,
             closed: false,
+            pending: BytesMut::new(),
+            failed: None,
         })))
+    }
+
+    /// Pushes the guest's pending bytes into the stream as far as it takes them;
+    /// `Ready` once none are left or pushing failed (kept for [`Self::take_failure`]).
+    pub fn poll_push(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let state = &mut *self.state();
+        while !state.pending.is_empty() && state.failed.is_none() {
+            let pending = std::mem::take(&mut state.pending);
+            let result = state.poll_write_guest(cx, &pending);
+            state.pending = pending;
+            match result {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => state.failed = Some(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => {
+                    let _ = state.pending.split_to(n);
+                }
+                Poll::Ready(Err(error)) => state.failed = Some(error),
+            }
+        }
+        Poll::Ready(())
+    }
+
+    /// Queues guest bytes behind those already pending.
+    fn queue(&self, bytes: &[u8]) {
+        self.state().pending.extend_from_slice(bytes);
+    }
+
+    /// Guest bytes not yet taken by the stream.
+    fn pending(&self) -> usize {
+        self.state().pending.len()
+    }
+
+    /// Why pushing failed, once; pending bytes are dropped with it.
+    fn take_failure(&self) -> Option<io::Error> {
+        let mut state = self.state();
+        let failure = state.failed.take();
+        if failure.is_some() {
+            state.pending.clear();
+        }
+        failure
     }
 
     /// The stream's traffic counters (shared with its reader, see [`MeteredReader`]).
@@ -136,13 +194,7 @@ impl AsyncWrite for PeerWriter {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let state = &mut *self.state();
-        let written = ready!(match &mut state.framer {
-            Some(framer) => framer.poll_write(state.writer.as_mut(), cx, buf),
-            None => state.writer.as_mut().poll_write(cx, buf),
-        })?;
-        state.traffic.sent(written);
-        Poll::Ready(Ok(written))
+        self.state().poll_write_guest(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -198,6 +250,9 @@ pub struct PeerInputStream<R> {
     wanted: usize,
     /// Set once the stream ended or failed; reported after the buffer is drained.
     end: Option<Result<(), io::Error>>,
+    /// The write half of the same stream, whose pending bytes a wait for input also
+    /// pushes (a guest that writes, then waits for the answer, needs no flush).
+    output: Option<PeerWriter>,
 }
 
 impl<R: AsyncRead + Send + Unpin + 'static> PeerInputStream<R> {
@@ -208,7 +263,14 @@ impl<R: AsyncRead + Send + Unpin + 'static> PeerInputStream<R> {
             buffer: BytesMut::new(),
             wanted: READ_AHEAD,
             end: None,
+            output: None,
         }
+    }
+
+    /// Also pushes `output`'s pending bytes whenever the guest waits for input.
+    pub fn driving(mut self, output: PeerWriter) -> Self {
+        self.output = Some(output);
+        self
     }
 
     /// Reads once into the buffer; `Ready` once bytes arrived or the stream ended.
@@ -265,7 +327,13 @@ impl<R: AsyncRead + Send + Unpin + 'static> InputStream for PeerInputStream<R> {
 #[wasmtime_wasi::async_trait]
 impl<R: AsyncRead + Send + Unpin + 'static> Pollable for PeerInputStream<R> {
     async fn ready(&mut self) {
-        poll_fn(|cx| self.poll_fill(cx)).await
+        poll_fn(|cx| {
+            if let Some(output) = &self.output {
+                let _ = output.poll_push(cx);
+            }
+            self.poll_fill(cx)
+        })
+        .await
     }
 }
 
@@ -305,12 +373,8 @@ impl<R: AsyncRead + Unpin> AsyncRead for SyncReader<R> {
 /// after `run` returns, with its trailer.
 pub struct PeerOutputStream {
     writer: PeerWriter,
-    /// Accepted from the guest, not yet taken by the stream.
-    pending: BytesMut,
     /// The guest asked for a flush that has not completed.
     flushing: bool,
-    /// Why the stream failed; reported to the guest once, then `closed`.
-    failed: Option<io::Error>,
     /// The stream failed and the guest was told.
     closed: bool,
 }
@@ -320,32 +384,20 @@ impl PeerOutputStream {
     pub fn new(writer: PeerWriter) -> Self {
         Self {
             writer,
-            pending: BytesMut::new(),
             flushing: false,
-            failed: None,
             closed: false,
         }
     }
 
-    /// Moves pending bytes into the stream and completes a requested flush, as far as
-    /// the stream allows without waiting. `Ready` when the guest may write again (or
-    /// must hear about a failure).
+    /// Pushes pending bytes and completes a requested flush, as far as the stream
+    /// allows without waiting; `Ready` when both are done (or failed).
     fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        while !self.pending.is_empty() && self.failed.is_none() && !self.closed {
-            match Pin::new(&mut self.writer).poll_write(cx, &self.pending) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) => self.failed = Some(io::ErrorKind::WriteZero.into()),
-                Poll::Ready(Ok(n)) => {
-                    let _ = self.pending.split_to(n);
-                }
-                Poll::Ready(Err(error)) => self.failed = Some(error),
-            }
-        }
-        if self.flushing && self.failed.is_none() && !self.closed {
+        ready!(self.writer.poll_push(cx));
+        if self.flushing {
             match Pin::new(&mut self.writer).poll_flush(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(())) => self.flushing = false,
-                Poll::Ready(Err(error)) => self.failed = Some(error),
+                Poll::Ready(Err(error)) => self.writer.state().failed = Some(error),
             }
         }
         Poll::Ready(())
@@ -358,15 +410,20 @@ impl PeerOutputStream {
 
     /// The failure to report, if any: the error once, then `closed`.
     fn status(&mut self) -> Result<(), StreamError> {
-        if let Some(error) = self.failed.take() {
+        if let Some(error) = self.writer.take_failure() {
             self.closed = true;
-            self.pending.clear();
             return Err(StreamError::LastOperationFailed(error.into()));
         }
         if self.closed {
             return Err(StreamError::Closed);
         }
         Ok(())
+    }
+
+    /// Whether the guest may write now (or must hear about a failure).
+    fn writable(&self) -> bool {
+        let failed = self.closed || self.writer.state().failed.is_some();
+        failed || (!self.flushing && self.writer.pending() < OUTPUT_BUDGET)
     }
 }
 
@@ -383,13 +440,13 @@ pub async fn flush(output: &mut dyn OutputStream) -> Result<(), StreamError> {
 impl OutputStream for PeerOutputStream {
     fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
         self.status()?;
-        if self.flushing || bytes.len() > OUTPUT_BUDGET - self.pending.len() {
+        if self.flushing || bytes.len() > OUTPUT_BUDGET - self.writer.pending() {
             return Err(StreamError::Trap(wasmtime::format_err!(
                 "write of {} bytes exceeds what check-write permitted",
                 bytes.len()
             )));
         }
-        self.pending.extend_from_slice(&bytes);
+        self.writer.queue(&bytes);
         self.drive_now();
         Ok(())
     }
@@ -407,7 +464,7 @@ impl OutputStream for PeerOutputStream {
         if self.flushing {
             return Ok(0);
         }
-        Ok(OUTPUT_BUDGET - self.pending.len())
+        Ok(OUTPUT_BUDGET - self.writer.pending())
     }
 
     async fn cancel(&mut self) {
@@ -428,8 +485,7 @@ impl Pollable for PeerOutputStream {
         // `Pending` drive has registered this task's waker with the stream.
         poll_fn(|cx| {
             let _ = self.poll_drive(cx);
-            let room = !self.flushing && self.pending.len() < OUTPUT_BUDGET;
-            if room || self.failed.is_some() || self.closed {
+            if self.writable() {
                 Poll::Ready(())
             } else {
                 Poll::Pending

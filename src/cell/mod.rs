@@ -292,7 +292,7 @@ impl Cell {
         let reader = MeteredReader::new(reader, traffic.clone());
         let io = match self.mode {
             Mode::Connection => Io::Connection(Connection::new(
-                Box::new(PeerInputStream::new(reader)),
+                Box::new(PeerInputStream::new(reader).driving(writer.clone())),
                 Box::new(PeerOutputStream::new(writer.clone())),
             )),
             Mode::Stdio => Io::Stdio {

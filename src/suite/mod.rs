@@ -114,8 +114,10 @@ pub struct Row {
     pub transport: &'static str,
     /// `tcp` (raw), `native` (rust-libp2p) or `ww`.
     pub server: &'static str,
-    /// What was measured.
+    /// The run with the median primary figure (bytes/s or streams/s).
     pub report: Report,
+    /// The primary figure of every run, in the order they ran.
+    pub runs: Vec<f64>,
 }
 
 /// ww's figure over a baseline's, for one workload and transport.
@@ -181,9 +183,10 @@ fn workloads(quick: bool) -> Vec<Workload> {
     ]
 }
 
-/// Runs the suite with `exe` (the `ww` binary) providing the servers. `quick` shrinks
-/// every workload (for tests).
-pub async fn run_suite(exe: &Path, quick: bool) -> anyhow::Result<SuiteReport> {
+/// Runs the suite with `exe` (the `ww` binary) providing the servers, each
+/// measurement `repeat` times (the median run is reported, since these machines are
+/// noisy). `quick` shrinks every workload (for tests).
+pub async fn run_suite(exe: &Path, quick: bool, repeat: usize) -> anyhow::Result<SuiteReport> {
     let work = tempfile::tempdir()?;
     let (_tcp_server, tcp_addrs) = start(exe, &["bench-server", "tcp"], 1).await?;
     let (_native_server, native_addrs) = start(exe, &["bench-server", "native"], 2).await?;
@@ -228,29 +231,37 @@ pub async fn run_suite(exe: &Path, quick: bool) -> anyhow::Result<SuiteReport> {
                 duration: None,
                 verify_echo: true,
             };
+            let primary = workload.metrics[0];
             if transport == "tcp" {
-                let report =
-                    bench::run_tcp(&options(tcp_addrs[0].clone(), WW_ECHO), raw_tcp).await?;
+                let tcp_options = options(tcp_addrs[0].clone(), WW_ECHO);
+                let (report, runs) =
+                    median_of(repeat, primary, || bench::run_tcp(&tcp_options, raw_tcp)).await?;
                 rows.push(Row {
                     workload: workload.name,
                     transport,
                     server: "tcp",
                     report,
+                    runs,
                 });
             }
-            let report = bench::run(&options(pick(&native_addrs), NATIVE_ECHO), &|_| {}).await?;
+            let native = options(pick(&native_addrs), NATIVE_ECHO);
+            let (report, runs) =
+                median_of(repeat, primary, || bench::run(&native, &|_| {})).await?;
             rows.push(Row {
                 workload: workload.name,
                 transport,
                 server: "native",
                 report,
+                runs,
             });
-            let report = bench::run(&options(pick(&ww_addrs), WW_ECHO), &|_| {}).await?;
+            let ww = options(pick(&ww_addrs), WW_ECHO);
+            let (report, runs) = median_of(repeat, primary, || bench::run(&ww, &|_| {})).await?;
             rows.push(Row {
                 workload: workload.name,
                 transport,
                 server: "ww",
                 report,
+                runs,
             });
         }
     }
@@ -271,6 +282,36 @@ pub async fn run_suite(exe: &Path, quick: bool) -> anyhow::Result<SuiteReport> {
     })
 }
 
+/// A report's figure for `metric`.
+fn figure(report: &Report, metric: &str) -> f64 {
+    match metric {
+        "bytes_per_s" => report.bytes_per_s,
+        "streams_per_s" => report.streams_per_s,
+        _ => report.done.p50_us as f64,
+    }
+}
+
+/// Runs `measure` `repeat` times; returns the run with the median `metric` and every
+/// run's figure.
+async fn median_of<F, Fut>(
+    repeat: usize,
+    metric: &str,
+    measure: F,
+) -> anyhow::Result<(Report, Vec<f64>)>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Report>>,
+{
+    let mut reports = Vec::new();
+    for _ in 0..repeat.max(1) {
+        reports.push(measure().await?);
+    }
+    let runs: Vec<f64> = reports.iter().map(|r| figure(r, metric)).collect();
+    reports.sort_by(|a, b| figure(a, metric).total_cmp(&figure(b, metric)));
+    let median = reports.swap_remove(reports.len() / 2);
+    Ok((median, runs))
+}
+
 fn ratios(rows: &[Row], workloads: &[Workload]) -> Vec<Ratio> {
     let mut ratios = Vec::new();
     for workload in workloads {
@@ -288,11 +329,7 @@ fn ratios(rows: &[Row], workloads: &[Workload]) -> Vec<Ratio> {
                 continue;
             };
             for &metric in workload.metrics {
-                let value = |r: &Report| match metric {
-                    "bytes_per_s" => r.bytes_per_s,
-                    "streams_per_s" => r.streams_per_s,
-                    _ => r.done.p50_us as f64,
-                };
+                let value = |r: &Report| figure(r, metric);
                 ratios.push(Ratio {
                     workload: workload.name,
                     transport,

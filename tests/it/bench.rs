@@ -118,7 +118,14 @@ async fn the_suite_measures_every_workload_against_every_server() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("suite.json");
     let (ok, out, err) = ww(
-        &["bench-suite", "--quick", "--json", json.to_str().unwrap()],
+        &[
+            "bench-suite",
+            "--quick",
+            "--repeat",
+            "2",
+            "--json",
+            json.to_str().unwrap(),
+        ],
         b"",
     )
     .await;
@@ -133,6 +140,7 @@ async fn the_suite_measures_every_workload_against_every_server() {
     for row in rows {
         assert_eq!(row["report"]["errors"], serde_json::json!({}), "{row}");
         assert!(row["report"]["streams_ok"].as_u64().unwrap() > 0, "{row}");
+        assert_eq!(row["runs"].as_array().unwrap().len(), 2, "{row}");
     }
     let ratios = suite["ratios"].as_array().unwrap();
     assert_eq!(ratios.len(), 8);
