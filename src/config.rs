@@ -616,4 +616,58 @@ mod tests {
             "{error:#}"
         );
     }
+
+    #[test]
+    fn dial_grants_and_network_settings_merge() {
+        let file: File = toml::from_str(
+            r#"
+            bootstrap = ["/ip4/127.0.0.1/tcp/1/p2p/12D3KooWRBhwfeP2Y4TCx1SM6s9rUoHhR5STiGwxBhgFRcw3UERE"]
+            dht = "server"
+            [cells.a]
+            protocol = "/a/1"
+            builtin = "fanout"
+            dial = true
+            [cells.b]
+            protocol = "/b/1"
+            builtin = "forward"
+            dial = ["/ww/echo/0.1.0"]
+            [cells.c]
+            protocol = "/c/1"
+            builtin = "echo"
+            "#,
+        )
+        .unwrap();
+        let mut flags = flags(vec![]);
+        flags.no_mdns = true;
+        flags.dial_grants = vec![parse_dial_grant("/c/1=/x/1,/y/1").unwrap()];
+        let config = NodeConfig::merge(file, flags).unwrap();
+        let grant = |p: &str| {
+            let cell = config.cells.iter().find(|c| c.protocol.as_ref() == p);
+            cell.unwrap().dial.clone()
+        };
+        let only =
+            |ps: &[&str]| DialGrant::Only(ps.iter().map(|p| parse_protocol(p).unwrap()).collect());
+        assert_eq!(grant("/a/1"), DialGrant::Any);
+        assert_eq!(grant("/b/1"), only(&["/ww/echo/0.1.0"]));
+        assert_eq!(
+            grant("/c/1"),
+            only(&["/x/1", "/y/1"]),
+            "the flag replaces the file's"
+        );
+        assert_eq!(config.network.bootstrap.len(), 1);
+        assert_eq!(config.network.dht, DhtMode::Server);
+        assert!(!config.network.mdns, "--no-mdns wins");
+
+        let bad: File = toml::from_str(r#"bootstrap = ["/ip4/127.0.0.1/tcp/1"]"#).unwrap();
+        let error = NodeConfig::merge(bad, flags_default()).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("does not end in /p2p/"),
+            "{error:#}"
+        );
+        assert!(parse_dial_grant("/c/1=notaprotocol").is_err());
+    }
+
+    fn flags_default() -> Flags {
+        flags(vec![])
+    }
 }

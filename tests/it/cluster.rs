@@ -113,6 +113,17 @@ async fn dial_by_bare_peer_id_finds_the_addresses_in_the_dht() {
         }
         assert_eq!(answered.as_deref(), Some(&b"by id"[..]), "{target}");
     }
+    let (ok, out, err) = ww(
+        &["find", "/nobody/serves/this", "--bootstrap", &bootstrap],
+        b"",
+    )
+    .await;
+    assert!(!ok && out.is_empty());
+    assert!(
+        err.contains("no reachable node serves /nobody/serves/this"),
+        "{err}"
+    );
+
     let unknown = libp2p::PeerId::random().to_string();
     let (ok, _, err) = ww(
         &[
