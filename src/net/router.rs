@@ -14,7 +14,7 @@
 //! A protocol the node does not serve is refused during multistream-select, so the
 //! peer sees "protocol not supported" and the connection stays up.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::sync::Arc;
@@ -23,6 +23,8 @@ use std::{fmt, io};
 
 use futures::channel::oneshot;
 use libp2p::PeerId;
+
+use super::discovery::is_relayed;
 use libp2p::core::transport::PortUse;
 use libp2p::core::upgrade::{InboundUpgrade, OutboundUpgrade, UpgradeInfo};
 use libp2p::core::{Endpoint, Multiaddr};
@@ -84,6 +86,9 @@ pub struct Behaviour {
     protocols: Arc<[StreamProtocol]>,
     pending: VecDeque<ToSwarm<InboundStream, OpenRequest>>,
     waker: Option<Waker>,
+    /// Each peer's direct (not relayed) connections: streams prefer them, since a relay
+    /// limits how long and how much a relayed connection may carry.
+    direct: HashMap<PeerId, Vec<ConnectionId>>,
 }
 
 impl Behaviour {
@@ -93,6 +98,7 @@ impl Behaviour {
             protocols: protocols.into(),
             pending: VecDeque::new(),
             waker: None,
+            direct: HashMap::new(),
         }
     }
 
@@ -101,9 +107,13 @@ impl Behaviour {
     /// [`OpenStreamError::NotConnected`] if there is no connection.
     pub fn open_stream(&mut self, peer: PeerId, protocols: Vec<StreamProtocol>) -> OpenStream {
         let (reply, receiver) = oneshot::channel();
+        let handler = match self.direct.get(&peer).and_then(|c| c.first()) {
+            Some(direct) => NotifyHandler::One(*direct),
+            None => NotifyHandler::Any,
+        };
         self.pending.push_back(ToSwarm::NotifyHandler {
             peer_id: peer,
-            handler: NotifyHandler::Any,
+            handler,
             event: OpenRequest { protocols, reply },
         });
         if let Some(waker) = self.waker.take() {
@@ -132,9 +142,12 @@ impl NetworkBehaviour for Behaviour {
         &mut self,
         connection: ConnectionId,
         peer: PeerId,
-        _: &Multiaddr,
+        local: &Multiaddr,
         _: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
+        if !is_relayed(local) {
+            self.direct.entry(peer).or_default().push(connection);
+        }
         Ok(self.handler(peer, connection))
     }
 
@@ -142,14 +155,26 @@ impl NetworkBehaviour for Behaviour {
         &mut self,
         connection: ConnectionId,
         peer: PeerId,
-        _: &Multiaddr,
+        addr: &Multiaddr,
         _: Endpoint,
         _: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
+        if !is_relayed(addr) {
+            self.direct.entry(peer).or_default().push(connection);
+        }
         Ok(self.handler(peer, connection))
     }
 
-    fn on_swarm_event(&mut self, _: FromSwarm) {}
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        if let FromSwarm::ConnectionClosed(closed) = event
+            && let Some(direct) = self.direct.get_mut(&closed.peer_id)
+        {
+            direct.retain(|c| *c != closed.connection_id);
+            if direct.is_empty() {
+                self.direct.remove(&closed.peer_id);
+            }
+        }
+    }
 
     fn on_connection_handler_event(
         &mut self,
@@ -325,5 +350,57 @@ impl InboundUpgrade<Stream> for ServedProtocols {
 
     fn upgrade_inbound(self, stream: Stream, protocol: StreamProtocol) -> Self::Future {
         ready(Ok((stream, protocol)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The connection `open_stream` sends its request to; `None` for any.
+    fn chosen_connection(router: &mut Behaviour, peer: PeerId) -> Option<ConnectionId> {
+        let _answer = router.open_stream(peer, vec![StreamProtocol::new("/x/1")]);
+        let waker = std::task::Waker::noop();
+        match router.poll(&mut Context::from_waker(waker)) {
+            Poll::Ready(ToSwarm::NotifyHandler { handler, .. }) => match handler {
+                NotifyHandler::One(connection) => Some(connection),
+                NotifyHandler::Any => None,
+            },
+            _ => panic!("open_stream queued no request"),
+        }
+    }
+
+    #[test]
+    fn streams_prefer_a_direct_connection_to_a_relayed_one() {
+        let mut router = Behaviour::new(Vec::new());
+        let peer = PeerId::random();
+        let relayed: Multiaddr = "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWRBhwfeP2Y4TCx1SM6s9rUoHhR5STiGwxBhgFRcw3UERE/p2p-circuit"
+            .parse()
+            .unwrap();
+        let direct: Multiaddr = "/ip4/127.0.0.1/tcp/2".parse().unwrap();
+        let (over_relay, straight) = (
+            ConnectionId::new_unchecked(1),
+            ConnectionId::new_unchecked(2),
+        );
+
+        router
+            .handle_established_inbound_connection(over_relay, peer, &relayed, &direct)
+            .unwrap();
+        assert_eq!(
+            chosen_connection(&mut router, peer),
+            None,
+            "only a relayed one"
+        );
+
+        router
+            .handle_established_outbound_connection(
+                straight,
+                peer,
+                &direct,
+                Endpoint::Dialer,
+                PortUse::Reuse,
+            )
+            .unwrap();
+        assert_eq!(chosen_connection(&mut router, peer), Some(straight));
     }
 }
