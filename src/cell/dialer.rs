@@ -1,8 +1,11 @@
 //! The host side of `wetware:streams/dialer`: an instance opens streams to cells on
 //! other nodes, within its cell's grant and its own `max_dials`.
 //!
-//! A dialed stream is byte-transparent (the plain protocol, no `+status` framing) and
-//! reaches the guest as the same `connection` resource the peer stream does: its
+//! A dial asks for the remote cell's `+status` variant (see [`outcome`]) and unwraps
+//! it, so the guest reads exactly the remote cell's bytes, then EOF if it succeeded or
+//! a failed read (`last-operation-failed`, with the reason) if it failed; a peer that
+//! only speaks the plain protocol is read as is. The stream reaches the guest as the
+//! same `connection` resource the peer stream does: its
 //! input half through [`PeerInputStream`], its output half through
 //! [`PeerOutputStream`], which closes our write side when the guest drops it. Its
 //! bytes count as the instance's traffic, so the idle limit sees a guest that waits
@@ -14,11 +17,13 @@ use libp2p::{PeerId, Stream, StreamProtocol};
 use serde::Deserialize;
 use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 use wasmtime::component::Resource;
+use wasmtime_wasi::p2::DynInputStream;
 
 use super::host::{Connection, Host, dialer};
 use super::io::{MeteredReader, PeerInputStream, PeerOutputStream, PeerWriter};
 use super::meter::Traffic;
 use crate::net::control::{Network, OpenAnyError};
+use crate::net::outcome::{self, Deframed};
 use crate::net::router::OpenStreamError;
 
 pub use dialer::DialError;
@@ -115,19 +120,29 @@ impl InstanceDialer {
         Ok((protocol, network))
     }
 
-    /// A dialed stream as a `connection`, its bytes counted as the instance's.
-    fn connection(&self, stream: Stream) -> Connection {
+    /// A dialed stream as a `connection`, its bytes counted as the instance's. On a
+    /// `+status` stream (`framed`) the guest reads the remote cell's bytes, then EOF
+    /// if it succeeded or a failed read with its reason.
+    fn connection(&self, stream: Stream, framed: bool) -> Connection {
         let (reader, writer) = tokio::io::split(stream.compat());
         let reader = MeteredReader::new(reader, self.traffic.clone());
         let writer = PeerWriter::with_traffic(writer, false, self.traffic.clone());
-        Connection::dialed(
-            Box::new(PeerInputStream::new(reader).driving(writer.clone())),
-            Box::new(PeerOutputStream::new(writer)),
-        )
+        let input: DynInputStream = if framed {
+            Box::new(PeerInputStream::new(Deframed::new(reader)).driving(writer.clone()))
+        } else {
+            Box::new(PeerInputStream::new(reader).driving(writer.clone()))
+        };
+        Connection::dialed(input, Box::new(PeerOutputStream::new(writer)))
     }
 }
 
 type DialResult = wasmtime::Result<Result<Resource<Connection>, DialError>>;
+
+/// What a dial offers: the status variant first (so a remote cell's failure reaches
+/// the guest), then the plain protocol for peers that only speak that.
+fn offer(protocol: &StreamProtocol) -> Vec<StreamProtocol> {
+    vec![outcome::status_variant(protocol), protocol.clone()]
+}
 
 impl Host {
     fn instance_dialer(&mut self) -> wasmtime::Result<&mut InstanceDialer> {
@@ -138,8 +153,9 @@ impl Host {
             .ok_or_else(|| wasmtime::Error::msg("dialer called in an instance without one"))
     }
 
-    fn dialed(&mut self, stream: Stream) -> DialResult {
-        let connection = self.instance_dialer()?.connection(stream);
+    fn dialed(&mut self, stream: Stream, protocol: &StreamProtocol) -> DialResult {
+        let (_, framed) = outcome::parse(protocol);
+        let connection = self.instance_dialer()?.connection(stream, framed);
         Ok(Ok(self.push_connection(connection)?))
     }
 }
@@ -158,8 +174,8 @@ impl dialer::Host for Host {
         if let Err(error) = network.connect_peer(peer).await {
             return Ok(Err(DialError::Unreachable(error.to_string())));
         }
-        match network.open(peer, protocol.clone()).await {
-            Ok(stream) => self.dialed(stream),
+        match network.open_first(peer, offer(&protocol)).await {
+            Ok((stream, chosen)) => self.dialed(stream, &chosen),
             Err(OpenStreamError::UnsupportedProtocol(_)) => Ok(Err(DialError::Unreachable(
                 format!("{peer} does not serve {protocol}"),
             ))),
@@ -173,8 +189,8 @@ impl dialer::Host for Host {
             Ok(admitted) => admitted,
             Err(error) => return Ok(Err(error)),
         };
-        match network.open_any(&protocol, vec![protocol.clone()]).await {
-            Ok((_, stream, _)) => self.dialed(stream),
+        match network.open_any(&protocol, offer(&protocol)).await {
+            Ok((_, stream, chosen)) => self.dialed(stream, &chosen),
             Err(OpenAnyError::NoProviders(_)) => Ok(Err(DialError::NoProviders)),
             Err(error) => Ok(Err(DialError::Unreachable(error.to_string()))),
         }

@@ -130,8 +130,6 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    const CUT_SHORT: &str =
-        "the stream ended without an outcome (the node aborted it, or the connection broke)";
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let mut header = [0u8; 4];
@@ -166,6 +164,127 @@ where
         0 => Outcome::Success,
         _ => Outcome::Failure(String::from_utf8_lossy(&reason).into_owned()),
     })
+}
+
+/// What a `P+status` answer that stops before its trailer means.
+const CUT_SHORT: &str =
+    "the stream ended without an outcome (the node aborted it, or the connection broke)";
+
+/// The payload of a `P+status` answer as a plain byte stream: the guest's bytes, then
+/// EOF after a success trailer, or an error carrying the reason after a failure (or
+/// an answer cut short). Cells that dial read their remote cells through this, so a
+/// remote failure reaches them as a failed read, not as a clean end.
+pub struct Deframed<R> {
+    inner: R,
+    state: Deframe,
+}
+
+enum Deframe {
+    /// Reading a frame's length.
+    Header { bytes: [u8; 4], have: usize },
+    /// Inside a frame.
+    Payload { left: usize },
+    /// Reading the trailer's code.
+    Code,
+    /// Reading a failure's reason to EOF.
+    Reason(Vec<u8>),
+    /// The answer is over: `None` a success, `Some` a failure with its reason.
+    Over(Option<String>),
+}
+
+impl<R> Deframed<R> {
+    /// Reads the answer on `inner`.
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            state: Deframe::Header {
+                bytes: [0; 4],
+                have: 0,
+            },
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Deframed<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            match &mut this.state {
+                Deframe::Header { bytes, have } => {
+                    let mut buf = tokio::io::ReadBuf::new(&mut bytes[*have..]);
+                    ready!(Pin::new(&mut this.inner).poll_read(cx, &mut buf))?;
+                    let n = buf.filled().len();
+                    if n == 0 {
+                        this.state = Deframe::Over(Some(CUT_SHORT.into()));
+                        continue;
+                    }
+                    *have += n;
+                    if *have == bytes.len() {
+                        this.state = match u32::from_be_bytes(*bytes) as usize {
+                            0 => Deframe::Code,
+                            left => Deframe::Payload { left },
+                        };
+                    }
+                }
+                Deframe::Payload { left } => {
+                    if out.remaining() == 0 {
+                        return Poll::Ready(Ok(()));
+                    }
+                    let mut limited = out.take((*left).min(out.remaining()));
+                    ready!(Pin::new(&mut this.inner).poll_read(cx, &mut limited))?;
+                    let n = limited.filled().len();
+                    if n == 0 {
+                        this.state = Deframe::Over(Some(CUT_SHORT.into()));
+                        continue;
+                    }
+                    // SAFETY: `poll_read` initialised and filled `n` bytes of `out`'s
+                    // unfilled part through `limited`.
+                    unsafe { out.assume_init(n) };
+                    out.advance(n);
+                    *left -= n;
+                    if *left == 0 {
+                        this.state = Deframe::Header {
+                            bytes: [0; 4],
+                            have: 0,
+                        };
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Deframe::Code => {
+                    let mut code = [0u8; 1];
+                    let mut buf = tokio::io::ReadBuf::new(&mut code);
+                    ready!(Pin::new(&mut this.inner).poll_read(cx, &mut buf))?;
+                    this.state = match buf.filled() {
+                        [] => Deframe::Over(Some(CUT_SHORT.into())),
+                        [0] => Deframe::Over(None),
+                        _ => Deframe::Reason(Vec::new()),
+                    };
+                }
+                Deframe::Reason(reason) => {
+                    let mut chunk = [0u8; 256];
+                    let mut buf = tokio::io::ReadBuf::new(&mut chunk);
+                    ready!(Pin::new(&mut this.inner).poll_read(cx, &mut buf))?;
+                    let n = buf.filled().len();
+                    if n == 0 || reason.len() >= MAX_REASON {
+                        let text = String::from_utf8_lossy(reason).into_owned();
+                        this.state = Deframe::Over(Some(text));
+                        continue;
+                    }
+                    reason.extend_from_slice(buf.filled());
+                }
+                Deframe::Over(None) => return Poll::Ready(Ok(())),
+                Deframe::Over(Some(reason)) => {
+                    return Poll::Ready(Err(io::Error::other(format!(
+                        "the remote cell failed: {reason}"
+                    ))));
+                }
+            }
+        }
+    }
 }
 
 /// Reads until `buf` is full or EOF; returns how many bytes were read.
@@ -231,6 +350,38 @@ mod tests {
                 matches!(outcome, Outcome::Failure(_)),
                 "{wire:?} gave {outcome:?}"
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn deframed_answers_read_as_bytes_then_end_or_error() {
+        let mut framer = Framer::default();
+        let mut wire = Vec::new();
+        frame(&mut framer, &mut wire, b"hello ").await;
+        frame(&mut framer, &mut wire, b"world").await;
+        let mut ok = wire.clone();
+        ok.extend(trailer(&Outcome::Success));
+        let mut read = Vec::new();
+        Deframed::new(&ok[..]).read_to_end(&mut read).await.unwrap();
+        assert_eq!(read, b"hello world");
+
+        let mut failed = wire.clone();
+        failed.extend(trailer(&Outcome::Failure("trapped: unreachable".into())));
+        let mut deframed = Deframed::new(&failed[..]);
+        let mut read = Vec::new();
+        let error = deframed.read_to_end(&mut read).await.unwrap_err();
+        assert_eq!(read, b"hello world", "the payload comes before the failure");
+        assert!(
+            error.to_string().contains("trapped: unreachable"),
+            "{error}"
+        );
+
+        for cut in [&wire[..3], &wire[..7], &wire[..]] {
+            let error = Deframed::new(cut)
+                .read_to_end(&mut Vec::new())
+                .await
+                .unwrap_err();
+            assert!(error.to_string().contains("without an outcome"), "{error}");
         }
     }
 

@@ -4,6 +4,7 @@
 use sha2::{Digest as _, Sha256};
 
 use crate::support::*;
+use ww::net::outcome::Outcome;
 
 const FORWARD: &str = "/ww/forward/0.1.0";
 const DIAL_MANY: &str = "/test/dial-many/1";
@@ -254,4 +255,44 @@ async fn a_chain_of_forward_cells_crosses_three_nodes() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     assert_eq!(answer, expected, "{}\n{}", first.log(), second.log());
+}
+
+#[tokio::test]
+async fn a_remote_cell_that_fails_fails_the_cell_that_dialed_it() {
+    let (hub, forwarder) = hub_and_forwarder(&["--grant-dial", FORWARD]).await;
+    let hub_addr = hub.tcp.to_string();
+    let trap = cell_flag("trap");
+    let target = Node::start(&[
+        "--dht-mode",
+        "server",
+        "--bootstrap",
+        &hub_addr,
+        "--cell",
+        &trap,
+    ])
+    .await;
+    let client = ww::net::client::Client::new().unwrap();
+    let peer = client.connect(&forwarder.tcp).await.unwrap();
+
+    // The hub's echo succeeds, and so does the forward cell in front of it.
+    let line = format!("{} /ww/echo/0.1.0\nfine", hub.peer);
+    let (payload, outcome) = outcome_of(&client, peer, line.as_bytes(), FORWARD).await;
+    assert_eq!(
+        (payload.as_slice(), outcome),
+        (&b"fine"[..], Outcome::Success)
+    );
+
+    // The trap on node 3 reaches the forward cell as a failed read, so it fails too.
+    let line = format!("{} /test/trap/1\nboom", target.peer);
+    let mut outcome = Outcome::Success;
+    for _ in 0..50 {
+        let (payload, answer) = outcome_of(&client, peer, line.as_bytes(), FORWARD).await;
+        outcome = answer;
+        if !payload.starts_with(b"dial failed") {
+            break;
+        }
+        // Node 3 may still be joining the DHT.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_failed(&outcome, "run returned an error");
 }
