@@ -76,6 +76,7 @@ pub async fn run(
             u16::MAX - options.nodes + 1
         );
     }
+    check_ports_free(options.base_port, options.nodes)?;
     let dir = match &options.dir {
         Some(dir) => dir.clone(),
         None => tempfile::Builder::new()
@@ -88,6 +89,20 @@ pub async fn run(
     let outcome = watch(&mut nodes, shutdown).await;
     stop(&mut nodes).await;
     outcome
+}
+
+/// Fails if a port the devnet needs is taken. libp2p listens with `SO_REUSEPORT`, so
+/// a node would bind a port another libp2p process holds and half the connections
+/// would reach the wrong peer; a plain bind here (without it) notices.
+fn check_ports_free(base: u16, nodes: u16) -> anyhow::Result<()> {
+    for port in (0..nodes).map(|i| base + i) {
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port)).map(drop);
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port)).map(drop);
+        if let Err(error) = tcp.and(udp) {
+            bail!("port {port} on 127.0.0.1 is in use ({error}); pick another --base-port");
+        }
+    }
+    Ok(())
 }
 
 /// Creates every node's identity (so bootstrap addresses are known up front) and

@@ -286,3 +286,24 @@ async fn devnet_starts_serves_and_stops_without_leftovers() {
         );
     }
 }
+
+#[tokio::test]
+async fn devnet_refuses_ports_in_use() {
+    let base = free_port_block(2);
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", base + 1)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "devnet",
+        "2",
+        "--base-port",
+        &base.to_string(),
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ];
+    let (ok, _, err) = ww(&args, b"").await;
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("port {} on 127.0.0.1 is in use", base + 1)),
+        "{err}"
+    );
+}
