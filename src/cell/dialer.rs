@@ -66,15 +66,6 @@ pub enum DialSetting {
     Only(Vec<String>),
 }
 
-/// What a cell's instances dial with: the node's network and the cell's grant.
-#[derive(Clone)]
-pub struct Dialing {
-    /// The node's swarm.
-    pub network: Network,
-    /// What the cell may dial.
-    pub grant: Arc<DialGrant>,
-}
-
 /// One instance's dialing state.
 pub struct InstanceDialer {
     network: Option<Network>,
@@ -85,24 +76,25 @@ pub struct InstanceDialer {
 }
 
 impl InstanceDialer {
-    /// An instance's dialer: `dialing` (none for a cell run without a network, such as
-    /// under `ww cell`), at most `max_dials` streams, counted into `traffic`.
+    /// An instance's dialer through `network` (none for a cell run without one, such
+    /// as under `ww cell`) within `grant`: at most `max_dials` streams, counted into
+    /// `traffic`.
     pub fn new(
-        dialing: Option<&Dialing>,
+        network: Option<Network>,
         grant: Arc<DialGrant>,
         max_dials: u32,
         traffic: Arc<Traffic>,
     ) -> Self {
         Self {
-            network: dialing.map(|d| d.network.clone()),
+            network,
             grant,
             remaining: max_dials,
             traffic,
         }
     }
 
-    /// Checks a dial against the grant and the limit, and takes one dial from it.
-    fn admit(&mut self, protocol: &str) -> Result<(StreamProtocol, Network), DialError> {
+    /// Checks `protocol` against the grant, and that there is a network to use.
+    fn check(&self, protocol: &str) -> Result<(StreamProtocol, Network), DialError> {
         let protocol = StreamProtocol::try_from_owned(protocol.to_string())
             .map_err(|e| DialError::InvalidProtocol(format!("`{protocol}`: {e}")))?;
         if !self.grant.allows(&protocol) {
@@ -113,11 +105,17 @@ impl InstanceDialer {
                 "this host runs cells without a network".into(),
             ));
         };
+        Ok((protocol, network))
+    }
+
+    /// [`Self::check`]s a dial and takes one from the instance's limit.
+    fn admit(&mut self, protocol: &str) -> Result<(StreamProtocol, Network), DialError> {
+        let admitted = self.check(protocol)?;
         if self.remaining == 0 {
             return Err(DialError::LimitReached);
         }
         self.remaining -= 1;
-        Ok((protocol, network))
+        Ok(admitted)
     }
 
     /// A dialed stream as a `connection`, its bytes counted as the instance's. On a
@@ -200,22 +198,10 @@ impl dialer::Host for Host {
         &mut self,
         protocol: String,
     ) -> wasmtime::Result<Result<Vec<String>, DialError>> {
-        let dialer = self.instance_dialer()?;
-        let protocol = match StreamProtocol::try_from_owned(protocol.clone()) {
-            Ok(protocol) => protocol,
-            Err(e) => {
-                return Ok(Err(DialError::InvalidProtocol(format!(
-                    "`{protocol}`: {e}"
-                ))));
-            }
-        };
-        if !dialer.grant.allows(&protocol) {
-            return Ok(Err(DialError::NotAllowed));
-        }
-        let Some(network) = dialer.network.clone() else {
-            return Ok(Err(DialError::Unreachable(
-                "this host runs cells without a network".into(),
-            )));
+        let checked = self.instance_dialer()?.check(&protocol);
+        let (protocol, network) = match checked {
+            Ok(checked) => checked,
+            Err(error) => return Ok(Err(error)),
         };
         match network.providers(&protocol).await {
             Ok(providers) => Ok(Ok(providers

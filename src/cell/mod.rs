@@ -29,7 +29,7 @@ use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream, StdoutStream as _}
 
 pub use cache::Cache;
 use dialer::InstanceDialer;
-pub use dialer::{DialGrant, DialSetting, Dialing};
+pub use dialer::{DialGrant, DialSetting};
 pub use host::{Cell as CellBindings, CellPre, Connection, Host};
 pub use io::{GuestLog, MeteredReader, PeerInputStream, PeerOutputStream, PeerWriter, SyncReader};
 pub use meter::LimitExceeded;
@@ -184,10 +184,7 @@ impl Runtime {
             limits: options.limits,
             mode: world.mode,
             grant: Arc::new(options.dial.clone()),
-            dialing: options.network.clone().map(|network| Dialing {
-                network,
-                grant: Arc::new(options.dial.clone()),
-            }),
+            network: options.network.clone(),
             cached,
             label: CellLabel {
                 cell: options.name.clone(),
@@ -206,7 +203,7 @@ pub struct Cell {
     /// What its instances may dial.
     grant: Arc<DialGrant>,
     /// The network they dial through, if any.
-    dialing: Option<Dialing>,
+    network: Option<Network>,
     /// Whether its compiled code came from the cache.
     cached: bool,
     label: CellLabel,
@@ -341,7 +338,7 @@ impl Cell {
         };
         let dialer = self.grant.is_granted().then(|| {
             let (grant, max_dials) = (self.grant.clone(), self.limits.max_dials);
-            InstanceDialer::new(self.dialing.as_ref(), grant, max_dials, traffic.clone())
+            InstanceDialer::new(self.network.clone(), grant, max_dials, traffic.clone())
         });
         let host = Host::new(wasi.build(), connection, &self.limits, dialer);
         let mut store = Store::new(&self.runtime.engine, host);

@@ -15,17 +15,6 @@ fn only_cell() -> String {
     format!("{ONLY}={}", test_cell("stdio-echo").display())
 }
 
-/// Starts a DHT-serving node bootstrapped from `bootstrap` (if any), with `args`.
-async fn dht_node(bootstrap: Option<&Node>, args: &[&str]) -> Node {
-    let mut all = vec!["--dht-mode", "server"];
-    let addr = bootstrap.map(|node| node.tcp.to_string());
-    if let Some(addr) = &addr {
-        all.extend(["--bootstrap", addr]);
-    }
-    all.extend(args);
-    Node::start(&all).await
-}
-
 /// Runs `ww find` until it lists a provider or `PATIENCE` runs out; returns the
 /// providers' peer IDs and how long it took.
 async fn find_until_found(protocol: &str, bootstrap: &Node) -> (Vec<String>, Duration) {

@@ -15,19 +15,11 @@ fn forward_cell() -> String {
 
 /// A DHT hub and a node bootstrapped to it that serves the `forward` cell with `args`.
 async fn hub_and_forwarder(args: &[&str]) -> (Node, Node) {
-    let hub = Node::start(&["--dht-mode", "server"]).await;
+    let hub = dht_node(None, &[]).await;
     let cell = forward_cell();
-    let hub_addr = hub.tcp.to_string();
-    let mut all = vec![
-        "--dht-mode",
-        "server",
-        "--bootstrap",
-        &hub_addr,
-        "--cell",
-        &cell,
-    ];
+    let mut all = vec!["--cell", &cell];
     all.extend(args);
-    let forwarder = Node::start(&all).await;
+    let forwarder = dht_node(Some(&hub), &all).await;
     (hub, forwarder)
 }
 
@@ -43,8 +35,7 @@ async fn through(forwarder: &Node, protocol: &str, first_line: &str, body: &[u8]
 #[tokio::test]
 async fn a_cell_on_node_2_dials_a_cell_on_node_3_and_returns_its_answer() {
     let (hub, forwarder) = hub_and_forwarder(&["--grant-dial", FORWARD]).await;
-    let hub_addr = hub.tcp.to_string();
-    let target = Node::start(&["--dht-mode", "server", "--bootstrap", &hub_addr]).await;
+    let target = dht_node(Some(&hub), &[]).await;
 
     let data = pattern(300_000, 23);
     let line = format!("{} /ww/sha256/0.1.0", target.peer);
@@ -74,25 +65,8 @@ async fn a_cell_on_node_2_dials_a_cell_on_node_3_and_returns_its_answer() {
 
 #[tokio::test]
 async fn a_cell_that_imports_the_dialer_without_a_grant_is_refused_at_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let identity = dir.path().join("id.key");
     let cell = forward_cell();
-    let output = tokio::process::Command::new(WW)
-        .args([
-            "run",
-            "--no-mdns",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--cell",
-            &cell,
-        ])
-        .arg("--identity")
-        .arg(&identity)
-        .output()
-        .await
-        .unwrap();
-    let err = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let err = run_fails(&["--no-mdns", "--cell", &cell]).await;
     assert!(
         err.contains("wetware:streams/dialer") && err.contains("not granted dialing"),
         "{err}"
@@ -119,7 +93,7 @@ async fn a_grant_for_other_protocols_makes_the_dial_not_allowed() {
 
 #[tokio::test]
 async fn dials_past_max_dials_are_refused_and_bad_targets_are_clean_errors() {
-    let hub = Node::start(&["--dht-mode", "server"]).await;
+    let hub = dht_node(None, &[]).await;
     let cell = format!("{DIAL_MANY}={}", test_cell("dial-many").display());
     let hub_addr = hub.tcp.to_string();
     let node = Node::start(&[
@@ -181,19 +155,17 @@ async fn dials_past_max_dials_are_refused_and_bad_targets_are_clean_errors() {
 
 #[tokio::test]
 async fn the_fanout_cell_asks_every_provider_and_concatenates_the_answers() {
-    let hub = Node::start(&["--dht-mode", "server"]).await;
-    let hub_addr = hub.tcp.to_string();
-    let other = Node::start(&["--dht-mode", "server", "--bootstrap", &hub_addr]).await;
-    let fanout = Node::start(&[
-        "--dht-mode",
-        "server",
-        "--bootstrap",
-        &hub_addr,
-        "--cell",
-        "/ww/fanout/0.1.0=builtin:fanout",
-        "--grant-dial",
-        "/ww/fanout/0.1.0=/ww/sha256/0.1.0",
-    ])
+    let hub = dht_node(None, &[]).await;
+    let other = dht_node(Some(&hub), &[]).await;
+    let fanout = dht_node(
+        Some(&hub),
+        &[
+            "--cell",
+            "/ww/fanout/0.1.0=builtin:fanout",
+            "--grant-dial",
+            "/ww/fanout/0.1.0=/ww/sha256/0.1.0",
+        ],
+    )
     .await;
     let digest = format!("{:x}\n", Sha256::digest(b"fan me out"));
     let mut expected: Vec<_> = [&hub, &other]
@@ -225,20 +197,9 @@ async fn the_fanout_cell_asks_every_provider_and_concatenates_the_answers() {
 #[tokio::test]
 async fn a_chain_of_forward_cells_crosses_three_nodes() {
     let (hub, first) = hub_and_forwarder(&["--grant-dial", FORWARD]).await;
-    let hub_addr = hub.tcp.to_string();
     let cell = forward_cell();
-    let second = Node::start(&[
-        "--dht-mode",
-        "server",
-        "--bootstrap",
-        &hub_addr,
-        "--cell",
-        &cell,
-        "--grant-dial",
-        FORWARD,
-    ])
-    .await;
-    let last = Node::start(&["--dht-mode", "server", "--bootstrap", &hub_addr]).await;
+    let second = dht_node(Some(&hub), &["--cell", &cell, "--grant-dial", FORWARD]).await;
+    let last = dht_node(Some(&hub), &[]).await;
     let data = pattern(200_000, 31);
     let mut body = format!("{} /ww/sha256/0.1.0\n", last.peer).into_bytes();
     body.extend_from_slice(&data);
@@ -260,17 +221,8 @@ async fn a_chain_of_forward_cells_crosses_three_nodes() {
 #[tokio::test]
 async fn a_remote_cell_that_fails_fails_the_cell_that_dialed_it() {
     let (hub, forwarder) = hub_and_forwarder(&["--grant-dial", FORWARD]).await;
-    let hub_addr = hub.tcp.to_string();
     let trap = cell_flag("trap");
-    let target = Node::start(&[
-        "--dht-mode",
-        "server",
-        "--bootstrap",
-        &hub_addr,
-        "--cell",
-        &trap,
-    ])
-    .await;
+    let target = dht_node(Some(&hub), &["--cell", &trap]).await;
     let client = ww::net::client::Client::new().unwrap();
     let peer = client.connect(&forwarder.tcp).await.unwrap();
 

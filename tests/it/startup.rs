@@ -1,26 +1,6 @@
 //! Start-up: bad input is a clear error naming the culprit; the identity persists.
 
-use crate::support::{Node, PATIENCE, WW, test_cell};
-
-/// Runs `ww run` expecting it to fail at start-up; returns its stderr.
-async fn run_fails(args: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let identity = dir.path().join("id.key");
-    let output = tokio::process::Command::new(WW)
-        .args(["run", "--listen", "/ip4/127.0.0.1/tcp/0", "--identity"])
-        .arg(&identity)
-        .args(args)
-        .output();
-    let output = tokio::time::timeout(PATIENCE, output)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        !output.status.success(),
-        "ww run {args:?} should have failed"
-    );
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
+use crate::support::{Node, WW, run_fails, test_cell};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_cells_are_refused_with_the_file_named() {

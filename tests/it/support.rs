@@ -401,3 +401,34 @@ pub fn free_port_block(n: u16) -> u16 {
     }
     panic!("no block of {n} free ports");
 }
+
+/// Starts a DHT-serving node bootstrapped from `bootstrap` (if any), with `args`.
+pub async fn dht_node(bootstrap: Option<&Node>, args: &[&str]) -> Node {
+    let mut all = vec!["--dht-mode", "server"];
+    let addr = bootstrap.map(|node| node.tcp.to_string());
+    if let Some(addr) = &addr {
+        all.extend(["--bootstrap", addr]);
+    }
+    all.extend(args);
+    Node::start(&all).await
+}
+
+/// Runs `ww run` expecting it to fail at start-up; returns its stderr.
+pub async fn run_fails(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = dir.path().join("id.key");
+    let output = Command::new(WW)
+        .args(["run", "--listen", "/ip4/127.0.0.1/tcp/0", "--identity"])
+        .arg(&identity)
+        .args(args)
+        .output();
+    let output = tokio::time::timeout(PATIENCE, output)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "ww run {args:?} should have failed"
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}

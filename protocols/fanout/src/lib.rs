@@ -38,13 +38,15 @@ wit_bindgen::generate!({
     generate_all,
 });
 
+#[path = "../../shared/dialing.rs"]
+mod dialing;
+
+use dialing::{FirstLine, describe, one_line, read_line, refuse, write_all};
 use wasi::io::poll::{Pollable, poll};
 use wasi::io::streams::{InputStream, OutputStream, StreamError};
 use wetware::streams::dialer::{DialError, dial, providers};
 use wetware::streams::streams::{Connection, create_connection};
 
-/// Longest first line, newline included.
-const MAX_LINE: usize = 1024;
 /// Largest body the cell buffers to send to the providers.
 const MAX_BODY: usize = 16 << 20;
 /// Largest reply the cell buffers from one provider.
@@ -216,36 +218,6 @@ impl Sender {
     }
 }
 
-/// The first line of the request and what was read past it.
-struct FirstLine {
-    /// The line without its `\n`.
-    line: Vec<u8>,
-    /// The start of the body.
-    rest: Vec<u8>,
-}
-
-/// Reads the first line of `input`. `None` if there is no newline within `MAX_LINE`
-/// bytes or before EOF.
-fn read_line(input: &InputStream) -> Result<Option<FirstLine>, StreamError> {
-    let mut buffer = Vec::new();
-    while buffer.len() < MAX_LINE {
-        // Never read past MAX_LINE bytes: what follows the line is the body.
-        let chunk = match input.blocking_read((MAX_LINE - buffer.len()) as u64) {
-            Ok(chunk) => chunk,
-            Err(StreamError::Closed) => return Ok(None),
-            Err(error) => return Err(error),
-        };
-        let start = buffer.len();
-        buffer.extend_from_slice(&chunk);
-        if let Some(at) = buffer[start..].iter().position(|&byte| byte == b'\n') {
-            let rest = buffer.split_off(start + at + 1);
-            buffer.pop();
-            return Ok(Some(FirstLine { line: buffer, rest }));
-        }
-    }
-    Ok(None)
-}
-
 /// Appends everything left in `input` to `buffer`. Returns `false`, having stopped
 /// reading, if `buffer` would grow past `limit` bytes.
 fn read_to_end(
@@ -263,55 +235,10 @@ fn read_to_end(
     }
 }
 
-/// Writes all of `bytes`, waiting whenever the stream is full, then flushes. Unlike
-/// `blocking-write-and-flush` this takes any length.
-fn write_all(output: &OutputStream, mut bytes: &[u8]) -> Result<(), StreamError> {
-    let ready = output.subscribe();
-    while !bytes.is_empty() {
-        let permit = output.check_write()?;
-        if permit == 0 {
-            ready.block();
-            continue;
-        }
-        let n = bytes
-            .len()
-            .min(usize::try_from(permit).unwrap_or(usize::MAX));
-        output.write(&bytes[..n])?;
-        bytes = &bytes[n..];
-    }
-    drop(ready);
-    output.blocking_flush()
-}
-
-/// Answers a request the cell cannot serve with `line` and aborts the stream.
-fn refuse(output: &OutputStream, line: &str) -> Result<(), ()> {
-    // The stream is aborted either way; a failed write changes nothing.
-    let _ = write_all(output, format!("{line}\n").as_bytes());
-    Err(())
-}
-
-/// A `dial-error` as the answer shows it: the case in kebab case, then `: <text>` for
-/// the cases that carry one.
-fn describe(error: &DialError) -> String {
-    match error {
-        DialError::NotAllowed => "not-allowed".to_string(),
-        DialError::LimitReached => "limit-reached".to_string(),
-        DialError::InvalidPeer(text) => format!("invalid-peer: {}", one_line(text)),
-        DialError::InvalidProtocol(text) => format!("invalid-protocol: {}", one_line(text)),
-        DialError::NoProviders => "no-providers".to_string(),
-        DialError::Unreachable(text) => format!("unreachable: {}", one_line(text)),
-    }
-}
-
 /// What went wrong on a stream, for a `failed` line.
 fn reason(error: StreamError) -> String {
     match error {
         StreamError::Closed => "closed".to_string(),
         StreamError::LastOperationFailed(error) => one_line(&error.to_debug_string()),
     }
-}
-
-/// `text` with its line breaks turned into spaces, so it cannot break the line framing.
-fn one_line(text: &str) -> String {
-    text.replace(['\r', '\n'], " ")
 }

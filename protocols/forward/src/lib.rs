@@ -10,13 +10,15 @@
 //! `error: …` and aborts the stream.
 wit_bindgen::generate!({ world: "dialing-cell", path: "../../wit", generate_all });
 
+#[path = "../../shared/dialing.rs"]
+mod dialing;
+
+use dialing::{FirstLine, describe, read_line, refuse, write_all};
 use wasi::io::poll::{Pollable, poll};
 use wasi::io::streams::{InputStream, OutputStream, StreamError};
-use wetware::streams::dialer::{DialError, dial, dial_any};
+use wetware::streams::dialer::{dial, dial_any};
 use wetware::streams::streams::create_connection;
 
-/// Longest first line, newline included.
-const MAX_LINE: usize = 1024;
 /// Largest chunk moved per splice.
 const CHUNK: u64 = 64 * 1024;
 
@@ -131,76 +133,4 @@ impl Pipe {
             Err(error) => Err(error),
         }
     }
-}
-
-/// The first line of the request and what was read past it.
-struct FirstLine {
-    /// The line without its `\n`.
-    line: Vec<u8>,
-    /// The start of what follows.
-    rest: Vec<u8>,
-}
-
-/// Reads the first line of `input`. `None` if there is no newline within `MAX_LINE`
-/// bytes or before EOF.
-fn read_line(input: &InputStream) -> Result<Option<FirstLine>, StreamError> {
-    let mut buffer = Vec::new();
-    while buffer.len() < MAX_LINE {
-        let chunk = match input.blocking_read((MAX_LINE - buffer.len()) as u64) {
-            Ok(chunk) => chunk,
-            Err(StreamError::Closed) => return Ok(None),
-            Err(error) => return Err(error),
-        };
-        let start = buffer.len();
-        buffer.extend_from_slice(&chunk);
-        if let Some(at) = buffer[start..].iter().position(|&byte| byte == b'\n') {
-            let rest = buffer.split_off(start + at + 1);
-            buffer.pop();
-            return Ok(Some(FirstLine { line: buffer, rest }));
-        }
-    }
-    Ok(None)
-}
-
-/// Writes all of `bytes`, waiting whenever the stream is full, then flushes.
-fn write_all(output: &OutputStream, mut bytes: &[u8]) -> Result<(), StreamError> {
-    let ready = output.subscribe();
-    while !bytes.is_empty() {
-        let permit = output.check_write()?;
-        if permit == 0 {
-            ready.block();
-            continue;
-        }
-        let n = bytes
-            .len()
-            .min(usize::try_from(permit).unwrap_or(usize::MAX));
-        output.write(&bytes[..n])?;
-        bytes = &bytes[n..];
-    }
-    drop(ready);
-    output.blocking_flush()
-}
-
-/// Answers a malformed request with `line` and aborts the stream.
-fn refuse(output: &OutputStream, line: &str) -> Result<(), ()> {
-    let _ = write_all(output, format!("{line}\n").as_bytes());
-    Err(())
-}
-
-/// A `dial-error` as the answer shows it: the case in kebab case, then `: <text>` for
-/// the cases that carry one.
-fn describe(error: &DialError) -> String {
-    match error {
-        DialError::NotAllowed => "not-allowed".to_string(),
-        DialError::LimitReached => "limit-reached".to_string(),
-        DialError::InvalidPeer(text) => format!("invalid-peer: {}", one_line(text)),
-        DialError::InvalidProtocol(text) => format!("invalid-protocol: {}", one_line(text)),
-        DialError::NoProviders => "no-providers".to_string(),
-        DialError::Unreachable(text) => format!("unreachable: {}", one_line(text)),
-    }
-}
-
-/// `text` with its line breaks turned into spaces, so it stays on one line.
-fn one_line(text: &str) -> String {
-    text.replace(['\r', '\n'], " ")
 }

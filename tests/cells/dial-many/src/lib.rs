@@ -6,12 +6,12 @@
 //! may hold at once. A malformed first line gets `error: …` and aborts the stream.
 wit_bindgen::generate!({ world: "dialing-cell", path: "../../../wit", generate_all });
 
-use wasi::io::streams::{InputStream, OutputStream, StreamError};
-use wetware::streams::dialer::{DialError, dial};
-use wetware::streams::streams::create_connection;
+#[path = "../../../../protocols/shared/dialing.rs"]
+mod dialing;
 
-/// Longest first line, newline included.
-const MAX_LINE: usize = 1024;
+use dialing::{FirstLine, describe, read_line, refuse, write_all};
+use wetware::streams::dialer::dial;
+use wetware::streams::streams::create_connection;
 
 struct DialMany;
 
@@ -21,7 +21,7 @@ impl exports::wasi::cli::run::Guest for DialMany {
         let input = connection.get_input_stream();
         let output = connection.get_output_stream();
 
-        let Some(line) = read_line(&input).map_err(drop)? else {
+        let Some(FirstLine { line, .. }) = read_line(&input).map_err(drop)? else {
             return refuse(&output, "error: no first line within 1 KiB");
         };
         let line = String::from_utf8(line).unwrap_or_default();
@@ -50,66 +50,3 @@ impl exports::wasi::cli::run::Guest for DialMany {
 }
 
 export!(DialMany);
-
-/// Reads the first line and returns it without its `\n`. `None` if there is no newline
-/// within `MAX_LINE` bytes or before EOF. Bytes past the line are not read.
-fn read_line(input: &InputStream) -> Result<Option<Vec<u8>>, StreamError> {
-    let mut buffer = Vec::new();
-    while buffer.len() < MAX_LINE {
-        let chunk = match input.blocking_read((MAX_LINE - buffer.len()) as u64) {
-            Ok(chunk) => chunk,
-            Err(StreamError::Closed) => return Ok(None),
-            Err(error) => return Err(error),
-        };
-        let start = buffer.len();
-        buffer.extend_from_slice(&chunk);
-        if let Some(at) = buffer[start..].iter().position(|&byte| byte == b'\n') {
-            buffer.truncate(start + at);
-            return Ok(Some(buffer));
-        }
-    }
-    Ok(None)
-}
-
-/// Writes all of `bytes`, waiting whenever the stream is full, then flushes.
-fn write_all(output: &OutputStream, mut bytes: &[u8]) -> Result<(), StreamError> {
-    let ready = output.subscribe();
-    while !bytes.is_empty() {
-        let permit = output.check_write()?;
-        if permit == 0 {
-            ready.block();
-            continue;
-        }
-        let n = bytes
-            .len()
-            .min(usize::try_from(permit).unwrap_or(usize::MAX));
-        output.write(&bytes[..n])?;
-        bytes = &bytes[n..];
-    }
-    drop(ready);
-    output.blocking_flush()
-}
-
-/// Answers a malformed request with `line` and aborts the stream.
-fn refuse(output: &OutputStream, line: &str) -> Result<(), ()> {
-    let _ = write_all(output, format!("{line}\n").as_bytes());
-    Err(())
-}
-
-/// A `dial-error` as the answer shows it: the case in kebab case, then `: <text>` for
-/// the cases that carry one.
-fn describe(error: &DialError) -> String {
-    match error {
-        DialError::NotAllowed => "not-allowed".to_string(),
-        DialError::LimitReached => "limit-reached".to_string(),
-        DialError::InvalidPeer(text) => format!("invalid-peer: {}", one_line(text)),
-        DialError::InvalidProtocol(text) => format!("invalid-protocol: {}", one_line(text)),
-        DialError::NoProviders => "no-providers".to_string(),
-        DialError::Unreachable(text) => format!("unreachable: {}", one_line(text)),
-    }
-}
-
-/// `text` with its line breaks turned into spaces, so it stays on one line.
-fn one_line(text: &str) -> String {
-    text.replace(['\r', '\n'], " ")
-}
