@@ -31,10 +31,11 @@ fn spawn_on(c: &mut Criterion, name: &str, tokio: tokio::runtime::Runtime) {
         .load("built-in echo", echo.wasm, &options)
         .expect("it loads");
 
+    let never = tokio_util::sync::CancellationToken::new();
     c.bench_function(name, |b| {
         b.to_async(&tokio).iter(|| async {
             let writer = PeerWriter::new(tokio::io::sink(), false);
-            cell.serve(&["/ww/echo/0.1.0"], tokio::io::empty(), writer)
+            cell.serve(&["/ww/echo/0.1.0"], tokio::io::empty(), writer, &never)
                 .await
                 .expect("echo succeeds");
         })

@@ -325,8 +325,8 @@ pub fn parse_cell_mode(flag: &str) -> anyhow::Result<(StreamProtocol, Mode)> {
 /// Checks that a cell may be served on `protocol`: not a node protocol, and not
 /// ending in the suffix that selects a cell's status variant.
 fn check_cell_protocol(protocol: &StreamProtocol) -> anyhow::Result<()> {
-    if protocol == &crate::node::STATS_PROTOCOL {
-        bail!("protocol {protocol} is the node's own");
+    if let Some(what) = crate::net::reserved_by(protocol.as_ref()) {
+        bail!("protocol {protocol} is reserved: the node itself speaks it ({what})");
     }
     if protocol.as_ref().ends_with(crate::net::outcome::SUFFIX) {
         let suffix = crate::net::outcome::SUFFIX;
@@ -405,6 +405,10 @@ impl NodeConfig {
                 .map(|a| a.parse().expect("valid"))
                 .collect(),
         };
+        let twice = (1..listen.len()).find(|&i| listen[..i].contains(&listen[i]));
+        if let Some(i) = twice {
+            bail!("listen address {} is given twice", listen[i]);
+        }
         let identity = match flags.identity.or(file.identity) {
             Some(path) => path,
             None => crate::identity::default_path()?,
@@ -615,6 +619,29 @@ mod tests {
             format!("{error:#}").contains("no built-in cell `nope`"),
             "{error:#}"
         );
+    }
+
+    #[test]
+    fn the_nodes_own_protocols_cannot_be_cells() {
+        for protocol in [
+            "/ww/kad/1.0.0",
+            "/ww/stats/0.1.0",
+            "/ipfs/id/1.0.0",
+            "/ipfs/id/push/1.0.0",
+            "/ipfs/ping/1.0.0",
+            "/libp2p/circuit/relay/0.2.0/hop",
+            "/libp2p/autonat/1.0.0",
+            "/libp2p/dcutr",
+        ] {
+            let cell = CellSpec::parse_flag(&format!("{protocol}=builtin:echo")).unwrap();
+            let error = NodeConfig::merge(File::default(), flags(vec![cell])).unwrap_err();
+            assert!(
+                format!("{error:#}").contains("is reserved"),
+                "{protocol}: {error:#}"
+            );
+        }
+        let fine = CellSpec::parse_flag("/ww/kadabra/1=builtin:echo").unwrap();
+        NodeConfig::merge(File::default(), flags(vec![fine])).unwrap();
     }
 
     #[test]

@@ -91,22 +91,20 @@ pub async fn run(
     outcome
 }
 
-/// Fails if a port the devnet needs is taken. libp2p listens with `SO_REUSEPORT`, so
-/// a node would bind a port another libp2p process holds and half the connections
-/// would reach the wrong peer; a plain bind here (without it) notices.
+/// Fails if a port the devnet needs is taken (see [`crate::net::check_port_free`]).
 fn check_ports_free(base: u16, nodes: u16) -> anyhow::Result<()> {
     for port in (0..nodes).map(|i| base + i) {
-        let tcp = std::net::TcpListener::bind(("127.0.0.1", port)).map(drop);
-        let udp = std::net::UdpSocket::bind(("127.0.0.1", port)).map(drop);
-        if let Err(error) = tcp.and(udp) {
-            bail!("port {port} on 127.0.0.1 is in use ({error}); pick another --base-port");
+        for addr in [
+            format!("/ip4/127.0.0.1/tcp/{port}"),
+            format!("/ip4/127.0.0.1/udp/{port}/quic-v1"),
+        ] {
+            let addr = addr.parse().expect("a valid multiaddr");
+            crate::net::check_port_free(&addr).context("pick another --base-port")?;
         }
     }
     Ok(())
 }
 
-/// Creates every node's identity (so bootstrap addresses are known up front) and
-/// starts the nodes, waiting for each to listen.
 async fn start(exe: &Path, options: &Options, dir: &Path) -> anyhow::Result<Vec<DevNode>> {
     let mut planned = Vec::new();
     for index in 0..options.nodes {

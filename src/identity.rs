@@ -17,11 +17,19 @@ pub fn default_path() -> anyhow::Result<PathBuf> {
 }
 
 /// Reads the keypair at `path`, or creates a new ed25519 one there if the file
-/// does not exist.
+/// does not exist. Like ssh with a private key, refuses a file that other users may
+/// read or write.
 pub fn load_or_create(path: &Path) -> anyhow::Result<Keypair> {
     match std::fs::read(path) {
         Ok(bytes) => {
-            warn_if_readable_by_others(path);
+            check_private(path)?;
+            if bytes.is_empty() {
+                anyhow::bail!(
+                    "identity file {} is empty: restore the key, or delete the file to \
+                     start with a new peer ID",
+                    path.display()
+                );
+            }
             Keypair::from_protobuf_encoding(&bytes).with_context(|| {
                 format!(
                     "{}: not a libp2p private key (protobuf-encoded keypair)",
@@ -59,18 +67,29 @@ fn create(path: &Path) -> anyhow::Result<Keypair> {
     Ok(keypair)
 }
 
+/// Refuses a key file that users other than its owner may read or write.
 #[cfg(unix)]
-fn warn_if_readable_by_others(path: &Path) {
+fn check_private(path: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        tracing::warn!(path = %path.display(), "identity file is readable by other users; chmod 600 it");
-    }
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("cannot read identity file {}", path.display()))?
+        .permissions()
+        .mode();
+    anyhow::ensure!(
+        mode & 0o077 == 0,
+        "identity file {} is accessible by other users (mode {:04o}): a private key must \
+         be the owner's alone; `chmod 600 {}`",
+        path.display(),
+        mode & 0o7777,
+        path.display()
+    );
+    Ok(())
 }
 
 #[cfg(not(unix))]
-fn warn_if_readable_by_others(_: &Path) {}
+fn check_private(_: &Path) -> anyhow::Result<()> {
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {
@@ -91,12 +110,50 @@ mod tests {
         }
     }
 
+    /// Writes `bytes` to a new owner-only file.
+    fn private_file(path: &Path, bytes: &[u8]) {
+        std::fs::write(path, bytes).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+
     #[test]
     fn garbage_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("id.key");
-        std::fs::write(&path, b"not a key").unwrap();
+        private_file(&path, b"not a key");
         let error = format!("{:#}", load_or_create(&path).unwrap_err());
         assert!(error.contains("not a libp2p private key"), "{error}");
+    }
+
+    #[test]
+    fn an_empty_file_is_named_as_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("id.key");
+        private_file(&path, b"");
+        let error = format!("{:#}", load_or_create(&path).unwrap_err());
+        assert!(error.contains("id.key is empty"), "{error}");
+        assert!(!error.contains("rsa"), "{error}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("id.key");
+        let created = load_or_create(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = format!("{:#}", load_or_create(&path).unwrap_err());
+        assert!(
+            error.contains("accessible by other users (mode 0644)"),
+            "{error}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let again = load_or_create(&path).unwrap();
+        assert_eq!(again.public(), created.public());
     }
 }

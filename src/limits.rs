@@ -6,10 +6,11 @@
 //! | `cpu_ms` | 10000 | time one instance may spend executing wasm (not waiting for I/O); 0 = no limit |
 //! | `wall_s` | 0 | wall-clock time one stream may take; 0 = no limit |
 //! | `idle_s` | 300 | a stream with no bytes either way for this long is ended; 0 = never |
-//! | `memory_mb` | 64 | linear memory of one instance, all its memories together |
+//! | `memory_mb` | 64 | linear memory of one instance, all its memories together (MiB, or a size: `1GiB`) |
 //! | `max_instances` | 1000 | live instances (node-wide; per cell when set on a cell) |
 //! | `max_per_peer` | 64 | live instances one peer may hold (likewise) |
-//! | `queue_ms` | 100 | how long a stream waits for a free slot before it is refused |
+//! | `backlog` | 256 | streams of one peer that may wait for a slot (beyond them: refused at once) |
+//! | `queue_ms` | 10000 | how long a stream waits for a free slot before it is refused |
 //! | `max_dials` | 16 | streams one instance may open to other nodes (`wetware:streams/dialer`) |
 
 use std::time::Duration;
@@ -31,6 +32,8 @@ pub struct Limits {
     pub max_instances: u32,
     /// Live instances of one peer at once.
     pub max_per_peer: u32,
+    /// Streams of one peer waiting for a slot at once.
+    pub backlog: u32,
     /// Longest wait for a free slot, in milliseconds.
     pub queue_ms: u64,
     /// Outbound streams one instance may open.
@@ -46,7 +49,8 @@ impl Default for Limits {
             memory_mb: 64,
             max_instances: 1000,
             max_per_peer: 64,
-            queue_ms: 100,
+            backlog: 256,
+            queue_ms: 10_000,
             max_dials: 16,
         }
     }
@@ -68,9 +72,11 @@ impl Limits {
         (self.idle_s > 0).then(|| Duration::from_secs(self.idle_s))
     }
 
-    /// Linear memory per instance, in bytes.
+    /// Linear memory per instance, in bytes (saturating; [`Limits::check`] keeps it
+    /// within 4 GiB).
     pub fn memory_bytes(&self) -> usize {
-        usize::try_from(self.memory_mb << 20).unwrap_or(usize::MAX)
+        let bytes = self.memory_mb.saturating_mul(1 << 20);
+        usize::try_from(bytes).unwrap_or(usize::MAX)
     }
 
     /// Longest wait for a slot.
@@ -78,12 +84,83 @@ impl Limits {
         Duration::from_millis(self.queue_ms)
     }
 
-    /// Rejects values that cannot work.
+    /// Rejects values that cannot work, naming the key: zero where at least one is
+    /// needed, and values past what the node can honour (they would overflow or be
+    /// silently cut).
     pub fn check(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.memory_mb > 0, "memory_mb must be at least 1");
-        anyhow::ensure!(self.max_instances > 0, "max_instances must be at least 1");
-        anyhow::ensure!(self.max_per_peer > 0, "max_per_peer must be at least 1");
+        let at_least_one = [
+            ("memory_mb", self.memory_mb),
+            ("max_instances", u64::from(self.max_instances)),
+            ("max_per_peer", u64::from(self.max_per_peer)),
+        ];
+        for (key, value) in at_least_one {
+            anyhow::ensure!(value > 0, "{key} must be at least 1");
+        }
+        let at_most = [
+            ("cpu_ms", self.cpu_ms, MAX_SECONDS * 1000),
+            ("wall_s", self.wall_s, MAX_SECONDS),
+            ("idle_s", self.idle_s, MAX_SECONDS),
+            ("queue_ms", self.queue_ms, MAX_SECONDS * 1000),
+            ("memory_mb", self.memory_mb, MAX_MEMORY_MB),
+            ("max_instances", self.max_instances.into(), MAX_INSTANCES),
+            ("max_per_peer", self.max_per_peer.into(), MAX_INSTANCES),
+            ("backlog", self.backlog.into(), MAX_INSTANCES),
+        ];
+        for (key, value, max) in at_most {
+            anyhow::ensure!(value <= max, "{key} = {value} is more than the most, {max}");
+        }
         Ok(())
+    }
+}
+
+/// Longest time limit, in seconds (a year): longer ones are "never" in disguise, and
+/// would overflow deadlines.
+pub const MAX_SECONDS: u64 = 365 * 24 * 3600;
+/// Largest `memory_mb`: a 32-bit linear memory holds at most 4 GiB.
+pub const MAX_MEMORY_MB: u64 = 4096;
+/// Largest instance count or backlog.
+pub const MAX_INSTANCES: u64 = 1_000_000;
+
+/// Parses a size in MiB: a plain number is MiB (`64`), a number with a unit is
+/// converted (`1GiB`, `512m`; see [`parse_size`]) and must be whole MiB.
+pub fn parse_mib(text: &str) -> anyhow::Result<u64> {
+    if let Ok(mib) = text.trim().parse::<u64>() {
+        return Ok(mib);
+    }
+    let bytes = parse_size(text)?;
+    anyhow::ensure!(
+        bytes % (1 << 20) == 0,
+        "{text} is not a whole number of MiB"
+    );
+    Ok(bytes >> 20)
+}
+
+/// Parses a size in bytes with the usual suffixes: `4096`, `64k`, `64KiB`, `64m`,
+/// `64MB`, `1g`, `1 GiB`. Units are powers of 1024 whether written `m`, `MB` or `MiB`,
+/// as `docker -m` and most tools that size buffers read them.
+pub fn parse_size(text: &str) -> anyhow::Result<u64> {
+    ::parse_size::Config::new()
+        .with_binary()
+        .parse_size(text.trim())
+        .map_err(|error| {
+            anyhow::anyhow!("`{text}` is not a size ({error}); e.g. 4096, 64k, 64MiB, 1g")
+        })
+}
+
+/// `memory_mb` in a config file: a number of MiB or a size string.
+fn deserialize_mib<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Mib {
+        Number(u64),
+        Text(String),
+    }
+    match Option::<Mib>::deserialize(d)? {
+        None => Ok(None),
+        Some(Mib::Number(mib)) => Ok(Some(mib)),
+        Some(Mib::Text(text)) => parse_mib(&text)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("{e:#}"))),
     }
 }
 
@@ -100,8 +177,10 @@ pub struct LimitOverrides {
     /// End a stream with no bytes either way for this long, in seconds; 0 = never [default: 300].
     #[arg(long, value_name = "S")]
     pub idle_s: Option<u64>,
-    /// Linear memory per instance, all memories together, in MiB [default: 64].
-    #[arg(long, value_name = "MIB")]
+    /// Linear memory per instance, all memories together, in MiB or with a unit
+    /// (`1GiB`) [default: 64].
+    #[arg(long, value_name = "MIB", value_parser = parse_mib)]
+    #[serde(default, deserialize_with = "deserialize_mib")]
     pub memory_mb: Option<u64>,
     /// Live instances in the node [default: 1000].
     #[arg(long, value_name = "N")]
@@ -109,7 +188,12 @@ pub struct LimitOverrides {
     /// Live instances one peer may hold [default: 64].
     #[arg(long, value_name = "N")]
     pub max_per_peer: Option<u32>,
-    /// How long a stream may wait for a free slot before it is refused, in ms [default: 100].
+    /// Streams of one peer that may wait for a free slot; more are refused at once
+    /// [default: 256].
+    #[arg(long, value_name = "N")]
+    pub backlog: Option<u32>,
+    /// How long a stream may wait for a free slot before it is refused, in ms
+    /// [default: 10000].
     #[arg(long, value_name = "MS")]
     pub queue_ms: Option<u64>,
     /// Streams one instance may open to other nodes through `wetware:streams/dialer`
@@ -128,6 +212,7 @@ impl LimitOverrides {
             memory_mb: self.memory_mb.unwrap_or(base.memory_mb),
             max_instances: self.max_instances.unwrap_or(base.max_instances),
             max_per_peer: self.max_per_peer.unwrap_or(base.max_per_peer),
+            backlog: self.backlog.unwrap_or(base.backlog),
             queue_ms: self.queue_ms.unwrap_or(base.queue_ms),
             max_dials: self.max_dials.unwrap_or(base.max_dials),
         }
@@ -135,7 +220,7 @@ impl LimitOverrides {
 
     /// Whether this sets an admission cap of its own (a per-cell gate).
     pub fn caps_admission(&self) -> bool {
-        self.max_instances.is_some() || self.max_per_peer.is_some()
+        self.max_instances.is_some() || self.max_per_peer.is_some() || self.backlog.is_some()
     }
 }
 
@@ -164,5 +249,101 @@ mod tests {
             .check()
             .is_err()
         );
+    }
+
+    #[test]
+    fn impossible_values_are_refused_by_name() {
+        let base = Limits::default();
+        for (limits, key) in [
+            (
+                Limits {
+                    memory_mb: 17_592_186_044_418,
+                    ..base
+                },
+                "memory_mb",
+            ),
+            (
+                Limits {
+                    memory_mb: 1 << 44,
+                    ..base
+                },
+                "memory_mb",
+            ),
+            (
+                Limits {
+                    cpu_ms: u64::MAX,
+                    ..base
+                },
+                "cpu_ms",
+            ),
+            (
+                Limits {
+                    idle_s: u64::MAX,
+                    ..base
+                },
+                "idle_s",
+            ),
+            (
+                Limits {
+                    wall_s: u64::MAX / 1000,
+                    ..base
+                },
+                "wall_s",
+            ),
+            (
+                Limits {
+                    queue_ms: u64::MAX,
+                    ..base
+                },
+                "queue_ms",
+            ),
+            (
+                Limits {
+                    max_instances: u32::MAX,
+                    ..base
+                },
+                "max_instances",
+            ),
+            (
+                Limits {
+                    backlog: u32::MAX,
+                    ..base
+                },
+                "backlog",
+            ),
+        ] {
+            let error = limits.check().unwrap_err().to_string();
+            assert!(error.starts_with(key), "{key}: {error}");
+        }
+        let largest = Limits {
+            memory_mb: MAX_MEMORY_MB,
+            ..base
+        };
+        largest.check().unwrap();
+        assert_eq!(largest.memory_bytes(), 4 << 30);
+    }
+
+    #[test]
+    fn sizes_take_the_usual_suffixes() {
+        for (text, bytes) in [
+            ("4096", 4096),
+            ("64k", 64 << 10),
+            ("64KiB", 64 << 10),
+            ("64m", 64 << 20),
+            ("64MB", 64 << 20),
+            ("64 MiB", 64 << 20),
+            ("1g", 1 << 30),
+        ] {
+            assert_eq!(parse_size(text).unwrap(), bytes, "{text}");
+        }
+        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_mib("64").unwrap(), 64);
+        assert_eq!(parse_mib("1GiB").unwrap(), 1024);
+        assert!(parse_mib("1500k").is_err(), "not whole MiB");
+        let file: LimitOverrides = toml::from_str("memory_mb = \"256MiB\"").unwrap();
+        assert_eq!(file.memory_mb, Some(256));
+        let file: LimitOverrides = toml::from_str("memory_mb = 32").unwrap();
+        assert_eq!(file.memory_mb, Some(32));
+        assert!(toml::from_str::<LimitOverrides>("memory_mb = \"much\"").is_err());
     }
 }

@@ -161,8 +161,8 @@ enum Command {
         /// Streams in flight at once.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
-        /// Bytes sent on each stream.
-        #[arg(long, default_value_t = 1024)]
+        /// Bytes sent on each stream (a size: 1024, 64k, 64MiB, 1g).
+        #[arg(long, default_value = "1024", value_parser = parse_bytes)]
         bytes: usize,
         /// Connections to spread the streams over (each from its own peer).
         #[arg(long, default_value_t = 1)]
@@ -273,7 +273,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 external: network.external_address,
             };
             let config = NodeConfig::merge(file, flags)?;
-            ww::node::run(config, shutdown_signal()).await
+            ww::node::run(config, shutdown_signals()).await
         }
         Command::Dial {
             target,
@@ -354,7 +354,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             argv.extend(args);
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
             let stdout = ww::cell::PeerWriter::new(tokio::io::stdout(), false);
-            cell.serve(&argv, tokio::io::stdin(), stdout)
+            let never = tokio_util::sync::CancellationToken::new();
+            cell.serve(&argv, tokio::io::stdin(), stdout, &never)
                 .await
                 .with_context(|| format!("{}", wasm.display()))
         }
@@ -446,24 +447,84 @@ async fn bench(options: ww::bench::Options, json: Option<&std::path::Path>) -> a
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
+/// A size for a flag: bytes, or with a unit (see [`ww::limits::parse_size`]).
+fn parse_bytes(text: &str) -> anyhow::Result<usize> {
+    let bytes = ww::limits::parse_size(text)?;
+    usize::try_from(bytes).with_context(|| format!("{text} is too large for this machine"))
+}
+
+/// Resolves on the first Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+    use futures::StreamExt as _;
+    shutdown_signals().next().await;
+}
+
+/// Every Ctrl-C and SIGTERM, as they come. A signal that cannot be watched is
+/// logged and never fires; it must not look like a request to stop.
+fn shutdown_signals() -> impl futures::Stream<Item = ()> + Send + Unpin {
+    use futures::StreamExt as _;
+    let ctrl_c = watch_signal("Ctrl-C", || Box::pin(tokio::signal::ctrl_c()));
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+    let term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => futures::stream::unfold(term, |mut term| async move {
+            term.recv().await?;
+            tracing::info!("SIGTERM");
+            Some(((), term))
+        })
+        .boxed(),
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch for SIGTERM");
+            futures::stream::empty().boxed()
         }
     };
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("Ctrl-C: shutting down"),
-        () = term => tracing::info!("SIGTERM: shutting down"),
+    let term = futures::stream::empty::<()>().boxed();
+    futures::stream::select(ctrl_c.boxed(), term)
+}
+
+/// A stream that yields each time `next_signal` resolves with `Ok`, and ends (never
+/// yields again) when it fails to register.
+fn watch_signal<F>(name: &'static str, next_signal: F) -> impl futures::Stream<Item = ()> + Send
+where
+    F: FnMut() -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> + Send,
+{
+    futures::stream::unfold(next_signal, move |mut next_signal| async move {
+        match next_signal().await {
+            Ok(()) => {
+                tracing::info!("{name}");
+                Some(((), next_signal))
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch for {name}; it will not stop the node");
+                None
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt as _;
+
+    #[tokio::test]
+    async fn a_signal_that_cannot_be_watched_never_fires() {
+        let failing = watch_signal("test", || {
+            Box::pin(async { Err(std::io::Error::other("no signals here")) })
+        });
+        let mut failing = std::pin::pin!(failing);
+        assert_eq!(failing.next().await, None, "ends instead of firing");
+
+        let mut left = 2;
+        let firing = watch_signal("test", move || {
+            left -= 1;
+            let result = if left >= 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::other("gone"))
+            };
+            Box::pin(async move { result })
+        });
+        assert_eq!(firing.collect::<Vec<()>>().await.len(), 2);
     }
 }

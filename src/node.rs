@@ -2,13 +2,15 @@
 //! inbound stream to a fresh instance of its cell in a task of its own.
 //!
 //! # Shutdown
-//! When `shutdown` resolves the node stops listening and refuses new streams, gives
-//! running guests up to the grace period to finish (the swarm keeps running so their
-//! bytes still flow), then returns; whatever is still running is dropped, which
-//! aborts its stream.
+//! At the first signal the node stops listening, withdraws its provider records and
+//! refuses new streams, then gives running guests up to the grace period to finish:
+//! the swarm and the guests' own dials keep working, so their bytes still flow. When
+//! the grace period ends, every stream still running (or waiting for a slot) is ended
+//! with the reason `node shutting down` — a `+status` peer reads it in the trailer —
+//! and the node returns once those trailers are out, or after [`FINAL_FLUSH`]. A
+//! second signal skips the wait and stops at once.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::io::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
@@ -16,17 +18,18 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::channel::mpsc;
-use futures::{AsyncWriteExt as _, FutureExt as _, StreamExt as _};
+use futures::{AsyncWriteExt as _, FutureExt as _, Stream, StreamExt as _};
 use libp2p::core::transport::ListenerId;
 use libp2p::metrics::Recorder as _;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, autonat, identify, relay};
 use tokio_util::compat::FuturesAsyncReadCompatExt as _;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::admin::{self, CellInfo, NetworkView};
-use crate::admission::{Gate, Refusal, Scope};
+use crate::admission::{Caps, Gate, Refusal, Scope};
 use crate::cell::{self, Cache, Cell, CellOptions, PeerWriter, PoolSize, Runtime};
 use crate::config::{CellSource, NodeConfig};
 use crate::metrics::{CellLabel, Metrics};
@@ -40,9 +43,18 @@ use crate::net::{self, Behaviour, BehaviourEvent, discovery};
 /// stream closes.
 pub const STATS_PROTOCOL: StreamProtocol = StreamProtocol::new("/ww/stats/0.1.0");
 
-/// Runs a node until `shutdown` resolves. Listen addresses are printed on stdout,
-/// one full multiaddr (ending in `/p2p/<peer-id>`) per line, as soon as they are bound.
-pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// How long streams still running when the grace period ends get to send their
+/// `node shutting down` trailers.
+pub const FINAL_FLUSH: Duration = Duration::from_secs(1);
+
+/// Runs a node until the first of `signals` (Ctrl-C, SIGTERM), then shuts down
+/// gracefully; a second signal stops it at once (see the module docs). Listen
+/// addresses are printed on stdout, one full multiaddr (ending in `/p2p/<peer-id>`)
+/// per line, as soon as they are bound.
+pub async fn run(
+    config: NodeConfig,
+    mut signals: impl Stream<Item = ()> + Unpin,
+) -> anyhow::Result<()> {
     let keypair = crate::identity::load_or_create(&config.identity)?;
     let metrics = Arc::new(Metrics::new());
     let pool = PoolSize {
@@ -61,6 +73,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     let mut swarm = net::build_swarm(keypair, protocols, &config.network)?;
     let mut listeners = Vec::new();
     for addr in &config.listen {
+        net::check_port_free(addr)?;
         let listener = swarm.listen_on(addr.clone());
         listeners.push(listener.with_context(|| format!("cannot listen on {addr}"))?);
     }
@@ -90,30 +103,26 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         swarm,
         listeners,
         cells,
-        gate: Arc::new(Gate::new(
-            Scope::Node,
-            limits.max_instances,
-            limits.max_per_peer,
-        )),
+        gate: Arc::new(Gate::new(Scope::Node, caps(&limits))),
         metrics,
         network,
         tasks: TaskTracker::new(),
         next_stream: 0,
         accepting: true,
+        stop: CancellationToken::new(),
         control,
         requests,
         _network: network_handle,
         relays: HashMap::new(),
     };
-    tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            () = &mut shutdown => break,
+            Some(()) = signals.next() => break,
             event = node.swarm.select_next_some() => node.on_event(event),
             Some(request) = node.requests.next() => node.control.handle(&mut node.swarm, request),
         }
     }
-    node.shut_down(config.shutdown_grace).await;
+    node.shut_down(config.shutdown_grace, signals).await;
     if let Some(admin) = admin {
         admin.abort();
     }
@@ -130,6 +139,15 @@ struct ServedCell {
     gate: Option<Gate>,
     /// How long its streams may wait for a slot.
     queue: Duration,
+}
+
+/// The admission caps that `limits` set.
+fn caps(limits: &crate::limits::Limits) -> Caps {
+    Caps {
+        instances: limits.max_instances,
+        per_peer: limits.max_per_peer,
+        backlog: limits.backlog,
+    }
 }
 
 /// Cells by the protocol ID they are served on.
@@ -171,7 +189,7 @@ fn load_cells(
             gate: spec
                 .limits
                 .caps_admission()
-                .then(|| Gate::new(Scope::Cell, limits.max_instances, limits.max_per_peer)),
+                .then(|| Gate::new(Scope::Cell, caps(&limits))),
             queue: limits.queue(),
         };
         cells.insert(spec.protocol.to_string(), Arc::new(served));
@@ -195,6 +213,8 @@ struct Node {
     next_stream: u64,
     /// False once shutdown began: new streams are refused.
     accepting: bool,
+    /// Cancelled when the grace period ends: streams still running are ended.
+    stop: CancellationToken,
     /// Dials, lookups and announcements in progress.
     control: Control,
     /// Requests from this node's own tasks.
@@ -344,6 +364,7 @@ impl Node {
                     node_gate: self.gate.clone(),
                     peer,
                     metrics,
+                    stop: self.stop.clone(),
                 };
                 let args = [base.to_string(), peer.to_string()];
                 serve(served, admission, args, framed, stream).boxed()
@@ -395,7 +416,7 @@ impl Node {
         }
     }
 
-    async fn shut_down(mut self, grace: Duration) {
+    async fn shut_down(mut self, grace: Duration, mut signals: impl Stream<Item = ()> + Unpin) {
         self.accepting = false;
         self.control.withdraw(&mut self.swarm);
         tracing::info!(running = self.tasks.len(), ?grace, "shutting down");
@@ -403,19 +424,59 @@ impl Node {
             self.swarm.remove_listener(listener);
         }
         self.tasks.close();
-        let deadline = tokio::time::sleep(grace);
+        let finished = match self.serve_until(grace, &mut signals).await {
+            Ending::Finished => true,
+            Ending::Deadline => {
+                tracing::warn!(
+                    running = self.tasks.len(),
+                    "grace period over; ending the remaining streams"
+                );
+                self.stop.cancel();
+                matches!(
+                    self.serve_until(FINAL_FLUSH, &mut signals).await,
+                    Ending::Finished
+                )
+            }
+            Ending::Signal => false,
+        };
+        if !finished {
+            tracing::warn!(
+                running = self.tasks.len(),
+                "stopping now; the remaining streams are aborted"
+            );
+            self.stop.cancel();
+        }
+    }
+
+    /// Keeps the swarm and the guests' requests going until every stream task has
+    /// finished, `limit` has passed, or a signal comes.
+    async fn serve_until(
+        &mut self,
+        limit: Duration,
+        signals: &mut (impl Stream<Item = ()> + Unpin),
+    ) -> Ending {
+        let deadline = tokio::time::sleep(limit);
         tokio::pin!(deadline);
         loop {
             tokio::select! {
-                () = self.tasks.wait() => break,
-                () = &mut deadline => {
-                    tracing::warn!(running = self.tasks.len(), "grace period over; aborting the remaining streams");
-                    break;
-                }
+                () = self.tasks.wait() => return Ending::Finished,
+                () = &mut deadline => return Ending::Deadline,
+                Some(()) = signals.next() => return Ending::Signal,
                 event = self.swarm.select_next_some() => self.on_event(event),
+                Some(request) = self.requests.next() => self.control.handle(&mut self.swarm, request),
             }
         }
     }
+}
+
+/// Why [`Node::serve_until`] returned.
+enum Ending {
+    /// Every stream task is done.
+    Finished,
+    /// The time given ran out.
+    Deadline,
+    /// Another signal: stop at once.
+    Signal,
 }
 
 /// What a stream needs to be admitted, besides its cell.
@@ -423,6 +484,8 @@ struct Admission {
     node_gate: Arc<Gate>,
     peer: PeerId,
     metrics: Arc<Metrics>,
+    /// Cancelled when the node stops serving.
+    stop: CancellationToken,
 }
 
 /// Serves one stream: waits for slots (the cell's own, then the node's), then runs a
@@ -439,6 +502,7 @@ async fn serve(
         node_gate,
         peer,
         metrics,
+        stop,
     } = admission;
     let deadline = tokio::time::Instant::now() + served.queue;
     let admitted = async {
@@ -448,14 +512,18 @@ async fn serve(
         };
         Ok::<_, Refusal>((cell_pass, node_gate.enter(peer, deadline).await?))
     };
-    let _passes = match admitted.await {
+    let admitted = tokio::select! {
+        admitted = admitted => admitted,
+        () = stop.cancelled() => Err(Refusal::ShuttingDown),
+    };
+    let _passes = match admitted {
         Ok(passes) => passes,
         Err(refusal) => return refuse(stream, framed, refusal, metrics, served).await,
     };
     let (reader, writer) = tokio::io::split(stream.compat());
     let args = [args[0].as_str(), args[1].as_str()];
     let writer = PeerWriter::new(writer, framed);
-    match served.cell.serve(&args, reader, writer).await {
+    match served.cell.serve(&args, reader, writer, &stop).await {
         Ok(()) => tracing::debug!("cell finished"),
         Err(failure) => tracing::warn!(failure = %format!("{failure:#}"), "cell failed"),
     }

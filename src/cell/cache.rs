@@ -3,11 +3,19 @@
 //!
 //! Entries are named by the SHA-256 of the component and a hash of the engine's
 //! compatibility settings (wasmtime version, target, tunables), so a changed
-//! component or engine simply misses. Loading compiled code is trusted by nature,
-//! so ww only loads files it wrote: the directory is created mode 0700, entries are
-//! written to a temporary name and renamed into place, and an entry not owned by the
-//! directory's owner or writable by anyone else is ignored. Any cache failure falls
-//! back to compiling; the cache never stops a node from starting.
+//! component or engine simply misses. Loading compiled code runs it unchecked, so an
+//! entry is only loaded if it is whole and ww wrote it:
+//! - each entry starts with a header and the SHA-256 of the machine code after it,
+//!   checked before wasmtime sees a byte: a truncated, bit-flipped or overwritten
+//!   entry is logged, recompiled and replaced, never executed;
+//! - the directory is created mode 0700 and an entry must be the owner's alone (not
+//!   readable or writable by anyone else, mode 0600) and owned by the directory's
+//!   owner;
+//! - entries are written to a temporary file in the same directory (removed if
+//!   anything fails, a full disk included) and renamed into place.
+//!
+//! Any cache failure falls back to compiling; the cache never stops a node from
+//! starting.
 
 use std::hash::{Hash, Hasher};
 use std::io::Write as _;
@@ -17,6 +25,11 @@ use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
+
+/// The first bytes of every entry: format and version.
+const MAGIC: &[u8; 8] = b"wwcell1\n";
+/// Header length: the magic and the SHA-256 of the rest.
+const HEADER: usize = MAGIC.len() + 32;
 
 /// A directory of compiled components.
 #[derive(Debug, Clone)]
@@ -42,22 +55,19 @@ impl Cache {
         Ok(Self { dir })
     }
 
-    /// The compiled form of `wasm`: from the cache if it is there, otherwise compiled
-    /// now and stored. The flag says whether it came from the cache.
+    /// The compiled form of `wasm`: from the cache if a whole, trusted entry is there,
+    /// otherwise compiled now and stored. The flag says whether it came from the cache.
     pub fn load_or_compile(
         &self,
         engine: &Engine,
         wasm: &[u8],
     ) -> wasmtime::Result<(Component, bool)> {
         let path = self.dir.join(entry_name(engine, wasm));
-        if self.trusted(&path) {
-            // SAFETY: the entry was written by this cache (see `trusted` and the module
-            // docs) from a component this engine configuration compiled.
-            match unsafe { Component::deserialize_file(engine, &path) } {
-                Ok(component) => return Ok((component, true)),
-                Err(error) => {
-                    tracing::warn!(path = %path.display(), %error, "ignoring a cache entry")
-                }
+        match self.load(engine, &path) {
+            Ok(Some(component)) => return Ok((component, true)),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(path = %path.display(), error = %format!("{error:#}"), "bad cache entry; recompiling and replacing it")
             }
         }
         let component = Component::new(engine, wasm)?;
@@ -67,40 +77,80 @@ impl Cache {
         Ok((component, false))
     }
 
+    /// The entry at `path`: `None` if there is none, an error if it is there but
+    /// cannot be trusted or is not whole.
+    fn load(&self, engine: &Engine, path: &Path) -> anyhow::Result<Option<Component>> {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(error).context("cannot read it"),
+        };
+        self.check_owner(path)?;
+        let code = verified(&bytes)?;
+        // SAFETY: the code is byte for byte what this cache wrote (its digest matches,
+        // and only the owner could have written the file), serialized by an engine
+        // with this engine's compatibility hash (the entry's name).
+        let component = unsafe { Component::deserialize(engine, code) }
+            .map_err(anyhow::Error::from)
+            .context("wasmtime refused it")?;
+        Ok(Some(component))
+    }
+
     fn store(&self, path: &Path, component: &Component) -> anyhow::Result<()> {
-        let bytes = component.serialize().map_err(anyhow::Error::from)?;
-        let temporary = path.with_extension(format!("tmp{}", std::process::id()));
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&temporary)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, path)?;
+        let code = component.serialize().map_err(anyhow::Error::from)?;
+        // Created 0600 in the cache directory, and deleted on drop unless persisted:
+        // a failed write (a full disk) leaves nothing behind.
+        let mut file = tempfile::NamedTempFile::new_in(&self.dir)?;
+        file.write_all(MAGIC)?;
+        file.write_all(&Sha256::digest(&code))?;
+        file.write_all(&code)?;
+        file.as_file().sync_all()?;
+        file.persist(path)?;
         Ok(())
     }
 
-    /// Whether `path` exists and looks like something this cache wrote.
+    /// Refuses an entry someone other than the cache's owner wrote or could write.
     #[cfg(unix)]
-    fn trusted(&self, path: &Path) -> bool {
+    fn check_owner(&self, path: &Path) -> anyhow::Result<()> {
         use std::os::unix::fs::MetadataExt;
-        let (Ok(entry), Ok(dir)) = (
-            std::fs::symlink_metadata(path),
-            std::fs::metadata(&self.dir),
-        ) else {
-            return false;
-        };
-        entry.is_file()
-            && entry.uid() == dir.uid()
-            && entry.mode() & 0o022 == 0
-            && dir.mode() & 0o022 == 0
+        let entry = std::fs::symlink_metadata(path)?;
+        let dir = std::fs::metadata(&self.dir)?;
+        anyhow::ensure!(entry.is_file(), "not a regular file");
+        anyhow::ensure!(
+            entry.uid() == dir.uid(),
+            "owned by uid {}, not the cache's owner",
+            entry.uid()
+        );
+        anyhow::ensure!(
+            entry.mode() & 0o077 == 0,
+            "mode {:04o}: other users could read or write it",
+            entry.mode() & 0o7777
+        );
+        anyhow::ensure!(
+            dir.mode() & 0o022 == 0,
+            "the cache directory is writable by others"
+        );
+        Ok(())
     }
 
     #[cfg(not(unix))]
-    fn trusted(&self, path: &Path) -> bool {
-        path.is_file()
+    fn check_owner(&self, _: &Path) -> anyhow::Result<()> {
+        Ok(())
     }
+}
+
+/// The machine code of an entry whose header and digest check out.
+fn verified(entry: &[u8]) -> anyhow::Result<&[u8]> {
+    anyhow::ensure!(
+        entry.len() >= HEADER && entry.starts_with(MAGIC),
+        "not a ww cache entry (or from another version)"
+    );
+    let (digest, code) = entry[MAGIC.len()..].split_at(32);
+    anyhow::ensure!(
+        Sha256::digest(code).as_slice() == digest,
+        "its contents do not match their digest (corrupted or tampered with)"
+    );
+    Ok(code)
 }
 
 /// `<sha256 of the component>-<engine compatibility hash>.cwasm`.
@@ -120,8 +170,17 @@ mod tests {
     /// The smallest component there is: the empty one.
     const EMPTY_COMPONENT: &[u8] = b"\0asm\x0d\0\x01\0";
 
+    fn only_entry(dir: &Path) -> PathBuf {
+        let entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        entries[0].clone()
+    }
+
     #[test]
-    fn a_second_load_hits_and_a_tampered_entry_is_recompiled() {
+    fn a_second_load_hits_and_a_garbage_entry_is_recompiled() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path().join("cells")).unwrap();
         let engine = Engine::default();
@@ -130,24 +189,72 @@ mod tests {
         let (_, hit) = cache.load_or_compile(&engine, EMPTY_COMPONENT).unwrap();
         assert!(hit);
 
-        let entry = std::fs::read_dir(dir.path().join("cells"))
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
+        let entry = only_entry(&dir.path().join("cells"));
         std::fs::write(&entry, b"garbage").unwrap();
         let (_, hit) = cache.load_or_compile(&engine, EMPTY_COMPONENT).unwrap();
         assert!(!hit, "a corrupt entry is ignored");
         let (_, hit) = cache.load_or_compile(&engine, EMPTY_COMPONENT).unwrap();
         assert!(hit, "and replaced");
+        assert_eq!(
+            only_entry(&dir.path().join("cells")),
+            entry,
+            "no stray files"
+        );
+    }
 
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o666)).unwrap();
+    #[test]
+    fn overwritten_machine_code_is_never_loaded() {
+        let echo = crate::cell::builtin::find("echo").unwrap().wasm;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path().join("cells")).unwrap();
+        let engine = Engine::default();
+        cache.load_or_compile(&engine, echo).unwrap();
+        let entry = only_entry(&dir.path().join("cells"));
+        let mut bytes = std::fs::read(&entry).unwrap();
+        // Overwrite the machine code with breakpoints (a SIGTRAP once run), as a
+        // stray write or an attacker would; the ELF around it stays valid and the
+        // file keeps its length, owner and mode.
+        let text = text_section(&bytes[HEADER..]);
+        assert!(!text.is_empty());
+        bytes[HEADER + text.start..HEADER + text.end].fill(0xcc);
+        std::fs::write(&entry, &bytes).unwrap();
+        let (_, hit) = cache.load_or_compile(&engine, echo).unwrap();
+        assert!(!hit, "a tampered entry is recompiled, not loaded");
+        let (_, hit) = cache.load_or_compile(&engine, echo).unwrap();
+        assert!(hit, "and replaced by a good one");
+    }
+
+    /// Where the `.text` section of a 64-bit little-endian ELF file is.
+    fn text_section(elf: &[u8]) -> std::ops::Range<usize> {
+        let u16_at = |at: usize| u16::from_le_bytes(elf[at..at + 2].try_into().unwrap()) as usize;
+        let u32_at = |at: usize| u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()) as usize;
+        let u64_at = |at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().unwrap()) as usize;
+        assert_eq!(&elf[..4], b"\x7fELF");
+        let (table, size, count) = (u64_at(0x28), u16_at(0x3a), u16_at(0x3c));
+        let header = |i: usize| table + i * size;
+        let names = u64_at(header(u16_at(0x3e)) + 0x18);
+        (0..count)
+            .map(header)
+            .find(|&at| elf[names + u32_at(at)..].starts_with(b".text\0"))
+            .map(|at| u64_at(at + 0x18)..u64_at(at + 0x18) + u64_at(at + 0x20))
+            .expect("a .text section")
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_entry_others_can_read_or_write_is_not_loaded() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path().join("cells")).unwrap();
+        let engine = Engine::default();
+        cache.load_or_compile(&engine, EMPTY_COMPONENT).unwrap();
+        let entry = only_entry(&dir.path().join("cells"));
+        let mode = std::fs::metadata(&entry).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "written owner-only");
+        for mode in [0o644, 0o666, 0o640] {
+            std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(mode)).unwrap();
             let (_, hit) = cache.load_or_compile(&engine, EMPTY_COMPONENT).unwrap();
-            assert!(!hit, "an entry others could have written is not loaded");
+            assert!(!hit, "mode {mode:o} is not loaded");
         }
     }
 }

@@ -73,10 +73,9 @@ enum ConnectionState {
     /// Waiting for `create-connection`.
     Unclaimed(Connection),
     /// In the guest's resource table.
-    Claimed(Resource<Connection>),
-    /// The guest dropped the connection; an output half it never took stays here so
-    /// that `run` returning still closes the peer stream gracefully.
-    Dropped(Option<DynOutputStream>),
+    Claimed,
+    /// The guest dropped the connection.
+    Dropped,
 }
 
 /// Most resources one instance may hold at once.
@@ -92,9 +91,6 @@ pub struct Host {
     /// Linear memory and table sizes.
     pub memory: MemoryLimiter,
     connection: ConnectionState,
-    /// The output half once the guest took it, so the host can close it if the guest
-    /// returns from `run` still holding it.
-    output: Option<Resource<DynOutputStream>>,
     /// How the instance opens streams of its own, if its cell may.
     pub(super) dialer: Option<InstanceDialer>,
 }
@@ -120,7 +116,6 @@ impl Host {
             cpu: CpuMeter::new(limits.cpu()),
             memory: MemoryLimiter::new(limits.memory_bytes()),
             connection,
-            output: None,
             dialer,
         }
     }
@@ -131,24 +126,6 @@ impl Host {
         connection: Connection,
     ) -> wasmtime::Result<Resource<Connection>> {
         Ok(self.table.push(connection)?)
-    }
-
-    /// Takes the peer's output half back from wherever it is, so the host can flush
-    /// and close it after `run` returned. `None` if the guest already dropped it
-    /// (dropping flushed and closed it).
-    pub fn take_output(&mut self) -> Option<DynOutputStream> {
-        let untaken = match &mut self.connection {
-            ConnectionState::Absent => None,
-            ConnectionState::Unclaimed(connection) => connection.output.take(),
-            ConnectionState::Claimed(resource) => {
-                let connection = self.table.get_mut(resource).ok();
-                connection.and_then(|connection| connection.output.take())
-            }
-            ConnectionState::Dropped(output) => output.take(),
-        };
-        // A stale handle is harmless: if the guest dropped its output stream and the
-        // slot now holds another output stream, the instance is over anyway.
-        untaken.or_else(|| self.table.delete(self.output.take()?).ok())
     }
 }
 
@@ -174,7 +151,7 @@ impl streams::Host for Host {
             }
         };
         let resource = self.table.push(connection)?;
-        self.connection = ConnectionState::Claimed(Resource::new_own(resource.rep()));
+        self.connection = ConnectionState::Claimed;
         Ok(resource)
     }
 }
@@ -194,22 +171,16 @@ impl streams::HostConnection for Host {
         &mut self,
         connection: Resource<Connection>,
     ) -> wasmtime::Result<Resource<DynOutputStream>> {
-        let connection = self.table.get_mut(&connection)?;
-        let dialed = connection.dialed;
-        let Some(output) = connection.output.take() else {
+        let Some(output) = self.table.get_mut(&connection)?.output.take() else {
             wasmtime::bail!("get-output-stream called twice on the same connection");
         };
-        let resource = self.table.push(output)?;
-        if !dialed {
-            self.output = Some(Resource::new_own(resource.rep()));
-        }
-        Ok(resource)
+        Ok(self.table.push(output)?)
     }
 
     fn drop(&mut self, connection: Resource<Connection>) -> wasmtime::Result<()> {
         let connection = self.table.delete(connection)?;
         if !connection.dialed {
-            self.connection = ConnectionState::Dropped(connection.output);
+            self.connection = ConnectionState::Dropped;
         }
         Ok(())
     }

@@ -135,6 +135,24 @@ impl PeerWriter {
         self.state().framer.is_some()
     }
 
+    /// Waits until the guest's pending bytes are in the stream and the stream is
+    /// flushed (nothing to do once it is closed). A failure to push them is returned,
+    /// and the bytes are dropped.
+    pub async fn flush_pending(&self) -> io::Result<()> {
+        poll_fn(|cx| self.poll_push(cx)).await;
+        if let Some(error) = self.take_failure() {
+            return Err(error);
+        }
+        poll_fn(|cx| {
+            let mut state = self.state();
+            if state.closed {
+                return Poll::Ready(Ok(()));
+            }
+            state.writer.as_mut().poll_flush(cx)
+        })
+        .await
+    }
+
     /// Closes the write side gracefully (the peer reads EOF). Idempotent.
     pub async fn close(&self) -> io::Result<()> {
         poll_fn(|cx| {

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use tokio::io::AsyncRead;
+use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
@@ -242,6 +243,9 @@ pub enum Failure {
     /// The guest trapped (including a host error it triggered).
     #[error("trapped: {0:#}")]
     Trap(anyhow::Error),
+    /// The node stopped serving before the instance finished.
+    #[error("node shutting down")]
+    Stopped,
 }
 
 impl Failure {
@@ -256,6 +260,7 @@ impl Failure {
             Failure::Limit(LimitExceeded::Idle(_)) => "idle",
             Failure::Limit(LimitExceeded::Wall(_)) => "wall",
             Failure::Trap(_) => "trap",
+            Failure::Stopped => "shutdown",
         }
     }
 
@@ -275,12 +280,14 @@ impl Cell {
     ///
     /// When the instance is over, its remaining output is flushed and the stream is
     /// ended according to the outcome (see [`PeerWriter::end`]): a graceful close on
-    /// success, an abort or a failure trailer otherwise.
+    /// success, an abort or a failure trailer otherwise. Cancelling `stop` ends the
+    /// instance as [`Failure::Stopped`].
     pub async fn serve<R>(
         &self,
         args: &[&str],
         reader: R,
         writer: PeerWriter,
+        stop: &CancellationToken,
     ) -> Result<(), Failure>
     where
         R: AsyncRead + Send + Unpin + 'static,
@@ -301,8 +308,9 @@ impl Cell {
         let mut record = Record::start(&self.runtime.metrics, &self.label, traffic.clone());
         // The watchdog ends the instance by dropping it mid-call, which wasmtime allows.
         let outcome = tokio::select! {
-            outcome = self.run(args, io, &traffic) => outcome,
+            outcome = self.run(args, io, &writer, &traffic) => outcome,
             exceeded = watchdog(&self.limits, &traffic) => Err(Failure::Limit(exceeded)),
+            () = stop.cancelled() => Err(Failure::Stopped),
         };
         let ending = match &outcome {
             Ok(()) => Outcome::Success,
@@ -317,7 +325,13 @@ impl Cell {
 
     /// Instantiates the cell, runs it, and flushes the output it left behind. The
     /// instance is dropped on return.
-    async fn run(&self, args: &[&str], io: Io, traffic: &Arc<Traffic>) -> Result<(), Failure> {
+    async fn run(
+        &self,
+        args: &[&str],
+        io: Io,
+        writer: &PeerWriter,
+        traffic: &Arc<Traffic>,
+    ) -> Result<(), Failure> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(args)
             .stderr(GuestLog { name: "stderr" })
@@ -383,18 +397,24 @@ impl Cell {
         if outcome.is_err() && store.data().memory.hit {
             outcome = Err(Failure::Limit(LimitExceeded::Memory(self.limits.memory_mb)));
         }
-        if let Some(mut output) = store.data_mut().take_output().or(stdout.take()) {
-            // A failed instance gets a moment, not forever: a peer that does not read
-            // must not keep it alive.
-            let flushed = match outcome {
-                Ok(()) => io::flush(&mut *output).await,
-                Err(_) => tokio::time::timeout(FAILURE_FLUSH, io::flush(&mut *output))
-                    .await
-                    .unwrap_or(Ok(())),
-            };
-            if let Err(error) = flushed {
-                tracing::debug!(%error, "flushing the guest's output failed");
+        // What the guest wrote and did not flush goes out now, whether it still holds
+        // its output stream or not (the bytes wait in the writer, not in the stream
+        // resource). A failed instance gets a moment, not forever: a peer that does
+        // not read must not keep it alive.
+        let flush = async {
+            match stdout.as_mut() {
+                Some(stdout) => io::flush(&mut **stdout).await.map_err(|e| e.to_string()),
+                None => writer.flush_pending().await.map_err(|e| e.to_string()),
             }
+        };
+        let flushed = match outcome {
+            Ok(()) => flush.await,
+            Err(_) => tokio::time::timeout(FAILURE_FLUSH, flush)
+                .await
+                .unwrap_or(Ok(())),
+        };
+        if let Err(error) = flushed {
+            tracing::debug!(%error, "flushing the guest's output failed");
         }
         outcome
     }

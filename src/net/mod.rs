@@ -16,8 +16,8 @@ use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, Swarm, autonat, dcutr, identify, kad, mdns, memory_connection_limits, noise,
-    ping, relay, tcp, yamux,
+    Multiaddr, StreamProtocol, Swarm, autonat, dcutr, identify, kad, mdns,
+    memory_connection_limits, noise, ping, relay, tcp, yamux,
 };
 
 pub use discovery::{DhtMode, NetOptions};
@@ -118,6 +118,63 @@ pub fn build_swarm(
         swarm.add_external_address(addr.clone());
     }
     Ok(swarm)
+}
+
+/// Fails, naming the port, if a TCP or UDP port in `addr` is already taken by a live
+/// socket. libp2p's TCP listener sets `SO_REUSEPORT`, so without this check a second
+/// node would share a port with the first and half of its dials would land on the
+/// wrong peer ("Unexpected peer ID"); a plain bind (without the option) notices.
+/// Port 0 and addresses that are not IP + TCP/UDP pass.
+pub fn check_port_free(addr: &Multiaddr) -> anyhow::Result<()> {
+    use libp2p::multiaddr::Protocol;
+    let mut ip = None;
+    for part in addr.iter() {
+        let taken = match (part, ip) {
+            (Protocol::Ip4(v4), _) => {
+                ip = Some(std::net::IpAddr::V4(v4));
+                continue;
+            }
+            (Protocol::Ip6(v6), _) => {
+                ip = Some(std::net::IpAddr::V6(v6));
+                continue;
+            }
+            (Protocol::Tcp(port), Some(ip)) if port != 0 => std::net::TcpListener::bind((ip, port))
+                .err()
+                .map(|e| ("TCP", port, e)),
+            (Protocol::Udp(port), Some(ip)) if port != 0 => std::net::UdpSocket::bind((ip, port))
+                .err()
+                .map(|e| ("UDP", port, e)),
+            _ => None,
+        };
+        if let Some((kind, port, error)) = taken {
+            anyhow::bail!("cannot listen on {addr}: {kind} port {port} is in use ({error})");
+        }
+    }
+    Ok(())
+}
+
+/// Protocol families a node speaks itself, by prefix, with what speaks them. A cell on
+/// one of them would be shadowed by (or shadow) the node's own handler, so
+/// [`reserved_by`] refuses them at start-up.
+const RESERVED_PROTOCOLS: &[(&str, &str)] = &[
+    ("/ww/kad/", "the DHT"),
+    ("/ww/lan/kad/", "the LAN DHT"),
+    ("/ww/stats/", "ww stats"),
+    ("/ipfs/id/", "identify"),
+    ("/ipfs/ping/", "ping"),
+    ("/ipfs/kad/", "the IPFS DHT"),
+    ("/libp2p/circuit/relay/", "circuit relay"),
+    ("/libp2p/autonat/", "AutoNAT"),
+    ("/libp2p/dcutr", "DCUtR"),
+];
+
+/// What in the node already speaks `protocol`, if anything: such a protocol cannot be
+/// a cell's.
+pub fn reserved_by(protocol: &str) -> Option<&'static str> {
+    RESERVED_PROTOCOLS
+        .iter()
+        .find(|(prefix, _)| protocol.starts_with(prefix))
+        .map(|(_, what)| *what)
 }
 
 fn yamux_config() -> yamux::Config {

@@ -234,16 +234,16 @@ impl<R: AsyncRead + Unpin> AsyncRead for Deframed<R> {
                     if out.remaining() == 0 {
                         return Poll::Ready(Ok(()));
                     }
-                    let mut limited = out.take((*left).min(out.remaining()));
+                    // Safe code only: the unfilled part is zeroed once (tokio tracks
+                    // what is initialised, so later reads into it cost nothing).
+                    let want = (*left).min(out.remaining());
+                    let mut limited = tokio::io::ReadBuf::new(out.initialize_unfilled_to(want));
                     ready!(Pin::new(&mut this.inner).poll_read(cx, &mut limited))?;
                     let n = limited.filled().len();
                     if n == 0 {
                         this.state = Deframe::Over(Some(CUT_SHORT.into()));
                         continue;
                     }
-                    // SAFETY: `poll_read` initialised and filled `n` bytes of `out`'s
-                    // unfilled part through `limited`.
-                    unsafe { out.assume_init(n) };
                     out.advance(n);
                     *left -= n;
                     if *left == 0 {
@@ -266,10 +266,13 @@ impl<R: AsyncRead + Unpin> AsyncRead for Deframed<R> {
                 }
                 Deframe::Reason(reason) => {
                     let mut chunk = [0u8; 256];
-                    let mut buf = tokio::io::ReadBuf::new(&mut chunk);
-                    ready!(Pin::new(&mut this.inner).poll_read(cx, &mut buf))?;
-                    let n = buf.filled().len();
-                    if n == 0 || reason.len() >= MAX_REASON {
+                    let room = (MAX_REASON - reason.len()).min(chunk.len());
+                    let mut buf = tokio::io::ReadBuf::new(&mut chunk[..room]);
+                    if room > 0 {
+                        ready!(Pin::new(&mut this.inner).poll_read(cx, &mut buf))?;
+                    }
+                    if buf.filled().is_empty() {
+                        // The end of the stream, or the cap: what we have is the reason.
                         let text = String::from_utf8_lossy(reason).into_owned();
                         this.state = Deframe::Over(Some(text));
                         continue;
@@ -383,6 +386,42 @@ mod tests {
                 .unwrap_err();
             assert!(error.to_string().contains("without an outcome"), "{error}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_long_reason_is_cut_at_the_cap() {
+        // A peer may send any reason; neither reader keeps more than the cap.
+        let mut wire = vec![0, 0, 0, 0, 1];
+        wire.extend(std::iter::repeat_n(b'x', 5000));
+        let error = Deframed::new(&wire[..])
+            .read_to_end(&mut Vec::new())
+            .await
+            .unwrap_err();
+        let reason = error.to_string();
+        let reason = reason.trim_start_matches("the remote cell failed: ");
+        assert_eq!(reason.len(), MAX_REASON);
+        let outcome = read_answer(&mut &wire[..], &mut Vec::new()).await.unwrap();
+        assert_eq!(outcome, Outcome::Failure("x".repeat(MAX_REASON)));
+    }
+
+    #[tokio::test]
+    async fn deframed_reads_fill_a_caller_buffer_in_pieces() {
+        let mut framer = Framer::default();
+        let mut wire = Vec::new();
+        let data = (0..10_000u32).map(|i| i as u8).collect::<Vec<_>>();
+        frame(&mut framer, &mut wire, &data).await;
+        wire.extend(trailer(&Outcome::Success));
+        let mut deframed = Deframed::new(&wire[..]);
+        let mut read = Vec::new();
+        let mut chunk = [0u8; 333];
+        loop {
+            let n = deframed.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            read.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(read, data);
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub enum OpenStreamError {
     /// The transport failed.
     #[error("stream failed: {0}")]
     Io(#[from] io::Error),
+    /// The caller offered no protocol at all.
+    #[error("no protocol to offer")]
+    NoProtocol,
 }
 
 /// What a caller of [`Behaviour::open_stream`] waits on: the stream and the protocol
@@ -107,6 +110,10 @@ impl Behaviour {
     /// [`OpenStreamError::NotConnected`] if there is no connection.
     pub fn open_stream(&mut self, peer: PeerId, protocols: Vec<StreamProtocol>) -> OpenStream {
         let (reply, receiver) = oneshot::channel();
+        if protocols.is_empty() {
+            let _ = reply.send(Err(OpenStreamError::NoProtocol));
+            return receiver;
+        }
         let handler = match self.direct.get(&peer).and_then(|c| c.first()) {
             Some(direct) => NotifyHandler::One(*direct),
             None => NotifyHandler::Any,
@@ -290,10 +297,10 @@ impl ConnectionHandler for Handler {
             ConnectionEvent::DialUpgradeError(DialUpgradeError { info, error }) => {
                 self.opening -= 1;
                 let error = match error {
-                    StreamUpgradeError::NegotiationFailed => {
-                        let last = info.protocols.last().cloned();
-                        OpenStreamError::UnsupportedProtocol(last.expect("at least one offered"))
-                    }
+                    StreamUpgradeError::NegotiationFailed => match info.protocols.last() {
+                        Some(last) => OpenStreamError::UnsupportedProtocol(last.clone()),
+                        None => OpenStreamError::NoProtocol,
+                    },
                     StreamUpgradeError::Timeout => OpenStreamError::Timeout,
                     StreamUpgradeError::Io(error) => OpenStreamError::Io(error),
                     StreamUpgradeError::Apply(never) => match never {},
@@ -368,6 +375,21 @@ mod tests {
             },
             _ => panic!("open_stream queued no request"),
         }
+    }
+
+    #[test]
+    fn an_empty_offer_is_an_error_not_a_panic() {
+        let mut router = Behaviour::new(Vec::new());
+        let mut answer = router.open_stream(PeerId::random(), Vec::new());
+        assert!(matches!(
+            answer.try_recv(),
+            Ok(Some(Err(OpenStreamError::NoProtocol)))
+        ));
+        let waker = std::task::Waker::noop();
+        assert!(
+            router.poll(&mut Context::from_waker(waker)).is_pending(),
+            "nothing is sent to a connection"
+        );
     }
 
     #[test]

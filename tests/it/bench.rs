@@ -74,7 +74,7 @@ async fn the_json_report_has_every_field() {
         "--streams",
         "20",
         "--bytes",
-        "10",
+        "2k",
         "--verify-echo",
     ];
     let (ok, out, err) = ww(
@@ -111,6 +111,7 @@ async fn the_json_report_has_every_field() {
         );
     }
     assert_eq!(report["streams_ok"], 20);
+    assert_eq!(report["bytes_per_stream"], 2048, "sizes take units");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -54,3 +54,143 @@ async fn ww_cell_runs_a_cell_on_this_terminal() {
     assert!(!ok);
     assert!(err.contains("trapped"), "{err}");
 }
+
+/// A config file that sets the shutdown grace period (and nothing else).
+fn grace_config(dir: &tempfile::TempDir, seconds: u64) -> String {
+    let path = dir.path().join("grace.toml");
+    std::fs::write(&path, format!("shutdown_grace_s = {seconds}\n")).unwrap();
+    path.display().to_string()
+}
+
+async fn sigterm(node: &crate::support::Node) {
+    let pid = node.child.id().unwrap().to_string();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_still_running_when_the_grace_period_ends_are_told_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = grace_config(&dir, 1);
+    let sleepy = crate::support::cell_flag("sleepy");
+    let mut node = Node::start(&["--config", &config, "--cell", &sleepy]).await;
+    let client = Client::new().unwrap();
+    let peer = client.connect(&node.tcp).await.unwrap();
+    let (mut reader, _writer) = crate::support::open_status(&client, peer, "/test/sleepy/1").await;
+    for _ in 0..200 {
+        if node.stats(&client).await.live == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = std::time::Instant::now();
+    sigterm(&node).await;
+    let outcome = ww::net::outcome::read_answer(&mut reader, &mut Vec::new())
+        .await
+        .unwrap();
+    crate::support::assert_failed(&outcome, "node shutting down");
+    let status = tokio::time::timeout(PATIENCE, node.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    eprintln!(
+        "a 1 s grace period: the trailer came and the node exited {:?} after SIGTERM",
+        started.elapsed()
+    );
+    assert!(status.success(), "exit status {status}:\n{}", node.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_signal_stops_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = grace_config(&dir, 600);
+    let sleepy = crate::support::cell_flag("sleepy");
+    let mut node = Node::start(&["--config", &config, "--cell", &sleepy]).await;
+    let client = Client::new().unwrap();
+    let peer = client.connect(&node.tcp).await.unwrap();
+    let _held = crate::support::open_status(&client, peer, "/test/sleepy/1").await;
+    for _ in 0..200 {
+        if node.stats(&client).await.live == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sigterm(&node).await;
+    for _ in 0..100 {
+        if node.log().contains("shutting down") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sigterm(&node).await;
+    // Well within the 10-minute grace period the first signal granted.
+    let status = tokio::time::timeout(PATIENCE, node.child.wait())
+        .await
+        .expect("the second signal did not stop the node")
+        .unwrap();
+    assert!(node.log().contains("stopping now"), "{}", node.log());
+    let _ = status;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_can_dial_during_the_grace_period() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio_util::compat::FuturesAsyncReadCompatExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let config = grace_config(&dir, 60);
+    let forward = "/ww/forward/0.1.0";
+    let cell = format!("{forward}=builtin:forward");
+    let origin = crate::support::dht_node(
+        None,
+        &[
+            "--config",
+            &config,
+            "--cell",
+            &cell,
+            "--grant-dial",
+            forward,
+        ],
+    )
+    .await;
+    let target = crate::support::dht_node(Some(&origin), &[]).await;
+    let client = Client::new().unwrap();
+    let peer = client.connect(&origin.tcp).await.unwrap();
+    // Make sure the origin can reach the target before the shutdown begins.
+    let line = format!("{} /ww/echo/0.1.0\n", target.peer);
+    for _ in 0..50 {
+        let mut input = line.clone().into_bytes();
+        input.extend_from_slice(b"warm");
+        let answer =
+            crate::support::request(&client, peer, libp2p::StreamProtocol::new(forward), &input)
+                .await;
+        if answer.is_ok_and(|a| a == b"warm") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stream = client
+        .open(peer, libp2p::StreamProtocol::new(forward))
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = tokio::io::split(stream.compat());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sigterm(&origin).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The instance started before the signal; its dial happens during the grace.
+    writer.write_all(line.as_bytes()).await.unwrap();
+    writer
+        .write_all(b"dialed in the grace period")
+        .await
+        .unwrap();
+    writer.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), reader.read_to_end(&mut answer))
+        .await
+        .expect("the dial hung until the grace period ended")
+        .unwrap();
+    assert_eq!(answer, b"dialed in the grace period", "{}", origin.log());
+}

@@ -55,14 +55,7 @@ fn echo_config() -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_looping_guest_is_stopped_at_its_cpu_limit_and_others_complete() {
     let admin = free_local_addr();
-    let flags = [
-        "--cpu-ms",
-        "300",
-        "--max-per-peer",
-        "200",
-        "--queue-ms",
-        "30000",
-    ];
+    let flags = ["--cpu-ms", "300"];
     let node = node_with_admin(&["spin"], &flags, Some(admin)).await;
     let client = Client::new().unwrap();
     let peer = client.connect(&node.tcp).await.unwrap();
@@ -153,11 +146,7 @@ async fn a_memory_bomb_stops_at_the_cap() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unbounded_recursion_traps_without_taking_the_node_down() {
-    let node = node_with(
-        &["recurse"],
-        &["--max-per-peer", "200", "--queue-ms", "30000"],
-    )
-    .await;
+    let node = node_with(&["recurse"], &[]).await;
     let client = Client::new().unwrap();
     let peer = client.connect(&node.tcp).await.unwrap();
     let bombs = (0..100).map(|_| {
@@ -272,7 +261,7 @@ async fn streams_over_the_caps_wait_then_are_refused_visibly() {
     let (_, outcome) = outcome_of(&first, peer, b"", "/test/sleepy/1").await;
     assert_failed(
         &outcome,
-        "refused: too many streams from this peer (1 at once)",
+        "refused: too many streams from this peer (1 running, 256 waiting)",
     );
     // A third peer: the node is full.
     let peer = third.connect(&node.tcp).await.unwrap();
@@ -367,4 +356,144 @@ async fn killed_peers_leave_nothing_behind_round_after_round() {
         "file descriptors grew: {samples:?}"
     );
     assert!(last_rss < first_rss + 16 * 1024, "memory grew: {samples:?}");
+}
+
+/// Opens `n` `+status` echo streams from one client at once, each sending `data`, and
+/// holds them open (write side too) until `release` says go; then closes each and
+/// reads its outcome. Returns the outcomes, whose payloads must equal `data`.
+async fn held_echo_burst(
+    node: libp2p::Multiaddr,
+    n: usize,
+    data: Vec<u8>,
+    opened: tokio::sync::mpsc::Sender<()>,
+    release: tokio::sync::watch::Receiver<bool>,
+) -> Vec<Outcome> {
+    let client = Client::new().unwrap();
+    let peer = client.connect(&node).await.unwrap();
+    let framed = outcome::status_variant(&ECHO);
+    let streams = (0..n).map(|_| {
+        let (client, framed, data) = (client.clone(), framed.clone(), data.clone());
+        let (opened, mut release) = (opened.clone(), release.clone());
+        tokio::spawn(async move {
+            let stream = client.open(peer, framed).await.unwrap();
+            let (mut reader, mut writer) = tokio::io::split(stream.compat());
+            let _ = opened.send(()).await;
+            let mut payload = Vec::new();
+            let read = outcome::read_answer(&mut reader, &mut payload);
+            let write = async {
+                // A refused stream may be closed under our writes; its trailer says why.
+                let _ = writer.write_all(&data).await;
+                let _ = release.wait_for(|go| *go).await;
+                let _ = writer.shutdown().await;
+            };
+            let (outcome, ()) = tokio::join!(read, write);
+            let outcome = outcome.unwrap();
+            if outcome == Outcome::Success {
+                assert!(payload == data, "an echo came back wrong");
+            }
+            outcome
+        })
+    });
+    join_all(streams)
+        .await
+        .into_iter()
+        .map(|outcome| outcome.unwrap())
+        .collect()
+}
+
+/// Waits (bounded) until the node runs `live` instances.
+async fn wait_live(node: &Node, live: u64) {
+    let client = Client::new().unwrap();
+    for _ in 0..600 {
+        if node.stats(&client).await.live == live {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never {live} live instances:\n{}", node.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_200_streams_from_one_peer_is_served_with_the_defaults() {
+    let node = Node::start(&[]).await;
+    let (opened, mut opened_rx) = tokio::sync::mpsc::channel(256);
+    let (release, release_rx) = tokio::sync::watch::channel(false);
+    let data = pattern(64 * 1024, 200);
+    let burst = tokio::spawn(held_echo_burst(
+        node.tcp.clone(),
+        200,
+        data,
+        opened,
+        release_rx,
+    ));
+    for _ in 0..200 {
+        opened_rx.recv().await.unwrap();
+    }
+    // 64 run (the per-peer cap) and hold their slots; the other 136 wait their turn
+    // for longer than the old 100 ms queue.
+    wait_live(&node, 64).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    release.send(true).unwrap();
+    let outcomes = burst.await.unwrap();
+    let ok = outcomes.iter().filter(|o| **o == Outcome::Success).count();
+    assert_eq!(ok, 200, "outcomes: {outcomes:?}");
+    let stats = node.wait_idle(&Client::new().unwrap()).await;
+    assert_eq!((stats.succeeded, stats.refused), (200, 0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_past_the_backlog_is_refused_at_once_and_stays_bounded() {
+    let node = Node::start(&[]).await;
+    let pid = node.child.id().unwrap();
+    let before = rss_kib(pid);
+    // One yamux connection carries at most 512 streams: 64 run, 256 wait, 180 are
+    // refused at once with the reason.
+    let (n, running, waiting): (usize, usize, usize) = (500, 64, 256);
+    let (opened, mut opened_rx) = tokio::sync::mpsc::channel(n);
+    let (release, release_rx) = tokio::sync::watch::channel(false);
+    let started = Instant::now();
+    let burst = tokio::spawn(held_echo_burst(
+        node.tcp.clone(),
+        n,
+        pattern(64 * 1024, 500),
+        opened,
+        release_rx,
+    ));
+    for _ in 0..n {
+        opened_rx.recv().await.unwrap();
+    }
+    wait_live(&node, running as u64).await;
+    let stats_client = Client::new().unwrap();
+    for _ in 0..600 {
+        if node.stats(&stats_client).await.refused == (n - running - waiting) as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let held = rss_kib(pid);
+    release.send(true).unwrap();
+    let outcomes = burst.await.unwrap();
+    eprintln!(
+        "{n} streams from one peer: node RSS {before} KiB before, {held} KiB while {running} ran \
+         and {waiting} waited; all answered after {:?}",
+        started.elapsed()
+    );
+    let ok = outcomes.iter().filter(|o| **o == Outcome::Success).count();
+    assert_eq!(ok, running + waiting, "outcomes: {outcomes:?}");
+    for outcome in outcomes.iter().filter(|o| **o != Outcome::Success) {
+        assert_failed(
+            outcome,
+            "refused: too many streams from this peer (64 running, 256 waiting)",
+        );
+    }
+    // Each waiting stream holds at most what its peer sent (here 64 KiB) and a task.
+    assert!(
+        held < before + 128 * 1024,
+        "RSS grew from {before} to {held} KiB"
+    );
+    let stats = node.wait_idle(&stats_client).await;
+    assert_eq!(
+        (stats.succeeded, stats.refused),
+        ((running + waiting) as u64, (n - running - waiting) as u64)
+    );
 }

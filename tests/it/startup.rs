@@ -76,6 +76,10 @@ async fn bad_flags_and_config_are_clear_errors() {
 
     let identity = dir.path().join("bad.key");
     std::fs::write(&identity, b"garbage").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&identity, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let output = tokio::process::Command::new(WW)
         .args(["run", "--listen", "/ip4/127.0.0.1/tcp/0", "--identity"])
         .arg(&identity)
@@ -138,4 +142,128 @@ async fn compiled_cells_are_cached_across_restarts() {
     .await;
     assert!(ok, "{err}");
     assert_eq!(out, b"warm");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_nodes_own_protocols_are_refused_as_cells() {
+    for protocol in ["/ipfs/ping/1.0.0", "/ww/kad/1.0.0", "/libp2p/autonat/1.0.0"] {
+        let flag = format!("{protocol}=builtin:echo");
+        let err = run_fails(&["--no-mdns", "--cell", &flag]).await;
+        assert!(
+            err.contains(&format!("protocol {protocol} is reserved")),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn impossible_limits_stop_start_up_naming_the_key() {
+    let err = run_fails(&["--no-mdns", "--memory-mb", "17592186044418"]).await;
+    assert!(
+        err.contains("memory_mb = 17592186044418 is more than"),
+        "{err}"
+    );
+    let err = run_fails(&["--no-mdns", "--memory-mb", "17592186044416"]).await;
+    assert!(err.contains("memory_mb"), "{err}");
+    assert!(!err.contains("0x0 bytes"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ww.toml");
+    std::fs::write(&config, "[limits]\nidle_s = 18446744073709551615\n").unwrap();
+    let err = run_fails(&["--no-mdns", "--config", config.to_str().unwrap()]).await;
+    assert!(err.contains("[limits]") && err.contains("idle_s"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sizes_take_units() {
+    let node = Node::start(&["--memory-mb", "32MiB"]).await;
+    assert!(node.log().contains("memory_mb: 32"), "{}", node.log());
+    let err = run_fails(&["--no-mdns", "--memory-mb", "lots"]).await;
+    assert!(err.contains("`lots` is not a size"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_port_in_use_or_listed_twice_is_named() {
+    let first = Node::start(&[]).await;
+    let taken = first.tcp.to_string();
+    let port = first.tcp.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+        _ => None,
+    });
+    let taken = taken.split("/p2p/").next().unwrap().to_string();
+    let err = run_fails(&["--no-mdns", "--listen", &taken]).await;
+    assert!(
+        err.contains(&format!("TCP port {} is in use", port.unwrap())),
+        "{err}"
+    );
+
+    let free = format!("/ip4/127.0.0.1/tcp/{}", crate::support::free_tcp_port());
+    let err = run_fails(&["--no-mdns", "--listen", &free, "--listen", &free]).await;
+    assert!(
+        err.contains(&format!("listen address {free} is given twice")),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unusable_identity_file_is_a_clear_error() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.key");
+    std::fs::write(&empty, b"").unwrap();
+    std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let err = identity_fails(&empty).await;
+    assert!(err.contains("empty.key is empty"), "{err}");
+    assert!(!err.contains("rsa"), "{err}");
+
+    // A good key that others may read is refused, as ssh refuses one.
+    let open = dir.path().join("open.key");
+    ww::identity::load_or_create(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = identity_fails(&open).await;
+    assert!(
+        err.contains("accessible by other users (mode 0644)"),
+        "{err}"
+    );
+}
+
+async fn identity_fails(identity: &std::path::Path) -> String {
+    let output = tokio::process::Command::new(WW)
+        .args([
+            "run",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--identity",
+        ])
+        .arg(identity)
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tampered_cache_entry_is_recompiled_not_run() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().join("cells");
+    let flag = dir.display().to_string();
+    drop(Node::start(&["--cache-dir", &flag]).await);
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        for at in (64..bytes.len()).step_by(61) {
+            bytes[at] = 0xcc; // int3: what a SIGTRAP looks like
+        }
+        std::fs::write(&path, &bytes).unwrap();
+    }
+    let node = Node::start(&["--cache-dir", &flag]).await;
+    let log = node.log();
+    assert!(log.contains("bad cache entry"), "{log}");
+    assert!(!log.contains("cached=true"), "{log}");
+    let (ok, out, err) =
+        crate::support::ww(&["dial", &node.tcp.to_string(), "/ww/echo/0.1.0"], b"safe").await;
+    assert!(ok, "{err}");
+    assert_eq!(out, b"safe");
 }

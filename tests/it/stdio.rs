@@ -11,7 +11,7 @@ const MIB: usize = 1 << 20;
 
 async fn node() -> Node {
     let cells = ["stdio-echo", "stdio-exit", "stdio-panic", "stdio-noread"].map(cell_flag);
-    let mut args = vec!["--max-per-peer", "200", "--queue-ms", "30000"];
+    let mut args = Vec::new();
     for cell in &cells {
         args.extend(["--cell", cell.as_str()]);
     }
