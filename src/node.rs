@@ -424,27 +424,52 @@ impl Node {
             self.swarm.remove_listener(listener);
         }
         self.tasks.close();
-        let finished = match self.serve_until(grace, &mut signals).await {
-            Ending::Finished => true,
+        match self.serve_until(grace, &mut signals).await {
+            Ending::Finished => {}
             Ending::Deadline => {
                 tracing::warn!(
                     running = self.tasks.len(),
                     "grace period over; ending the remaining streams"
                 );
                 self.stop.cancel();
-                matches!(
-                    self.serve_until(FINAL_FLUSH, &mut signals).await,
-                    Ending::Finished
-                )
+                if let Ending::Signal = self.serve_until(FINAL_FLUSH, &mut signals).await {
+                    return self.stop_now();
+                }
             }
-            Ending::Signal => false,
-        };
-        if !finished {
-            tracing::warn!(
-                running = self.tasks.len(),
-                "stopping now; the remaining streams are aborted"
-            );
-            self.stop.cancel();
+            Ending::Signal => return self.stop_now(),
+        }
+        self.close_connections(FINAL_FLUSH, &mut signals).await;
+    }
+
+    /// A second signal: whatever still runs is dropped, which aborts its stream.
+    fn stop_now(&self) {
+        tracing::warn!(
+            running = self.tasks.len(),
+            "stopping now; the remaining streams are aborted"
+        );
+        self.stop.cancel();
+    }
+
+    /// Closes every connection gracefully, so that what the streams wrote last (their
+    /// answers, trailers and FINs, queued in the muxers) reaches the peers before the
+    /// process exits; gives up after `limit` or at a signal.
+    async fn close_connections(
+        &mut self,
+        limit: Duration,
+        signals: &mut (impl Stream<Item = ()> + Unpin),
+    ) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        let deadline = tokio::time::sleep(limit);
+        tokio::pin!(deadline);
+        while self.swarm.connected_peers().next().is_some() {
+            tokio::select! {
+                () = &mut deadline => return,
+                Some(()) = signals.next() => return,
+                event = self.swarm.select_next_some() => self.on_event(event),
+            }
         }
     }
 

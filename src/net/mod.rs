@@ -124,9 +124,13 @@ pub fn build_swarm(
 /// socket. libp2p's TCP listener sets `SO_REUSEPORT`, so without this check a second
 /// node would share a port with the first and half of its dials would land on the
 /// wrong peer ("Unexpected peer ID"); a plain bind (without the option) notices.
-/// Port 0 and addresses that are not IP + TCP/UDP pass.
+/// Port 0, relayed addresses (listening through a relay binds nothing here) and
+/// addresses that are not IP + TCP/UDP pass.
 pub fn check_port_free(addr: &Multiaddr) -> anyhow::Result<()> {
     use libp2p::multiaddr::Protocol;
+    if discovery::is_relayed(addr) {
+        return Ok(());
+    }
     let mut ip = None;
     for part in addr.iter() {
         let taken = match (part, ip) {

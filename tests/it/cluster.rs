@@ -67,8 +67,16 @@ async fn five_nodes_find_a_cell_served_by_one_and_dial_any_reaches_it() {
     assert!(ok, "{err}");
     assert_eq!(out, data, "byte-exact through the provider found");
 
-    // The built-in echo cell is everywhere: all five are found.
-    let (mut everyone, _) = find_until_found("/ww/echo/0.1.0", &n5).await;
+    // The built-in echo cell is everywhere but on node 4: the four others are found
+    // (once every announcement has landed; a lookup may come back with fewer).
+    let mut everyone = Vec::new();
+    for _ in 0..100 {
+        everyone = find_until_found("/ww/echo/0.1.0", &n5).await.0;
+        if everyone.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     everyone.sort();
     let mut expected: Vec<String> = [&n1, &n2, &n3, &n4, &n5]
         .iter()

@@ -192,5 +192,11 @@ async fn a_guest_can_dial_during_the_grace_period() {
         .await
         .expect("the dial hung until the grace period ended")
         .unwrap();
-    assert_eq!(answer, b"dialed in the grace period", "{}", origin.log());
+    assert_eq!(
+        String::from_utf8_lossy(&answer),
+        "dialed in the grace period",
+        "origin:\n{}\ntarget:\n{}",
+        origin.log(),
+        target.log()
+    );
 }
