@@ -424,21 +424,26 @@ impl Node {
             self.swarm.remove_listener(listener);
         }
         self.tasks.close();
-        match self.serve_until(grace, &mut signals).await {
-            Ending::Finished => {}
+        let grace_ends = tokio::time::Instant::now() + grace;
+        let last = match self.serve_until(grace_ends, &mut signals).await {
+            Ending::Finished => tokio::time::Instant::now() + FINAL_FLUSH,
             Ending::Deadline => {
                 tracing::warn!(
                     running = self.tasks.len(),
                     "grace period over; ending the remaining streams"
                 );
                 self.stop.cancel();
-                if let Ending::Signal = self.serve_until(FINAL_FLUSH, &mut signals).await {
+                let last = tokio::time::Instant::now() + FINAL_FLUSH;
+                if let Ending::Signal = self.serve_until(last, &mut signals).await {
                     return self.stop_now();
                 }
+                last
             }
             Ending::Signal => return self.stop_now(),
-        }
-        self.close_connections(FINAL_FLUSH, &mut signals).await;
+        };
+        // One second after the streams ended (or were told to), whatever the peers
+        // have not taken is left behind: exit never takes longer than grace + 1 s.
+        self.close_connections(last, &mut signals).await;
     }
 
     /// A second signal: whatever still runs is dropped, which aborts its stream.
@@ -452,17 +457,17 @@ impl Node {
 
     /// Closes every connection gracefully, so that what the streams wrote last (their
     /// answers, trailers and FINs, queued in the muxers) reaches the peers before the
-    /// process exits; gives up after `limit` or at a signal.
+    /// process exits; gives up at `deadline` or at a signal.
     async fn close_connections(
         &mut self,
-        limit: Duration,
+        deadline: tokio::time::Instant,
         signals: &mut (impl Stream<Item = ()> + Unpin),
     ) {
         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         for peer in peers {
             let _ = self.swarm.disconnect_peer_id(peer);
         }
-        let deadline = tokio::time::sleep(limit);
+        let deadline = tokio::time::sleep_until(deadline);
         tokio::pin!(deadline);
         while self.swarm.connected_peers().next().is_some() {
             tokio::select! {
@@ -474,13 +479,13 @@ impl Node {
     }
 
     /// Keeps the swarm and the guests' requests going until every stream task has
-    /// finished, `limit` has passed, or a signal comes.
+    /// finished, `deadline` has passed, or a signal comes.
     async fn serve_until(
         &mut self,
-        limit: Duration,
+        deadline: tokio::time::Instant,
         signals: &mut (impl Stream<Item = ()> + Unpin),
     ) -> Ending {
-        let deadline = tokio::time::sleep(limit);
+        let deadline = tokio::time::sleep_until(deadline);
         tokio::pin!(deadline);
         loop {
             tokio::select! {
