@@ -262,6 +262,10 @@ struct ProviderLookup {
 pub struct Control {
     /// Dials answering a `Connect` or `ConnectPeer`.
     connecting: HashMap<ConnectionId, (PeerId, ConnectReply)>,
+    /// `Connect`s and `ConnectPeer`s that found a dial to their peer already under way
+    /// (a bootstrap's, the DHT's): answered when it connects, or dialed again when it
+    /// fails.
+    awaiting: HashMap<PeerId, Vec<(DialPlan, ConnectReply)>>,
     /// `ConnectPeer` requests waiting for a closest-peers query.
     finding: HashMap<kad::QueryId, (PeerId, ConnectReply)>,
     /// Provider lookups by DHT query.
@@ -278,6 +282,25 @@ pub struct Control {
 enum ConnectReply {
     WithPeer(oneshot::Sender<Result<PeerId, ConnectError>>),
     Unit(oneshot::Sender<Result<(), ConnectError>>),
+}
+
+/// Where to dial a peer; each attempt gets fresh [`DialOpts`] from it.
+struct DialPlan {
+    peer: PeerId,
+    addresses: Vec<Multiaddr>,
+    /// Whether the swarm's behaviours (the DHTs) may add addresses they know.
+    extend: bool,
+}
+
+impl DialPlan {
+    fn opts(&self) -> DialOpts {
+        let opts = DialOpts::peer_id(self.peer).addresses(self.addresses.clone());
+        if self.extend {
+            opts.extend_addresses_through_behaviour().build()
+        } else {
+            opts.build()
+        }
+    }
 }
 
 impl ConnectReply {
@@ -347,8 +370,12 @@ impl Control {
                     let _ = reply.send(Err(ConnectError::MissingPeerId(addr)));
                     return;
                 };
-                let opts = DialOpts::peer_id(peer).addresses(vec![addr]).build();
-                self.dial(swarm, peer, opts, ConnectReply::WithPeer(reply));
+                let plan = DialPlan {
+                    peer,
+                    addresses: vec![addr],
+                    extend: false,
+                };
+                self.dial(swarm, plan, ConnectReply::WithPeer(reply));
             }
             Request::ConnectPeer { peer, reply } => {
                 if swarm.is_connected(&peer) {
@@ -383,23 +410,23 @@ impl Control {
         }
     }
 
-    /// Dials with `opts` and answers `reply` when the dial settles; at once if the
-    /// peer is already connected.
-    fn dial(
-        &mut self,
-        swarm: &mut Swarm<Behaviour>,
-        peer: PeerId,
-        opts: DialOpts,
-        reply: ConnectReply,
-    ) {
+    /// Dials as `plan` says and answers `reply` when the dial settles; at once if the
+    /// peer is already connected. A dial to the peer already under way is waited for,
+    /// never reported as a failure.
+    fn dial(&mut self, swarm: &mut Swarm<Behaviour>, plan: DialPlan, reply: ConnectReply) {
+        let peer = plan.peer;
         if swarm.is_connected(&peer) {
             reply.send(peer, Ok(()));
             return;
         }
+        let opts = plan.opts();
         let connection = opts.connection_id();
         match swarm.dial(opts) {
             Ok(()) => {
                 self.connecting.insert(connection, (peer, reply));
+            }
+            Err(DialError::DialPeerConditionFalse(_)) => {
+                self.awaiting.entry(peer).or_default().push((plan, reply));
             }
             Err(DialError::NoAddresses) => reply.send(peer, Err(ConnectError::NotFound(peer))),
             Err(error) => reply.send(peer, Err(dial_failed(peer, &error))),
@@ -422,6 +449,9 @@ impl Control {
                 if let Some((peer, reply)) = self.connecting.remove(connection_id) {
                     reply.send(peer, Ok(()));
                 }
+                for (_, reply) in self.awaiting.remove(peer_id).unwrap_or_default() {
+                    reply.send(*peer_id, Ok(()));
+                }
                 self.provider_dialed(*peer_id, Ok(()));
             }
             SwarmEvent::OutgoingConnectionError {
@@ -435,6 +465,11 @@ impl Control {
                 if let Some(peer) = peer_id
                     && !swarm.is_connected(peer)
                 {
+                    // The dial they waited for failed: each dials for itself now (or
+                    // waits again, if yet another dial is under way).
+                    for (plan, reply) in self.awaiting.remove(peer).unwrap_or_default() {
+                        self.dial(swarm, plan, reply);
+                    }
                     self.provider_dialed(*peer, Err(error.to_string()));
                 }
             }
@@ -503,11 +538,12 @@ impl Control {
                         .find(|info| info.peer_id == peer)
                         .map(|info| info.addrs.clone())
                         .unwrap_or_default();
-                    let opts = DialOpts::peer_id(peer)
-                        .addresses(addrs)
-                        .extend_addresses_through_behaviour()
-                        .build();
-                    self.dial(swarm, peer, opts, reply);
+                    let plan = DialPlan {
+                        peer,
+                        addresses: addrs,
+                        extend: true,
+                    };
+                    self.dial(swarm, plan, reply);
                 }
             }
             QueryResult::Bootstrap(Ok(_)) if last => {

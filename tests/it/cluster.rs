@@ -296,3 +296,22 @@ async fn devnet_refuses_ports_in_use() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn dial_with_the_target_as_its_own_bootstrap_always_connects() {
+    let node = Node::start(&[]).await;
+    let addr = node.tcp.to_string();
+    let mut failures = Vec::new();
+    for round in 0..10 {
+        let data = pattern(1000, round);
+        let (ok, out, err) = ww(
+            &["dial", &addr, "/ww/echo/0.1.0", "--bootstrap", &addr],
+            &data,
+        )
+        .await;
+        if !ok || out != data {
+            failures.push(format!("round {round}: {err}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
