@@ -223,7 +223,7 @@ impl Node {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => {
                 self.metrics.libp2p.record(&event);
                 if let libp2p::kad::Event::ModeChanged { new_mode } = event {
-                    tracing::info!(mode = %new_mode, "DHT mode changed");
+                    tracing::info!(dht = "wan", mode = %new_mode, "DHT mode changed");
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => {

@@ -17,7 +17,8 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, Swarm, identify, mdns};
 
-use super::discovery::{self, KAD_PROTOCOL};
+use super::discovery::{self, Dht};
+use super::lookup::{LookupId, PeerSearch, ProviderLookup, Queries};
 use super::router::{OpenStream, OpenStreamError};
 use super::{Behaviour, BehaviourEvent};
 
@@ -246,17 +247,6 @@ impl Network {
     }
 }
 
-/// A provider lookup in progress.
-struct ProviderLookup {
-    reply: oneshot::Sender<Vec<Provider>>,
-    seen: HashSet<PeerId>,
-    found: Vec<Provider>,
-    /// Providers being dialed (by us or by the DHT query itself).
-    dialing: HashSet<PeerId>,
-    /// The DHT query has finished; only dials may be outstanding.
-    query_done: bool,
-}
-
 /// The swarm-side state of [`Request`]s in progress, plus what the node announces.
 #[derive(Default)]
 pub struct Control {
@@ -266,13 +256,17 @@ pub struct Control {
     /// (a bootstrap's, the DHT's): answered when it connects, or dialed again when it
     /// fails.
     awaiting: HashMap<PeerId, Vec<(DialPlan, ConnectReply)>>,
-    /// `ConnectPeer` requests waiting for a closest-peers query.
-    finding: HashMap<kad::QueryId, (PeerId, ConnectReply)>,
-    /// Provider lookups by DHT query.
-    lookups: HashMap<kad::QueryId, ProviderLookup>,
-    /// A dialable address of each peer, the latest we learned.
+    /// Which lookup each DHT query serves.
+    queries: Queries,
+    /// `ConnectPeer` requests waiting for closest-peers queries in both DHTs.
+    searches: HashMap<LookupId, (PeerSearch, ConnectReply)>,
+    /// Provider lookups, each querying both DHTs.
+    lookups: HashMap<LookupId, ProviderLookup>,
+    /// A dialable address of each connected peer, the latest we learned; a peer's
+    /// entry goes with its last connection, so the map is bounded by the connection
+    /// limits.
     addresses: HashMap<PeerId, Multiaddr>,
-    /// Keys of the cells this swarm serves, announced in the DHT.
+    /// Keys of the cells this swarm serves, announced in both DHTs.
     provided: Vec<kad::RecordKey>,
     /// When the cells were last announced.
     announced: Option<Instant>,
@@ -317,23 +311,27 @@ impl ConnectReply {
 }
 
 impl Control {
-    /// Joins the network through `bootstrap` peers: adds them to the DHT's routing
-    /// table, dials them and starts a bootstrap query.
+    /// Joins the network through `bootstrap` peers: adds them to the DHTs' routing
+    /// tables (the LAN DHT's if the address is not global), dials them and starts a
+    /// bootstrap query in each DHT that knows one of them.
     pub fn join(&mut self, swarm: &mut Swarm<Behaviour>, bootstrap: &[Multiaddr]) {
         for addr in bootstrap {
             let Some(peer) = discovery::peer_of(addr) else {
                 tracing::warn!(%addr, "bootstrap address has no /p2p/<peer-id>; skipped");
                 continue;
             };
-            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            swarm
+                .behaviour_mut()
+                .add_dht_address(&peer, addr, Dht::BOTH);
             if let Err(error) = swarm.dial(addr.clone()) {
                 tracing::warn!(%addr, %error, "cannot dial bootstrap peer");
             }
         }
-        if !bootstrap.is_empty()
-            && let Err(error) = swarm.behaviour_mut().kad.bootstrap()
-        {
-            tracing::warn!(%error, "DHT bootstrap not started");
+        for which in Dht::BOTH {
+            let knows_one = bootstrap.iter().any(|addr| which.admits(addr));
+            if knows_one && let Err(error) = swarm.behaviour_mut().dht(which).bootstrap() {
+                tracing::warn!(?which, %error, "DHT bootstrap not started");
+            }
         }
     }
 
@@ -349,14 +347,19 @@ impl Control {
     /// expire after [`discovery::PROVIDER_TTL`]).
     pub fn withdraw(&mut self, swarm: &mut Swarm<Behaviour>) {
         for key in self.provided.drain(..) {
-            swarm.behaviour_mut().kad.stop_providing(&key);
+            for which in Dht::BOTH {
+                swarm.behaviour_mut().dht(which).stop_providing(&key);
+            }
         }
     }
 
     fn announce(&mut self, swarm: &mut Swarm<Behaviour>) {
         for key in &self.provided {
-            if let Err(error) = swarm.behaviour_mut().kad.start_providing(key.clone()) {
-                tracing::warn!(%error, "cannot announce a cell");
+            for which in Dht::BOTH {
+                let dht = swarm.behaviour_mut().dht(which);
+                if let Err(error) = dht.start_providing(key.clone()) {
+                    tracing::warn!(?which, %error, "cannot announce a cell");
+                }
             }
         }
         self.announced = Some(Instant::now());
@@ -382,9 +385,16 @@ impl Control {
                     let _ = reply.send(Ok(()));
                     return;
                 }
-                let query = swarm.behaviour_mut().kad.get_closest_peers(peer);
-                self.finding
-                    .insert(query, (peer, ConnectReply::Unit(reply)));
+                let queries = Dht::BOTH.map(|which| {
+                    (
+                        which,
+                        swarm.behaviour_mut().dht(which).get_closest_peers(peer),
+                    )
+                });
+                let id = self.queries.start(queries);
+                let search = PeerSearch::new(peer, queries.len());
+                self.searches
+                    .insert(id, (search, ConnectReply::Unit(reply)));
             }
             Request::Open {
                 peer,
@@ -395,17 +405,15 @@ impl Control {
             }
             Request::Providers { protocol, reply } => {
                 let key = discovery::provider_key(&protocol);
-                let query = swarm.behaviour_mut().kad.get_providers(key);
-                self.lookups.insert(
-                    query,
-                    ProviderLookup {
-                        reply,
-                        seen: HashSet::new(),
-                        found: Vec::new(),
-                        dialing: HashSet::new(),
-                        query_done: false,
-                    },
-                );
+                let queries = Dht::BOTH.map(|which| {
+                    (
+                        which,
+                        swarm.behaviour_mut().dht(which).get_providers(key.clone()),
+                    )
+                });
+                let id = self.queries.start(queries);
+                self.lookups
+                    .insert(id, ProviderLookup::new(reply, queries.len()));
             }
         }
     }
@@ -478,30 +486,42 @@ impl Control {
                 info,
                 ..
             })) => self.learn(swarm, *peer_id, info),
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.addresses.remove(peer_id);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
                     tracing::debug!(%peer, %addr, "found on the local network");
-                    swarm.behaviour_mut().kad.add_address(peer, addr.clone());
+                    swarm.behaviour_mut().add_dht_address(peer, addr, Dht::BOTH);
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
-                id,
-                result,
-                step,
-                ..
-            })) => self.on_query(swarm, *id, result, step.last),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => {
+                self.on_dht(swarm, Dht::Wan, event)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::LanKad(event)) => {
+                self.on_dht(swarm, Dht::Lan, event)
+            }
             _ => {}
         }
     }
 
-    /// What identify tells about a peer: DHT servers go into the routing table with
-    /// their listen addresses.
+    /// What identify tells about a peer: a server of either DHT goes into that DHT's
+    /// routing table with the listen addresses it admits.
     fn learn(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId, info: &identify::Info) {
-        if !info.protocols.contains(&KAD_PROTOCOL) {
+        let serves = Dht::BOTH.map(|which| info.protocols.contains(&which.protocol()));
+        if serves == [false, false] {
             return;
         }
+        let served = Dht::BOTH.into_iter().zip(serves).filter(|(_, s)| *s);
+        let served: Vec<Dht> = served.map(|(which, _)| which).collect();
         for addr in &info.listen_addrs {
-            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            swarm
+                .behaviour_mut()
+                .add_dht_address(&peer, addr, served.iter().copied());
         }
         if let Some(addr) = info.listen_addrs.iter().find(|a| !discovery::is_relayed(a)) {
             self.addresses
@@ -510,41 +530,55 @@ impl Control {
         }
     }
 
+    /// What one DHT reports: query progress; for the LAN DHT (which inserts no peer
+    /// by itself) also the connected peers it could route to.
+    fn on_dht(&mut self, swarm: &mut Swarm<Behaviour>, which: Dht, event: &kad::Event) {
+        match event {
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => self.on_query(swarm, which, *id, result, step.last),
+            kad::Event::RoutablePeer { peer, address }
+            | kad::Event::PendingRoutablePeer { peer, address }
+                if which == Dht::Lan =>
+            {
+                swarm
+                    .behaviour_mut()
+                    .add_dht_address(peer, address, [Dht::Lan]);
+            }
+            _ => {}
+        }
+    }
+
     fn on_query(
         &mut self,
         swarm: &mut Swarm<Behaviour>,
+        which: Dht,
         id: kad::QueryId,
         result: &QueryResult,
         last: bool,
     ) {
+        let lookup = self.queries.lookup_of(which, id, last);
         match result {
             QueryResult::GetProviders(Ok(GetProvidersOk::FoundProviders { providers, .. })) => {
-                self.found_providers(swarm, id, providers)
+                if let Some(lookup) = lookup {
+                    self.found_providers(swarm, lookup, providers)
+                }
             }
             QueryResult::GetProviders(Ok(GetProvidersOk::FinishedWithNoAdditionalRecord {
                 ..
             })) => {}
             QueryResult::GetProviders(Err(GetProvidersError::Timeout { .. })) => {
-                tracing::debug!("provider lookup timed out; answering with what it found");
+                tracing::debug!(
+                    ?which,
+                    "provider lookup timed out; answering with what it found"
+                );
             }
             QueryResult::GetClosestPeers(result) => {
                 let peers = match result {
                     Ok(ok) => &ok.peers,
                     Err(GetClosestPeersError::Timeout { peers, .. }) => peers,
                 };
-                if let Some((peer, reply)) = self.finding.remove(&id) {
-                    let addrs = peers
-                        .iter()
-                        .find(|info| info.peer_id == peer)
-                        .map(|info| info.addrs.clone())
-                        .unwrap_or_default();
-                    let plan = DialPlan {
-                        peer,
-                        addresses: addrs,
-                        extend: true,
-                    };
-                    self.dial(swarm, plan, reply);
-                }
+                self.found_closest(swarm, lookup, peers);
             }
             QueryResult::Bootstrap(Ok(_)) if last => {
                 let stale = self
@@ -555,14 +589,43 @@ impl Control {
                 }
             }
             QueryResult::StartProviding(Err(error)) => {
-                tracing::debug!(%error, "announcing a cell failed; the DHT retries on refresh");
+                tracing::debug!(?which, %error, "announcing a cell failed; the DHT retries on refresh");
             }
             _ => {}
         }
-        if last && let Some(lookup) = self.lookups.get_mut(&id) {
-            lookup.query_done = true;
-            self.finish_lookup(id);
+        if last
+            && let Some(lookup) = lookup
+            && let Some(providers) = self.lookups.get_mut(&lookup)
+        {
+            providers.query_finished();
+            self.finish_lookup(lookup);
         }
+    }
+
+    /// A closest-peers query of a `ConnectPeer` finished: once both have, dial the
+    /// peer at every address they found (and those the swarm knows).
+    fn found_closest(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        lookup: Option<LookupId>,
+        peers: &[kad::PeerInfo],
+    ) {
+        let Some(lookup) = lookup else { return };
+        let Some((search, _)) = self.searches.get_mut(&lookup) else {
+            return;
+        };
+        let Some(addresses) = search.query_finished(peers) else {
+            return;
+        };
+        let Some((search, reply)) = self.searches.remove(&lookup) else {
+            return;
+        };
+        let plan = DialPlan {
+            peer: search.peer,
+            addresses,
+            extend: true,
+        };
+        self.dial(swarm, plan, reply);
     }
 
     /// New providers: note the connected ones, dial the others while the query still
@@ -570,7 +633,7 @@ impl Control {
     fn found_providers(
         &mut self,
         swarm: &mut Swarm<Behaviour>,
-        id: kad::QueryId,
+        id: LookupId,
         providers: &HashSet<PeerId>,
     ) {
         let local = *swarm.local_peer_id();
@@ -578,11 +641,11 @@ impl Control {
             return;
         };
         for &peer in providers {
-            if peer == local || !lookup.seen.insert(peer) {
+            if peer == local || !lookup.first_sight(peer) {
                 continue;
             }
             if swarm.is_connected(&peer) {
-                lookup.found.push(Provider {
+                lookup.settled(Provider {
                     peer,
                     reached: Ok(self.addresses.get(&peer).cloned()),
                     was_connected: true,
@@ -594,10 +657,8 @@ impl Control {
                 .build();
             match swarm.dial(opts) {
                 // A dial already under way (the DHT query's own) settles ours too.
-                Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {
-                    lookup.dialing.insert(peer);
-                }
-                Err(error) => lookup.found.push(Provider {
+                Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => lookup.dialing(peer),
+                Err(error) => lookup.settled(Provider {
                     peer,
                     reached: Err(error.to_string()),
                     was_connected: false,
@@ -608,42 +669,24 @@ impl Control {
 
     /// A dial to `peer` settled: every lookup waiting on it learns the outcome.
     fn provider_dialed(&mut self, peer: PeerId, result: Result<(), String>) {
-        let waiting: Vec<kad::QueryId> = self
+        let reached = result.map(|()| self.addresses.get(&peer).cloned());
+        let waiting: Vec<LookupId> = self
             .lookups
-            .iter()
-            .filter(|(_, lookup)| lookup.dialing.contains(&peer))
-            .map(|(id, _)| *id)
+            .iter_mut()
+            .filter_map(|(id, lookup)| lookup.dialed(peer, reached.clone()).then_some(*id))
             .collect();
         for id in waiting {
-            if let Some(lookup) = self.lookups.get_mut(&id) {
-                lookup.dialing.remove(&peer);
-                lookup.found.push(Provider {
-                    peer,
-                    reached: result.clone().map(|()| self.addresses.get(&peer).cloned()),
-                    was_connected: false,
-                });
-            }
             self.finish_lookup(id);
         }
     }
 
-    /// Answers a lookup once its query and all its dials are done: providers we
-    /// were connected to first, then the reachable ones, then the rest.
-    fn finish_lookup(&mut self, id: kad::QueryId) {
-        let done = self
-            .lookups
-            .get(&id)
-            .is_some_and(|lookup| lookup.query_done && lookup.dialing.is_empty());
-        if !done {
-            return;
+    /// Answers a lookup once its queries and all its dials are done.
+    fn finish_lookup(&mut self, id: LookupId) {
+        if self.lookups.get(&id).is_some_and(ProviderLookup::is_done)
+            && let Some(lookup) = self.lookups.remove(&id)
+        {
+            lookup.answer();
         }
-        let Some(mut lookup) = self.lookups.remove(&id) else {
-            return;
-        };
-        lookup
-            .found
-            .sort_by_key(|p| (!p.was_connected, p.reached.is_err()));
-        let _ = lookup.reply.send(lookup.found);
     }
 }
 

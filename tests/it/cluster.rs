@@ -315,3 +315,49 @@ async fn dial_with_the_target_as_its_own_bootstrap_always_connects() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// The cluster of the README, started by hand with no `--dht-mode`: the LAN DHT
+/// (always served, loopback and private addresses only) finds the cell.
+#[tokio::test]
+async fn a_hand_started_loopback_cluster_finds_its_cells_without_dht_flags() {
+    const LAN: &str = "/test/lan/1";
+    let a = Node::start(&[]).await;
+    let bootstrap = a.tcp.to_string();
+    let b = Node::start(&["--bootstrap", &bootstrap]).await;
+    let c = Node::start(&[
+        "--bootstrap",
+        &bootstrap,
+        "--cell",
+        &format!("{LAN}=builtin:echo"),
+    ])
+    .await;
+    let d = Node::start(&["--bootstrap", &bootstrap]).await;
+
+    let (providers, took) = find_until_found(LAN, &b).await;
+    println!("found through node b after {took:?}");
+    assert_eq!(
+        providers,
+        vec![c.peer.to_string()],
+        "only node c serves {LAN}"
+    );
+
+    let through = d.tcp.to_string();
+    let mut answered = None;
+    for _ in 0..50 {
+        let (ok, out, err) = ww(&["dial", "--any", LAN, "--bootstrap", &through], b"lan").await;
+        if ok {
+            answered = Some(out);
+            break;
+        }
+        assert!(err.contains("no provider"), "{err}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(answered.as_deref(), Some(&b"lan"[..]));
+    for node in [&a, &b, &c, &d] {
+        assert!(
+            !node.log().contains("DHT mode changed"),
+            "no node became a WAN DHT server on loopback:\n{}",
+            node.log()
+        );
+    }
+}
