@@ -361,3 +361,28 @@ async fn a_hand_started_loopback_cluster_finds_its_cells_without_dht_flags() {
         );
     }
 }
+
+/// A node that knows its public address serves the WAN DHT, as before the LAN DHT.
+#[tokio::test]
+async fn a_node_with_an_external_address_serves_the_wan_dht() {
+    let port = free_tcp_port();
+    let addr = format!("/ip4/127.0.0.1/tcp/{port}");
+    let node = Node::start(&["--listen", &addr, "--external-address", &addr]).await;
+    let mut log = node.log();
+    for _ in 0..100 {
+        if log.contains("DHT mode changed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        log = node.log();
+    }
+    let line = log
+        .lines()
+        .find(|line| line.contains("DHT mode changed"))
+        .unwrap_or_else(|| panic!("the WAN DHT never changed mode:\n{log}"));
+    assert!(
+        line.contains("dht=\"wan\"") || line.contains("dht=wan"),
+        "{line}"
+    );
+    assert!(line.contains("mode=server"), "{line}");
+}
