@@ -8,6 +8,7 @@ pub mod control;
 pub mod discovery;
 mod lookup;
 pub mod outcome;
+pub mod relays;
 pub mod router;
 
 use std::time::Duration;
