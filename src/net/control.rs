@@ -699,3 +699,78 @@ fn dial_failed(peer: PeerId, error: &DialError) -> ConnectError {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt as _;
+    use libp2p::identity::Keypair;
+
+    use super::*;
+    use crate::net::{NetOptions, build_swarm};
+
+    /// A node-like swarm on loopback TCP, run in a task; returns its full address.
+    async fn listening_peer() -> (Multiaddr, tokio::task::JoinHandle<()>) {
+        let options = NetOptions::default();
+        let mut swarm = build_swarm(Keypair::generate_ed25519(), Vec::new(), &options).unwrap();
+        swarm
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .unwrap();
+        let addr = loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                break address.with_p2p(*swarm.local_peer_id()).unwrap();
+            }
+        };
+        let task = tokio::spawn(async move {
+            loop {
+                swarm.select_next_some().await;
+            }
+        });
+        (addr, task)
+    }
+
+    /// Runs `swarm` and `control` until `done` holds (bounded by a generous timeout).
+    async fn drive_until(
+        swarm: &mut Swarm<Behaviour>,
+        control: &mut Control,
+        mut done: impl FnMut(&Swarm<Behaviour>, &Control) -> bool,
+    ) {
+        let run = async {
+            while !done(swarm, control) {
+                let event = swarm.select_next_some().await;
+                control.on_event(swarm, &event);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("the swarm never got there");
+    }
+
+    #[tokio::test]
+    async fn a_connect_meeting_a_dial_under_way_waits_for_it_and_addresses_go_with_the_connection()
+    {
+        let (addr, server) = listening_peer().await;
+        let peer = discovery::peer_of(&addr).unwrap();
+        let options = NetOptions::client(vec![addr.clone()]);
+        let mut swarm = build_swarm(Keypair::generate_ed25519(), Vec::new(), &options).unwrap();
+        let mut control = Control::default();
+        // The bootstrap dial is under way when the Connect arrives.
+        control.join(&mut swarm, &options.bootstrap);
+        let (reply, mut answer) = oneshot::channel();
+        control.handle(&mut swarm, Request::Connect { addr, reply });
+        let mut answered = None;
+        drive_until(&mut swarm, &mut control, |_, _| {
+            answered = answer.try_recv().unwrap();
+            answered.is_some()
+        })
+        .await;
+        assert_eq!(answered.unwrap().unwrap(), peer);
+        assert!(control.addresses.contains_key(&peer));
+
+        swarm.disconnect_peer_id(peer).unwrap();
+        drive_until(&mut swarm, &mut control, |swarm, control| {
+            !swarm.is_connected(&peer) && control.addresses.is_empty()
+        })
+        .await;
+        server.abort();
+    }
+}
