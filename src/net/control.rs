@@ -1,5 +1,6 @@
 //! Requests against a swarm from other tasks: connect, find a peer or a cell's
-//! providers in the DHT, open a stream.
+//! providers in the DHTs (WAN and LAN, merged; see `net::lookup`), open a
+//! stream.
 //!
 //! A swarm lives in one task (a node's event loop, a client's). Other tasks hold a
 //! [`Network`] handle and send it [`Request`]s; the owning task passes each request

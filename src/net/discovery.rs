@@ -110,7 +110,8 @@ pub enum DhtMode {
     /// AutoNAT, a relay reservation or `--external-address`), client before.
     #[default]
     Auto,
-    /// Always answer queries (a bootstrap node, a LAN or loopback cluster).
+    /// Always answer queries (a bootstrap node whose reachability AutoNAT cannot
+    /// confirm). LAN and loopback clusters need no flag: see [`Dht::Lan`].
     Server,
     /// Never answer queries; only ask.
     Client,
