@@ -481,6 +481,7 @@ impl NodeConfig {
                 bootstrap,
                 mdns: !flags.no_mdns && file.mdns.unwrap_or(true),
                 dht: flags.dht.or(file.dht).unwrap_or_default(),
+                client: false,
                 relay: flags.relay || file.relay.unwrap_or(false),
                 external: [file.external_addresses, flags.external].concat(),
             },

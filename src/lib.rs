@@ -7,7 +7,7 @@
 //!
 //! # Layout
 //! The modules follow the data path of a stream:
-//! - [`net`]: the swarm (TCP + noise + yamux, QUIC, relay; identify, ping, the DHT,
+//! - [`net`]: the swarm (TCP + noise + yamux, QUIC, relay; identify, ping, the DHTs,
 //!   mDNS, AutoNAT, DCUtR) and [`net::router`], which accepts streams on cell
 //!   protocols without losing any; [`net::control`] answers dial and lookup requests;
 //!   [`net::client`] is a peer that only asks.

@@ -27,8 +27,8 @@ struct NetworkArgs {
     /// Do not look for peers on the local network with mDNS.
     #[arg(long)]
     no_mdns: bool,
-    /// Answer DHT queries: auto (once reachable), server (always) or client (never)
-    /// [default: auto].
+    /// Answer WAN DHT queries: auto (once reachable), server (always) or client
+    /// (never) [default: auto]. The LAN DHT (non-global addresses) is always answered.
     #[arg(long, value_enum, value_name = "MODE")]
     dht_mode: Option<ww::net::DhtMode>,
     /// Relay connections for peers that cannot be reached directly (circuit relay v2).

@@ -35,8 +35,9 @@ use crate::config::{CellSource, NodeConfig};
 use crate::metrics::{CellLabel, Metrics};
 use crate::net::control::{Control, Network, Request};
 use crate::net::outcome::{self, Outcome};
+use crate::net::relays::Relays;
 use crate::net::router::InboundStream;
-use crate::net::{self, Behaviour, BehaviourEvent, discovery};
+use crate::net::{self, Behaviour, BehaviourEvent};
 
 /// A native protocol every node serves: a plain-text snapshot of its counters, one
 /// `name value` pair per line (`live`, `succeeded`, `failed`, `refused`), then the
@@ -113,7 +114,7 @@ pub async fn run(
         control,
         requests,
         _network: network_handle,
-        relays: HashMap::new(),
+        relays: Relays::default(),
     };
     loop {
         tokio::select! {
@@ -221,8 +222,8 @@ struct Node {
     requests: mpsc::Receiver<Request>,
     /// Keeps `requests` open while the node runs.
     _network: Network,
-    /// Relays we know of (peers that offer circuit relay), at a direct address.
-    relays: HashMap<PeerId, Multiaddr>,
+    /// Relays we know of, and those we listen through.
+    relays: Relays,
 }
 
 impl Node {
@@ -243,7 +244,7 @@ impl Node {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => {
                 self.metrics.libp2p.record(&event);
                 if let libp2p::kad::Event::ModeChanged { new_mode } = event {
-                    tracing::info!(mode = %new_mode, "DHT mode changed");
+                    tracing::info!(dht = "wan", mode = %new_mode, "DHT mode changed");
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => {
@@ -384,35 +385,33 @@ impl Node {
         )
     }
 
-    /// Remembers a peer that offers circuit relay, at a direct address of its own.
+    /// Remembers (or forgets) a peer that offers circuit relay; an unreachable node
+    /// listens through a new one at once.
     fn note_relay(&mut self, peer: PeerId, info: &identify::Info) {
-        if !info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
-            return;
-        }
-        if let Some(addr) = info.listen_addrs.iter().find(|a| !discovery::is_relayed(a)) {
-            self.relays
-                .insert(peer, discovery::without_peer(addr.clone()));
+        let offers_hop = info.protocols.contains(&relay::HOP_PROTOCOL_NAME);
+        if let Some(circuit) = self
+            .relays
+            .on_identify(peer, offers_hop, &info.listen_addrs)
+        {
+            self.listen_through(circuit);
         }
     }
 
     /// AutoNAT's verdict changed. A node found unreachable reserves a slot on every
-    /// relay it knows, so it can still be dialed (through `/p2p-circuit` addresses
-    /// that identify and the DHT then announce).
+    /// relay it knows (and, see [`Node::note_relay`], on each it learns of later), so
+    /// it can still be dialed (through `/p2p-circuit` addresses that identify and the
+    /// DHT then announce).
     fn on_reachability(&mut self, status: autonat::NatStatus) {
         tracing::info!(?status, "reachability");
-        if status != autonat::NatStatus::Private {
-            return;
+        for circuit in self.relays.on_reachability(&status) {
+            self.listen_through(circuit);
         }
-        for (relay, addr) in &self.relays {
-            let circuit = addr
-                .clone()
-                .with_p2p(*relay)
-                .map(|a| a.with(libp2p::multiaddr::Protocol::P2pCircuit));
-            match circuit.map(|c| self.swarm.listen_on(c.clone()).map(|_| c)) {
-                Ok(Ok(circuit)) => tracing::info!(%circuit, "listening through a relay"),
-                Ok(Err(error)) => tracing::warn!(%relay, %error, "cannot listen through relay"),
-                Err(addr) => tracing::warn!(%addr, "relay address has another peer ID"),
-            }
+    }
+
+    fn listen_through(&mut self, circuit: Multiaddr) {
+        match self.swarm.listen_on(circuit.clone()) {
+            Ok(_) => tracing::info!(%circuit, "listening through a relay"),
+            Err(error) => tracing::warn!(%circuit, %error, "cannot listen through relay"),
         }
     }
 

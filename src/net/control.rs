@@ -1,5 +1,6 @@
 //! Requests against a swarm from other tasks: connect, find a peer or a cell's
-//! providers in the DHT, open a stream.
+//! providers in the DHTs (WAN and LAN, merged; see `net::lookup`), open a
+//! stream.
 //!
 //! A swarm lives in one task (a node's event loop, a client's). Other tasks hold a
 //! [`Network`] handle and send it [`Request`]s; the owning task passes each request
@@ -17,7 +18,8 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, Swarm, identify, mdns};
 
-use super::discovery::{self, KAD_PROTOCOL};
+use super::discovery::{self, Dht};
+use super::lookup::{LookupId, PeerSearch, ProviderLookup, Queries};
 use super::router::{OpenStream, OpenStreamError};
 use super::{Behaviour, BehaviourEvent};
 
@@ -246,29 +248,26 @@ impl Network {
     }
 }
 
-/// A provider lookup in progress.
-struct ProviderLookup {
-    reply: oneshot::Sender<Vec<Provider>>,
-    seen: HashSet<PeerId>,
-    found: Vec<Provider>,
-    /// Providers being dialed (by us or by the DHT query itself).
-    dialing: HashSet<PeerId>,
-    /// The DHT query has finished; only dials may be outstanding.
-    query_done: bool,
-}
-
 /// The swarm-side state of [`Request`]s in progress, plus what the node announces.
 #[derive(Default)]
 pub struct Control {
     /// Dials answering a `Connect` or `ConnectPeer`.
     connecting: HashMap<ConnectionId, (PeerId, ConnectReply)>,
-    /// `ConnectPeer` requests waiting for a closest-peers query.
-    finding: HashMap<kad::QueryId, (PeerId, ConnectReply)>,
-    /// Provider lookups by DHT query.
-    lookups: HashMap<kad::QueryId, ProviderLookup>,
-    /// A dialable address of each peer, the latest we learned.
+    /// `Connect`s and `ConnectPeer`s that found a dial to their peer already under way
+    /// (a bootstrap's, the DHT's): answered when it connects, or dialed again when it
+    /// fails.
+    awaiting: HashMap<PeerId, Vec<(DialPlan, ConnectReply)>>,
+    /// Which lookup each DHT query serves.
+    queries: Queries,
+    /// `ConnectPeer` requests waiting for closest-peers queries in both DHTs.
+    searches: HashMap<LookupId, (PeerSearch, ConnectReply)>,
+    /// Provider lookups, each querying both DHTs.
+    lookups: HashMap<LookupId, ProviderLookup>,
+    /// A dialable address of each connected peer, the latest we learned; a peer's
+    /// entry goes with its last connection, so the map is bounded by the connection
+    /// limits.
     addresses: HashMap<PeerId, Multiaddr>,
-    /// Keys of the cells this swarm serves, announced in the DHT.
+    /// Keys of the cells this swarm serves, announced in both DHTs.
     provided: Vec<kad::RecordKey>,
     /// When the cells were last announced.
     announced: Option<Instant>,
@@ -278,6 +277,25 @@ pub struct Control {
 enum ConnectReply {
     WithPeer(oneshot::Sender<Result<PeerId, ConnectError>>),
     Unit(oneshot::Sender<Result<(), ConnectError>>),
+}
+
+/// Where to dial a peer; each attempt gets fresh [`DialOpts`] from it.
+struct DialPlan {
+    peer: PeerId,
+    addresses: Vec<Multiaddr>,
+    /// Whether the swarm's behaviours (the DHTs) may add addresses they know.
+    extend: bool,
+}
+
+impl DialPlan {
+    fn opts(&self) -> DialOpts {
+        let opts = DialOpts::peer_id(self.peer).addresses(self.addresses.clone());
+        if self.extend {
+            opts.extend_addresses_through_behaviour().build()
+        } else {
+            opts.build()
+        }
+    }
 }
 
 impl ConnectReply {
@@ -294,23 +312,27 @@ impl ConnectReply {
 }
 
 impl Control {
-    /// Joins the network through `bootstrap` peers: adds them to the DHT's routing
-    /// table, dials them and starts a bootstrap query.
+    /// Joins the network through `bootstrap` peers: adds them to the DHTs' routing
+    /// tables (the LAN DHT's if the address is not global), dials them and starts a
+    /// bootstrap query in each DHT that knows one of them.
     pub fn join(&mut self, swarm: &mut Swarm<Behaviour>, bootstrap: &[Multiaddr]) {
         for addr in bootstrap {
             let Some(peer) = discovery::peer_of(addr) else {
                 tracing::warn!(%addr, "bootstrap address has no /p2p/<peer-id>; skipped");
                 continue;
             };
-            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            swarm
+                .behaviour_mut()
+                .add_dht_address(&peer, addr, Dht::BOTH);
             if let Err(error) = swarm.dial(addr.clone()) {
                 tracing::warn!(%addr, %error, "cannot dial bootstrap peer");
             }
         }
-        if !bootstrap.is_empty()
-            && let Err(error) = swarm.behaviour_mut().kad.bootstrap()
-        {
-            tracing::warn!(%error, "DHT bootstrap not started");
+        for which in Dht::BOTH {
+            let knows_one = bootstrap.iter().any(|addr| which.admits(addr));
+            if knows_one && let Err(error) = swarm.behaviour_mut().dht(which).bootstrap() {
+                tracing::warn!(?which, %error, "DHT bootstrap not started");
+            }
         }
     }
 
@@ -326,14 +348,19 @@ impl Control {
     /// expire after [`discovery::PROVIDER_TTL`]).
     pub fn withdraw(&mut self, swarm: &mut Swarm<Behaviour>) {
         for key in self.provided.drain(..) {
-            swarm.behaviour_mut().kad.stop_providing(&key);
+            for which in Dht::BOTH {
+                swarm.behaviour_mut().dht(which).stop_providing(&key);
+            }
         }
     }
 
     fn announce(&mut self, swarm: &mut Swarm<Behaviour>) {
         for key in &self.provided {
-            if let Err(error) = swarm.behaviour_mut().kad.start_providing(key.clone()) {
-                tracing::warn!(%error, "cannot announce a cell");
+            for which in Dht::BOTH {
+                let dht = swarm.behaviour_mut().dht(which);
+                if let Err(error) = dht.start_providing(key.clone()) {
+                    tracing::warn!(?which, %error, "cannot announce a cell");
+                }
             }
         }
         self.announced = Some(Instant::now());
@@ -347,17 +374,28 @@ impl Control {
                     let _ = reply.send(Err(ConnectError::MissingPeerId(addr)));
                     return;
                 };
-                let opts = DialOpts::peer_id(peer).addresses(vec![addr]).build();
-                self.dial(swarm, peer, opts, ConnectReply::WithPeer(reply));
+                let plan = DialPlan {
+                    peer,
+                    addresses: vec![addr],
+                    extend: false,
+                };
+                self.dial(swarm, plan, ConnectReply::WithPeer(reply));
             }
             Request::ConnectPeer { peer, reply } => {
                 if swarm.is_connected(&peer) {
                     let _ = reply.send(Ok(()));
                     return;
                 }
-                let query = swarm.behaviour_mut().kad.get_closest_peers(peer);
-                self.finding
-                    .insert(query, (peer, ConnectReply::Unit(reply)));
+                let queries = Dht::BOTH.map(|which| {
+                    (
+                        which,
+                        swarm.behaviour_mut().dht(which).get_closest_peers(peer),
+                    )
+                });
+                let id = self.queries.start(queries);
+                let search = PeerSearch::new(peer, queries.len());
+                self.searches
+                    .insert(id, (search, ConnectReply::Unit(reply)));
             }
             Request::Open {
                 peer,
@@ -368,38 +406,36 @@ impl Control {
             }
             Request::Providers { protocol, reply } => {
                 let key = discovery::provider_key(&protocol);
-                let query = swarm.behaviour_mut().kad.get_providers(key);
-                self.lookups.insert(
-                    query,
-                    ProviderLookup {
-                        reply,
-                        seen: HashSet::new(),
-                        found: Vec::new(),
-                        dialing: HashSet::new(),
-                        query_done: false,
-                    },
-                );
+                let queries = Dht::BOTH.map(|which| {
+                    (
+                        which,
+                        swarm.behaviour_mut().dht(which).get_providers(key.clone()),
+                    )
+                });
+                let id = self.queries.start(queries);
+                self.lookups
+                    .insert(id, ProviderLookup::new(reply, queries.len()));
             }
         }
     }
 
-    /// Dials with `opts` and answers `reply` when the dial settles; at once if the
-    /// peer is already connected.
-    fn dial(
-        &mut self,
-        swarm: &mut Swarm<Behaviour>,
-        peer: PeerId,
-        opts: DialOpts,
-        reply: ConnectReply,
-    ) {
+    /// Dials as `plan` says and answers `reply` when the dial settles; at once if the
+    /// peer is already connected. A dial to the peer already under way is waited for,
+    /// never reported as a failure.
+    fn dial(&mut self, swarm: &mut Swarm<Behaviour>, plan: DialPlan, reply: ConnectReply) {
+        let peer = plan.peer;
         if swarm.is_connected(&peer) {
             reply.send(peer, Ok(()));
             return;
         }
+        let opts = plan.opts();
         let connection = opts.connection_id();
         match swarm.dial(opts) {
             Ok(()) => {
                 self.connecting.insert(connection, (peer, reply));
+            }
+            Err(DialError::DialPeerConditionFalse(_)) => {
+                self.awaiting.entry(peer).or_default().push((plan, reply));
             }
             Err(DialError::NoAddresses) => reply.send(peer, Err(ConnectError::NotFound(peer))),
             Err(error) => reply.send(peer, Err(dial_failed(peer, &error))),
@@ -422,6 +458,9 @@ impl Control {
                 if let Some((peer, reply)) = self.connecting.remove(connection_id) {
                     reply.send(peer, Ok(()));
                 }
+                for (_, reply) in self.awaiting.remove(peer_id).unwrap_or_default() {
+                    reply.send(*peer_id, Ok(()));
+                }
                 self.provider_dialed(*peer_id, Ok(()));
             }
             SwarmEvent::OutgoingConnectionError {
@@ -435,6 +474,11 @@ impl Control {
                 if let Some(peer) = peer_id
                     && !swarm.is_connected(peer)
                 {
+                    // The dial they waited for failed: each dials for itself now (or
+                    // waits again, if yet another dial is under way).
+                    for (plan, reply) in self.awaiting.remove(peer).unwrap_or_default() {
+                        self.dial(swarm, plan, reply);
+                    }
                     self.provider_dialed(*peer, Err(error.to_string()));
                 }
             }
@@ -443,30 +487,42 @@ impl Control {
                 info,
                 ..
             })) => self.learn(swarm, *peer_id, info),
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.addresses.remove(peer_id);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
                     tracing::debug!(%peer, %addr, "found on the local network");
-                    swarm.behaviour_mut().kad.add_address(peer, addr.clone());
+                    swarm.behaviour_mut().add_dht_address(peer, addr, Dht::BOTH);
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
-                id,
-                result,
-                step,
-                ..
-            })) => self.on_query(swarm, *id, result, step.last),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => {
+                self.on_dht(swarm, Dht::Wan, event)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::LanKad(event)) => {
+                self.on_dht(swarm, Dht::Lan, event)
+            }
             _ => {}
         }
     }
 
-    /// What identify tells about a peer: DHT servers go into the routing table with
-    /// their listen addresses.
+    /// What identify tells about a peer: a server of either DHT goes into that DHT's
+    /// routing table with the listen addresses it admits.
     fn learn(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId, info: &identify::Info) {
-        if !info.protocols.contains(&KAD_PROTOCOL) {
+        let serves = Dht::BOTH.map(|which| info.protocols.contains(&which.protocol()));
+        if serves == [false, false] {
             return;
         }
+        let served = Dht::BOTH.into_iter().zip(serves).filter(|(_, s)| *s);
+        let served: Vec<Dht> = served.map(|(which, _)| which).collect();
         for addr in &info.listen_addrs {
-            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            swarm
+                .behaviour_mut()
+                .add_dht_address(&peer, addr, served.iter().copied());
         }
         if let Some(addr) = info.listen_addrs.iter().find(|a| !discovery::is_relayed(a)) {
             self.addresses
@@ -475,40 +531,55 @@ impl Control {
         }
     }
 
+    /// What one DHT reports: query progress; for the LAN DHT (which inserts no peer
+    /// by itself) also the connected peers it could route to.
+    fn on_dht(&mut self, swarm: &mut Swarm<Behaviour>, which: Dht, event: &kad::Event) {
+        match event {
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => self.on_query(swarm, which, *id, result, step.last),
+            kad::Event::RoutablePeer { peer, address }
+            | kad::Event::PendingRoutablePeer { peer, address }
+                if which == Dht::Lan =>
+            {
+                swarm
+                    .behaviour_mut()
+                    .add_dht_address(peer, address, [Dht::Lan]);
+            }
+            _ => {}
+        }
+    }
+
     fn on_query(
         &mut self,
         swarm: &mut Swarm<Behaviour>,
+        which: Dht,
         id: kad::QueryId,
         result: &QueryResult,
         last: bool,
     ) {
+        let lookup = self.queries.lookup_of(which, id, last);
         match result {
             QueryResult::GetProviders(Ok(GetProvidersOk::FoundProviders { providers, .. })) => {
-                self.found_providers(swarm, id, providers)
+                if let Some(lookup) = lookup {
+                    self.found_providers(swarm, lookup, providers)
+                }
             }
             QueryResult::GetProviders(Ok(GetProvidersOk::FinishedWithNoAdditionalRecord {
                 ..
             })) => {}
             QueryResult::GetProviders(Err(GetProvidersError::Timeout { .. })) => {
-                tracing::debug!("provider lookup timed out; answering with what it found");
+                tracing::debug!(
+                    ?which,
+                    "provider lookup timed out; answering with what it found"
+                );
             }
             QueryResult::GetClosestPeers(result) => {
                 let peers = match result {
                     Ok(ok) => &ok.peers,
                     Err(GetClosestPeersError::Timeout { peers, .. }) => peers,
                 };
-                if let Some((peer, reply)) = self.finding.remove(&id) {
-                    let addrs = peers
-                        .iter()
-                        .find(|info| info.peer_id == peer)
-                        .map(|info| info.addrs.clone())
-                        .unwrap_or_default();
-                    let opts = DialOpts::peer_id(peer)
-                        .addresses(addrs)
-                        .extend_addresses_through_behaviour()
-                        .build();
-                    self.dial(swarm, peer, opts, reply);
-                }
+                self.found_closest(swarm, lookup, peers);
             }
             QueryResult::Bootstrap(Ok(_)) if last => {
                 let stale = self
@@ -519,14 +590,43 @@ impl Control {
                 }
             }
             QueryResult::StartProviding(Err(error)) => {
-                tracing::debug!(%error, "announcing a cell failed; the DHT retries on refresh");
+                tracing::debug!(?which, %error, "announcing a cell failed; the DHT retries on refresh");
             }
             _ => {}
         }
-        if last && let Some(lookup) = self.lookups.get_mut(&id) {
-            lookup.query_done = true;
-            self.finish_lookup(id);
+        if last
+            && let Some(lookup) = lookup
+            && let Some(providers) = self.lookups.get_mut(&lookup)
+        {
+            providers.query_finished();
+            self.finish_lookup(lookup);
         }
+    }
+
+    /// A closest-peers query of a `ConnectPeer` finished: once both have, dial the
+    /// peer at every address they found (and those the swarm knows).
+    fn found_closest(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        lookup: Option<LookupId>,
+        peers: &[kad::PeerInfo],
+    ) {
+        let Some(lookup) = lookup else { return };
+        let Some((search, _)) = self.searches.get_mut(&lookup) else {
+            return;
+        };
+        let Some(addresses) = search.query_finished(peers) else {
+            return;
+        };
+        let Some((search, reply)) = self.searches.remove(&lookup) else {
+            return;
+        };
+        let plan = DialPlan {
+            peer: search.peer,
+            addresses,
+            extend: true,
+        };
+        self.dial(swarm, plan, reply);
     }
 
     /// New providers: note the connected ones, dial the others while the query still
@@ -534,7 +634,7 @@ impl Control {
     fn found_providers(
         &mut self,
         swarm: &mut Swarm<Behaviour>,
-        id: kad::QueryId,
+        id: LookupId,
         providers: &HashSet<PeerId>,
     ) {
         let local = *swarm.local_peer_id();
@@ -542,11 +642,11 @@ impl Control {
             return;
         };
         for &peer in providers {
-            if peer == local || !lookup.seen.insert(peer) {
+            if peer == local || !lookup.first_sight(peer) {
                 continue;
             }
             if swarm.is_connected(&peer) {
-                lookup.found.push(Provider {
+                lookup.settled(Provider {
                     peer,
                     reached: Ok(self.addresses.get(&peer).cloned()),
                     was_connected: true,
@@ -558,10 +658,8 @@ impl Control {
                 .build();
             match swarm.dial(opts) {
                 // A dial already under way (the DHT query's own) settles ours too.
-                Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {
-                    lookup.dialing.insert(peer);
-                }
-                Err(error) => lookup.found.push(Provider {
+                Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => lookup.dialing(peer),
+                Err(error) => lookup.settled(Provider {
                     peer,
                     reached: Err(error.to_string()),
                     was_connected: false,
@@ -572,42 +670,24 @@ impl Control {
 
     /// A dial to `peer` settled: every lookup waiting on it learns the outcome.
     fn provider_dialed(&mut self, peer: PeerId, result: Result<(), String>) {
-        let waiting: Vec<kad::QueryId> = self
+        let reached = result.map(|()| self.addresses.get(&peer).cloned());
+        let waiting: Vec<LookupId> = self
             .lookups
-            .iter()
-            .filter(|(_, lookup)| lookup.dialing.contains(&peer))
-            .map(|(id, _)| *id)
+            .iter_mut()
+            .filter_map(|(id, lookup)| lookup.dialed(peer, reached.clone()).then_some(*id))
             .collect();
         for id in waiting {
-            if let Some(lookup) = self.lookups.get_mut(&id) {
-                lookup.dialing.remove(&peer);
-                lookup.found.push(Provider {
-                    peer,
-                    reached: result.clone().map(|()| self.addresses.get(&peer).cloned()),
-                    was_connected: false,
-                });
-            }
             self.finish_lookup(id);
         }
     }
 
-    /// Answers a lookup once its query and all its dials are done: providers we
-    /// were connected to first, then the reachable ones, then the rest.
-    fn finish_lookup(&mut self, id: kad::QueryId) {
-        let done = self
-            .lookups
-            .get(&id)
-            .is_some_and(|lookup| lookup.query_done && lookup.dialing.is_empty());
-        if !done {
-            return;
+    /// Answers a lookup once its queries and all its dials are done.
+    fn finish_lookup(&mut self, id: LookupId) {
+        if self.lookups.get(&id).is_some_and(ProviderLookup::is_done)
+            && let Some(lookup) = self.lookups.remove(&id)
+        {
+            lookup.answer();
         }
-        let Some(mut lookup) = self.lookups.remove(&id) else {
-            return;
-        };
-        lookup
-            .found
-            .sort_by_key(|p| (!p.was_connected, p.reached.is_err()));
-        let _ = lookup.reply.send(lookup.found);
     }
 }
 
@@ -618,5 +698,80 @@ fn dial_failed(peer: PeerId, error: &DialError) -> ConnectError {
             peer,
             reason: error.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt as _;
+    use libp2p::identity::Keypair;
+
+    use super::*;
+    use crate::net::{NetOptions, build_swarm};
+
+    /// A node-like swarm on loopback TCP, run in a task; returns its full address.
+    async fn listening_peer() -> (Multiaddr, tokio::task::JoinHandle<()>) {
+        let options = NetOptions::default();
+        let mut swarm = build_swarm(Keypair::generate_ed25519(), Vec::new(), &options).unwrap();
+        swarm
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .unwrap();
+        let addr = loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                break address.with_p2p(*swarm.local_peer_id()).unwrap();
+            }
+        };
+        let task = tokio::spawn(async move {
+            loop {
+                swarm.select_next_some().await;
+            }
+        });
+        (addr, task)
+    }
+
+    /// Runs `swarm` and `control` until `done` holds (bounded by a generous timeout).
+    async fn drive_until(
+        swarm: &mut Swarm<Behaviour>,
+        control: &mut Control,
+        mut done: impl FnMut(&Swarm<Behaviour>, &Control) -> bool,
+    ) {
+        let run = async {
+            while !done(swarm, control) {
+                let event = swarm.select_next_some().await;
+                control.on_event(swarm, &event);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("the swarm never got there");
+    }
+
+    #[tokio::test]
+    async fn a_connect_meeting_a_dial_under_way_waits_for_it_and_addresses_go_with_the_connection()
+    {
+        let (addr, server) = listening_peer().await;
+        let peer = discovery::peer_of(&addr).unwrap();
+        let options = NetOptions::client(vec![addr.clone()]);
+        let mut swarm = build_swarm(Keypair::generate_ed25519(), Vec::new(), &options).unwrap();
+        let mut control = Control::default();
+        // The bootstrap dial is under way when the Connect arrives.
+        control.join(&mut swarm, &options.bootstrap);
+        let (reply, mut answer) = oneshot::channel();
+        control.handle(&mut swarm, Request::Connect { addr, reply });
+        let mut answered = None;
+        drive_until(&mut swarm, &mut control, |_, _| {
+            answered = answer.try_recv().unwrap();
+            answered.is_some()
+        })
+        .await;
+        assert_eq!(answered.unwrap().unwrap(), peer);
+        assert!(control.addresses.contains_key(&peer));
+
+        swarm.disconnect_peer_id(peer).unwrap();
+        drive_until(&mut swarm, &mut control, |swarm, control| {
+            !swarm.is_connected(&peer) && control.addresses.is_empty()
+        })
+        .await;
+        server.abort();
     }
 }

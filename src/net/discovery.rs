@@ -1,12 +1,20 @@
 //! How ww nodes find each other and each other's cells, with libp2p's own machinery:
-//! a Kademlia DHT on ww's own protocol (so ww never joins or pollutes the IPFS DHT),
+//! Kademlia DHTs on ww's own protocols (so ww never joins or pollutes the IPFS DHT),
 //! mDNS on the local network, AutoNAT for reachability, circuit relay v2 and DCUtR for
 //! nodes behind NAT.
+//!
+//! There are two DHTs, as in kubo: the *WAN* DHT ([`KAD_PROTOCOL`]) a node serves once
+//! it knows it is reachable ([`DhtMode`]), and the *LAN* DHT ([`LAN_KAD_PROTOCOL`])
+//! every node serves from the start but whose routing table only holds loopback,
+//! private and link-local addresses ([`is_lan_addr`]). A cluster on one machine or one
+//! LAN thus finds its cells with no flag, while nothing learned on a LAN leaks into
+//! the WAN DHT's idea of who is reachable, and no public address into the LAN's.
 //!
 //! A node announces every cell it serves as a *provider record* under
 //! [`provider_key`] of the cell's protocol; `ww find`, `ww dial --any` and a cell's
 //! `dial-any` look the key up.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use libp2p::identity::Keypair;
@@ -15,8 +23,10 @@ use libp2p::{Multiaddr, StreamProtocol, kad, mdns, relay};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
-/// The DHT's protocol: ww's own, not IPFS's `/ipfs/kad/1.0.0`.
+/// The WAN DHT's protocol: ww's own, not IPFS's `/ipfs/kad/1.0.0`.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ww/kad/1.0.0");
+/// The LAN DHT's protocol (kubo's is `/ipfs/lan/kad/1.0.0`).
+pub const LAN_KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ww/lan/kad/1.0.0");
 /// How long a provider record lives on the nodes that store it, unless refreshed.
 pub const PROVIDER_TTL: Duration = Duration::from_secs(20 * 60);
 /// How often a node re-announces the cells it serves (well within [`PROVIDER_TTL`],
@@ -31,7 +41,68 @@ pub const RELAY_MAX_CIRCUIT_DURATION: Duration = Duration::from_secs(10 * 60);
 /// Most bytes a relayed connection may carry (each way) before the relay closes it.
 pub const RELAY_MAX_CIRCUIT_BYTES: u64 = 64 << 20;
 
-/// Whether the node answers DHT queries from other peers.
+/// One of the two DHTs a swarm takes part in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dht {
+    /// The wide-area DHT ([`KAD_PROTOCOL`]); served by reachable nodes.
+    Wan,
+    /// The local DHT ([`LAN_KAD_PROTOCOL`]); served by every node, non-global
+    /// addresses only.
+    Lan,
+}
+
+impl Dht {
+    /// Both DHTs.
+    pub const BOTH: [Dht; 2] = [Dht::Wan, Dht::Lan];
+
+    /// The protocol the DHT speaks.
+    pub fn protocol(self) -> StreamProtocol {
+        match self {
+            Dht::Wan => KAD_PROTOCOL,
+            Dht::Lan => LAN_KAD_PROTOCOL,
+        }
+    }
+
+    /// Whether `addr` may go into this DHT's routing table.
+    pub fn admits(self, addr: &Multiaddr) -> bool {
+        match self {
+            Dht::Wan => true,
+            Dht::Lan => is_lan_addr(addr),
+        }
+    }
+}
+
+/// Whether an address is a direct one on this machine or a local network: its IP is
+/// loopback, private (RFC 1918, CGNAT's 100.64/10, IPv6 unique-local), link-local or
+/// unspecified. Relayed and DNS addresses are not: a name may resolve anywhere.
+pub fn is_lan_addr(addr: &Multiaddr) -> bool {
+    if is_relayed(addr) {
+        return false;
+    }
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => is_lan_ip(IpAddr::V4(ip)),
+        Some(Protocol::Ip6(ip)) => is_lan_ip(IpAddr::V6(ip)),
+        _ => false,
+    }
+}
+
+/// Whether `ip` is not globally routable in the sense of [`is_lan_addr`].
+pub fn is_lan_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => {
+            let [a, b, ..] = ip.octets();
+            let shared = a == 100 && (b & 0b1100_0000) == 64; // 100.64.0.0/10
+            ip.is_loopback() || ip.is_private() || ip.is_link_local() || shared
+        }
+        IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
+            Some(v4) => is_lan_ip(IpAddr::V4(v4)),
+            None => ip.is_loopback() || ip.is_unique_local() || ip.is_unicast_link_local(),
+        },
+    }
+}
+
+/// Whether the node answers WAN DHT queries from other peers (it always answers the
+/// LAN DHT's, unless it is a client).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum DhtMode {
@@ -39,7 +110,8 @@ pub enum DhtMode {
     /// AutoNAT, a relay reservation or `--external-address`), client before.
     #[default]
     Auto,
-    /// Always answer queries (a bootstrap node, a LAN or loopback cluster).
+    /// Always answer queries (a bootstrap node whose reachability AutoNAT cannot
+    /// confirm). LAN and loopback clusters need no flag: see [`Dht::Lan`].
     Server,
     /// Never answer queries; only ask.
     Client,
@@ -52,8 +124,11 @@ pub struct NetOptions {
     pub bootstrap: Vec<Multiaddr>,
     /// Whether to find peers on the local network with mDNS.
     pub mdns: bool,
-    /// Whether to answer DHT queries.
+    /// Whether to answer WAN DHT queries.
     pub dht: DhtMode,
+    /// A client only asks, in both DHTs (`ww dial`, `ww find`); a node (`false`)
+    /// serves the LAN DHT whatever `dht` says.
+    pub client: bool,
     /// Whether to relay connections for other peers.
     pub relay: bool,
     /// Addresses others can reach this node at, confirmed up front (a public IP, a
@@ -62,11 +137,12 @@ pub struct NetOptions {
 }
 
 impl NetOptions {
-    /// A client: asks the DHT but never serves it, no mDNS, no relaying.
+    /// A client: asks both DHTs but never serves them, no mDNS, no relaying.
     pub fn client(bootstrap: Vec<Multiaddr>) -> Self {
         Self {
             bootstrap,
             dht: DhtMode::Client,
+            client: true,
             ..Self::default()
         }
     }
@@ -103,12 +179,16 @@ pub fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
 
+/// The DHT `which`, configured as `options` say: the WAN one in `options.dht`'s mode,
+/// the LAN one a server (unless this is a client) that inserts peers into its routing
+/// table only through [`Dht::admits`] (see `net::control`).
 pub(super) fn kademlia(
+    which: Dht,
     options: &NetOptions,
     key: &Keypair,
 ) -> kad::Behaviour<kad::store::MemoryStore> {
     let peer = key.public().to_peer_id();
-    let mut config = kad::Config::new(KAD_PROTOCOL);
+    let mut config = kad::Config::new(which.protocol());
     config
         .set_query_timeout(QUERY_TIMEOUT)
         .set_provider_record_ttl(Some(PROVIDER_TTL))
@@ -118,7 +198,15 @@ pub(super) fn kademlia(
         // it, and each join bootstraps it anyway; periodic bootstraps would only warn.
         config.set_periodic_bootstrap_interval(None);
     }
-    let mode = options.dht;
+    if which == Dht::Lan {
+        // kad would insert every connected peer at the address it dialed; ww filters.
+        config.set_kbucket_inserts(kad::BucketInserts::Manual);
+    }
+    let mode = match which {
+        Dht::Wan => options.dht,
+        Dht::Lan if options.client => DhtMode::Client,
+        Dht::Lan => DhtMode::Server,
+    };
     let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), config);
     match mode {
         DhtMode::Auto => {}
@@ -158,5 +246,44 @@ mod tests {
         assert_eq!(echo, provider_key(&StreamProtocol::new("/ww/echo/0.1.0")));
         assert_ne!(echo, provider_key(&StreamProtocol::new("/ww/echo/0.2.0")));
         assert_eq!(echo.as_ref().len(), 32);
+    }
+
+    #[test]
+    fn the_lan_dht_admits_only_non_global_direct_addresses() {
+        let lan = [
+            "/ip4/127.0.0.1/tcp/4001",
+            "/ip4/10.1.2.3/udp/4001/quic-v1",
+            "/ip4/172.16.0.9/tcp/1",
+            "/ip4/172.31.255.255/tcp/1",
+            "/ip4/192.168.1.20/tcp/4001/p2p/12D3KooWGjMCqBg5nYMGJ1y3oGHnNpiZ1zwh5WCnpAsQoRPMT6Wt",
+            "/ip4/169.254.3.4/tcp/1",
+            "/ip4/100.64.0.1/tcp/1",
+            "/ip4/100.127.255.254/tcp/1",
+            "/ip6/::1/tcp/4001",
+            "/ip6/fd00::1/tcp/1",
+            "/ip6/fe80::1/tcp/1",
+            "/ip6/::ffff:192.168.0.1/tcp/1",
+        ];
+        let wan = [
+            "/ip4/8.8.8.8/tcp/4001",
+            "/ip4/172.32.0.1/tcp/1",
+            "/ip4/100.128.0.1/tcp/1",
+            "/ip4/11.0.0.1/tcp/1",
+            "/ip6/2001:4860::8888/tcp/1",
+            "/ip6/::ffff:8.8.8.8/tcp/1",
+            "/dns4/localhost/tcp/1",
+            "/ip4/0.0.0.0/tcp/1",
+            "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWGjMCqBg5nYMGJ1y3oGHnNpiZ1zwh5WCnpAsQoRPMT6Wt/p2p-circuit",
+        ];
+        for addr in lan {
+            let addr: Multiaddr = addr.parse().unwrap();
+            assert!(Dht::Lan.admits(&addr), "{addr} is a LAN address");
+            assert!(Dht::Wan.admits(&addr), "the WAN DHT takes every address");
+        }
+        for addr in wan {
+            let addr: Multiaddr = addr.parse().unwrap();
+            assert!(!Dht::Lan.admits(&addr), "{addr} is not a LAN address");
+            assert!(Dht::Wan.admits(&addr));
+        }
     }
 }

@@ -6,7 +6,9 @@
 pub mod client;
 pub mod control;
 pub mod discovery;
+mod lookup;
 pub mod outcome;
+pub mod relays;
 pub mod router;
 
 use std::time::Duration;
@@ -16,11 +18,11 @@ use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    Multiaddr, StreamProtocol, Swarm, autonat, dcutr, identify, kad, mdns,
+    Multiaddr, PeerId, StreamProtocol, Swarm, autonat, dcutr, identify, kad, mdns,
     memory_connection_limits, noise, ping, relay, tcp, yamux,
 };
 
-pub use discovery::{DhtMode, NetOptions};
+pub use discovery::{Dht, DhtMode, NetOptions};
 
 /// The identify protocol version ww nodes announce.
 pub const PROTOCOL_VERSION: &str = "/ww/0.1.0";
@@ -57,8 +59,10 @@ pub struct Behaviour {
     pub identify: identify::Behaviour,
     /// Keeps connections' liveness checked.
     pub ping: ping::Behaviour,
-    /// The DHT: peers' addresses and which peers provide which cell.
+    /// The WAN DHT: peers' addresses and which peers provide which cell.
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// The LAN DHT: the same, among peers at non-global addresses (see [`discovery`]).
+    pub lan_kad: kad::Behaviour<kad::store::MemoryStore>,
     /// Finds peers on the local network (on unless `--no-mdns`).
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     /// Asks peers to dial us back, to learn whether we are reachable.
@@ -67,6 +71,31 @@ pub struct Behaviour {
     pub dcutr: dcutr::Behaviour,
     /// Accepts streams on cell protocols and opens them on request.
     pub router: router::Behaviour,
+}
+
+impl Behaviour {
+    /// The DHT `which`.
+    pub fn dht(&mut self, which: Dht) -> &mut kad::Behaviour<kad::store::MemoryStore> {
+        match which {
+            Dht::Wan => &mut self.kad,
+            Dht::Lan => &mut self.lan_kad,
+        }
+    }
+
+    /// Adds `addr` of `peer` to the routing table of each of `dhts` that admits it
+    /// ([`Dht::admits`]): the one place addresses enter a routing table.
+    pub fn add_dht_address(
+        &mut self,
+        peer: &PeerId,
+        addr: &Multiaddr,
+        dhts: impl IntoIterator<Item = Dht>,
+    ) {
+        for which in dhts {
+            if which.admits(addr) {
+                self.dht(which).add_address(peer, addr.clone());
+            }
+        }
+    }
 }
 
 /// Builds a swarm with TCP (noise, yamux), QUIC and circuit relay that serves
@@ -102,7 +131,8 @@ pub fn build_swarm(
                     .with_push_listen_addr_updates(true),
             ),
             ping: ping::Behaviour::default(),
-            kad: discovery::kademlia(options, key),
+            kad: discovery::kademlia(Dht::Wan, options, key),
+            lan_kad: discovery::kademlia(Dht::Lan, options, key),
             mdns: Toggle::from(options.mdns.then(|| discovery::mdns(key)).flatten()),
             autonat: autonat::Behaviour::new(key.public().to_peer_id(), Default::default()),
             dcutr: dcutr::Behaviour::new(key.public().to_peer_id()),

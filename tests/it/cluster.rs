@@ -304,3 +304,93 @@ async fn devnet_refuses_ports_in_use() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn dial_with_the_target_as_its_own_bootstrap_always_connects() {
+    let node = Node::start(&[]).await;
+    let addr = node.tcp.to_string();
+    let mut failures = Vec::new();
+    for round in 0..10 {
+        let data = pattern(1000, round);
+        let (ok, out, err) = ww(
+            &["dial", &addr, "/ww/echo/0.1.0", "--bootstrap", &addr],
+            &data,
+        )
+        .await;
+        if !ok || out != data {
+            failures.push(format!("round {round}: {err}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// The cluster of the README, started by hand with no `--dht-mode`: the LAN DHT
+/// (always served, loopback and private addresses only) finds the cell.
+#[tokio::test]
+async fn a_hand_started_loopback_cluster_finds_its_cells_without_dht_flags() {
+    const LAN: &str = "/test/lan/1";
+    let a = Node::start(&[]).await;
+    let bootstrap = a.tcp.to_string();
+    let b = Node::start(&["--bootstrap", &bootstrap]).await;
+    let c = Node::start(&[
+        "--bootstrap",
+        &bootstrap,
+        "--cell",
+        &format!("{LAN}=builtin:echo"),
+    ])
+    .await;
+    let d = Node::start(&["--bootstrap", &bootstrap]).await;
+
+    let (providers, took) = find_until_found(LAN, &b).await;
+    println!("found through node b after {took:?}");
+    assert_eq!(
+        providers,
+        vec![c.peer.to_string()],
+        "only node c serves {LAN}"
+    );
+
+    let through = d.tcp.to_string();
+    let mut answered = None;
+    for _ in 0..50 {
+        let (ok, out, err) = ww(&["dial", "--any", LAN, "--bootstrap", &through], b"lan").await;
+        if ok {
+            answered = Some(out);
+            break;
+        }
+        assert!(err.contains("no provider"), "{err}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(answered.as_deref(), Some(&b"lan"[..]));
+    for node in [&a, &b, &c, &d] {
+        assert!(
+            !node.log().contains("DHT mode changed"),
+            "no node became a WAN DHT server on loopback:\n{}",
+            node.log()
+        );
+    }
+}
+
+/// A node that knows its public address serves the WAN DHT, as before the LAN DHT.
+#[tokio::test]
+async fn a_node_with_an_external_address_serves_the_wan_dht() {
+    let port = free_tcp_port();
+    let addr = format!("/ip4/127.0.0.1/tcp/{port}");
+    let node = Node::start(&["--listen", &addr, "--external-address", &addr]).await;
+    let mut log = node.log();
+    for _ in 0..100 {
+        if log.contains("DHT mode changed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        log = node.log();
+    }
+    let line = log
+        .lines()
+        .find(|line| line.contains("DHT mode changed"))
+        .unwrap_or_else(|| panic!("the WAN DHT never changed mode:\n{log}"));
+    assert!(
+        line.contains("dht=\"wan\"") || line.contains("dht=wan"),
+        "{line}"
+    );
+    assert!(line.contains("mode=server"), "{line}");
+}

@@ -402,9 +402,10 @@ pub fn free_port_block(n: u16) -> u16 {
     panic!("no block of {n} free ports");
 }
 
-/// Starts a DHT-serving node bootstrapped from `bootstrap` (if any), with `args`.
+/// Starts a node bootstrapped from `bootstrap` (if any), with `args`. No DHT flag: on
+/// loopback the LAN DHT, which every node serves, is what finds peers and cells.
 pub async fn dht_node(bootstrap: Option<&Node>, args: &[&str]) -> Node {
-    let mut all = vec!["--dht-mode", "server"];
+    let mut all = Vec::new();
     let addr = bootstrap.map(|node| node.tcp.to_string());
     if let Some(addr) = &addr {
         all.extend(["--bootstrap", addr]);
