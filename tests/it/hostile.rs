@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::task::JoinSet;
 use ww::net::client::Client;
 
-use crate::support::{ECHO, Node, PATIENCE, request};
+use crate::support::{ECHO, Node, PATIENCE, free_local_addr, request};
 
 /// The first line of a multistream-select negotiation.
 const MULTISTREAM_HEADER: &[u8] = b"\x13/multistream/1.0.0\n";
@@ -105,4 +105,90 @@ async fn stalled_handshakes_from_one_address_do_not_lock_out_others() {
         );
     }
     tasks.abort_all();
+}
+
+/// Open file descriptors of a process (Linux).
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// `GET path` that tolerates a refused, closed or reset connection (`None`).
+async fn try_http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut socket = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+/// Clients that start a request and never finish it cannot hold the admin
+/// endpoint's file descriptors or lock others out: the excess is closed at once, the
+/// rest when their header time is up, and `/healthz` keeps answering.
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_admin_requests_are_capped_and_closed() {
+    let admin = free_local_addr();
+    let node = Node::start(&["--admin", &admin.to_string()]).await;
+    let pid = node.child.id().unwrap();
+    assert_eq!(
+        crate::support::http_get(admin, "/healthz").await,
+        (200, "ok\n".to_string())
+    );
+    let baseline = fd_count(pid);
+
+    let stalled = 300;
+    let closed = Arc::new(AtomicUsize::new(0));
+    let mut readers = JoinSet::new();
+    for _ in 0..stalled {
+        let mut socket = tokio::net::TcpStream::connect(admin).await.unwrap();
+        // The server may already have closed an excess connection.
+        let _ = socket.write_all(b"GET /h").await;
+        let closed = closed.clone();
+        readers.spawn(async move {
+            let mut sink = [0u8; 1024];
+            while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {}
+            closed.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+
+    let mut healthy = false;
+    for _ in 0..(PATIENCE.as_millis() / 100) {
+        if try_http_get(admin, "/healthz").await == Some((200, "ok\n".to_string())) {
+            healthy = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        healthy,
+        "/healthz never answered while requests were stalled"
+    );
+    let during = fd_count(pid);
+    let bound = baseline + ww::admin::MAX_CONNECTIONS + 16;
+    assert!(
+        during <= bound,
+        "{during} open fds with {stalled} stalled requests (baseline {baseline}, bound {bound})"
+    );
+
+    for _ in 0..(PATIENCE.as_millis() / 100) {
+        if closed.load(Ordering::Relaxed) == stalled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        closed.load(Ordering::Relaxed),
+        stalled,
+        "the server left stalled requests open"
+    );
+    let after = fd_count(pid);
+    eprintln!("admin fds: {baseline} before, {during} with {stalled} stalled, {after} after");
+    assert!(
+        after <= baseline + 16,
+        "{after} open fds after the stalled requests ended (baseline {baseline})"
+    );
 }
