@@ -4,6 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use libp2p::Multiaddr;
@@ -190,5 +191,107 @@ async fn stalled_admin_requests_are_capped_and_closed() {
     assert!(
         after <= baseline + 16,
         "{after} open fds after the stalled requests ended (baseline {baseline})"
+    );
+}
+
+/// Opens `count` streams at once on one connection to `addr`, each proposing the echo
+/// protocol and then waiting, with a yamux that allows far more streams than the node
+/// does. Returns how the connection ended: the node must close it.
+async fn flood_streams(addr: &Multiaddr, count: usize) -> std::io::Result<()> {
+    use futures::AsyncWrite as _;
+    use libp2p::core::muxing::{StreamMuxerBox, StreamMuxerExt as _};
+    use libp2p::core::transport::{DialOpts, PortUse};
+    use libp2p::core::upgrade::Version;
+    use libp2p::core::{Endpoint, Transport as _};
+
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let mut yamux = libp2p::yamux::Config::default();
+    yamux.set_max_num_streams(4 * count);
+    let mut transport = libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default())
+        .upgrade(Version::V1)
+        .authenticate(libp2p::noise::Config::new(&key).unwrap())
+        .multiplex(yamux)
+        .map(|(_, muxer), _| StreamMuxerBox::new(muxer));
+    let addr: Multiaddr = addr
+        .iter()
+        .filter(|p| !matches!(p, Protocol::P2p(_)))
+        .collect();
+    let dial = transport
+        .dial(
+            addr,
+            DialOpts {
+                role: Endpoint::Dialer,
+                port_use: PortUse::New,
+            },
+        )
+        .unwrap();
+    let mut muxer = dial.await.map_err(std::io::Error::other)?;
+    let mut proposal = MULTISTREAM_HEADER.to_vec();
+    proposal.push(ECHO.as_ref().len() as u8 + 1);
+    proposal.extend_from_slice(ECHO.as_ref().as_bytes());
+    proposal.push(b'\n');
+    // Each stream with how much of the proposal it has sent.
+    let mut streams = Vec::new();
+    std::future::poll_fn(|cx| {
+        loop {
+            let mut progress = false;
+            while let Poll::Ready(event) = muxer.poll_unpin(cx) {
+                event?;
+            }
+            while let Poll::Ready(inbound) = muxer.poll_inbound_unpin(cx) {
+                drop(inbound?);
+            }
+            while streams.len() < count {
+                match muxer.poll_outbound_unpin(cx) {
+                    Poll::Ready(stream) => {
+                        streams.push((stream?, 0));
+                        progress = true;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            for (stream, sent) in &mut streams {
+                while *sent < proposal.len() {
+                    match std::pin::Pin::new(&mut *stream).poll_write(cx, &proposal[*sent..]) {
+                        Poll::Ready(Ok(n)) => {
+                            *sent += n;
+                            progress = true;
+                        }
+                        Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                        Poll::Pending => break,
+                    }
+                }
+                let _ = std::pin::Pin::new(&mut *stream).poll_flush(cx)?;
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    })
+    .await
+}
+
+/// A peer that opens more streams than yamux allows on one connection gets that
+/// connection closed, and cannot make the node log at ERROR by doing so.
+#[tokio::test(flavor = "multi_thread")]
+async fn too_many_streams_close_the_connection_without_error_logs() {
+    let node = Node::start_with_log(&[], None).await;
+    let count = ww::net::MAX_STREAMS_PER_CONNECTION + 88;
+    let ended = tokio::time::timeout(PATIENCE, flood_streams(&node.tcp, count)).await;
+    match ended {
+        Ok(Err(error)) => eprintln!("the node closed the flooding connection: {error}"),
+        Ok(Ok(())) => unreachable!("the flood only ends with its connection"),
+        Err(_) => panic!("the node kept a connection with {count} streams open"),
+    }
+    let client = Client::new().unwrap();
+    let peer = client.connect(&node.tcp).await.unwrap();
+    assert_eq!(
+        request(&client, peer, ECHO, b"next").await.unwrap(),
+        b"next"
+    );
+    let log = node.log();
+    assert!(
+        !log.lines().any(|line| line.contains(" ERROR ")),
+        "a peer made the node log at ERROR:\n{log}"
     );
 }
