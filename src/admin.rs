@@ -1,9 +1,16 @@
 //! The admin HTTP endpoint (off unless `--admin ADDR`): `/healthz`, `/metrics` in the
 //! Prometheus text format, and `/status` as JSON. Bind it to loopback or a private
 //! network: it tells anyone who asks what the node runs.
+//!
+//! Clients cannot hold its resources: at most [`MAX_CONNECTIONS`] connections are
+//! served at once (more are accepted and closed at once, so they cost no file
+//! descriptor and wait in no backlog), each must send its request headers within
+//! [`HEADER_READ_TIMEOUT`] in at most [`MAX_BUFFER_BYTES`], and none stays open
+//! longer than [`CONNECTION_LIFETIME`], however slowly it reads or idles.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
@@ -11,9 +18,27 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use crate::metrics::{CellLabel, Metrics};
+
+/// Admin connections served at once, at most: plenty for a scraper and a few
+/// people; each costs a file descriptor and up to [`MAX_BUFFER_BYTES`] of buffer.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a client may take to send a request's line and headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one connection may stay open, whatever it does: keep-alive idling,
+/// reading a response slowly, or sending nothing at all.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+/// A connection's read buffer, at most; a request's line and headers must fit.
+pub const MAX_BUFFER_BYTES: usize = 16 * 1024;
+/// How long to wait after a failed `accept` (e.g. out of file descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// What `/status` reports, kept current by the node's event loop.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -50,7 +75,7 @@ pub async fn spawn(
     network: Arc<RwLock<NetworkView>>,
     cells: Vec<CellInfo>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr)
+    let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot bind the admin endpoint to {addr}"))?;
     let state = AppState {
@@ -64,11 +89,44 @@ pub async fn spawn(
         .route("/status", get(status))
         .with_state(state);
     tracing::info!(%addr, "admin endpoint listening");
-    Ok(tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            tracing::warn!(%error, "admin endpoint stopped");
-        }
-    }))
+    Ok(tokio::spawn(serve(listener, app)))
+}
+
+/// Accepts connections and serves each in a task of its own, within the caps above.
+/// Aborting this future aborts every connection it serves.
+async fn serve(listener: TcpListener, app: Router) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_BUFFER_BYTES);
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = listener.accept().await;
+        while connections.try_join_next().is_some() {}
+        let (socket, remote) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::debug!(%error, "admin endpoint: accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%remote, "admin endpoint: too many connections; closing this one");
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let connection = http.serve_connection(TokioIo::new(socket), service);
+        connections.spawn(async move {
+            let _slot = slot;
+            match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%remote, %error, "admin connection failed"),
+                Err(_) => tracing::debug!(%remote, "admin connection open too long; closed"),
+            }
+        });
+    }
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {

@@ -228,10 +228,15 @@ fn main() -> ExitCode {
 }
 
 /// `ww run` logs what it does; the one-shot commands stay quiet unless asked.
+///
+/// Everything yamux logs above debug (at ERROR: too many streams, a bad stream ID, bad
+/// credit, an unexpected pong) is a verdict on what the peer sent, and the peer
+/// chooses when to trigger it; yamux then closes that connection, which ww logs at
+/// debug with the cause. So it is off by default; `RUST_LOG=yamux=debug` shows it.
 fn default_log_filter(command: &Command) -> &'static str {
     match command {
-        Command::Run { .. } => "info",
-        _ => "warn",
+        Command::Run { .. } => "info,yamux=off",
+        _ => "warn,yamux=off",
     }
 }
 

@@ -8,6 +8,7 @@ pub mod control;
 pub mod discovery;
 mod lookup;
 pub mod outcome;
+pub mod pending;
 pub mod relays;
 pub mod router;
 
@@ -30,8 +31,14 @@ pub const PROTOCOL_VERSION: &str = "/ww/0.1.0";
 /// How long a connection with no streams stays open.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Incoming connections still in their handshake, at most.
+/// Incoming connections still in their handshake, at most (and per source, see
+/// [`pending`]).
 pub const MAX_PENDING_INCOMING: u32 = 128;
+/// How long a connection may take to finish its handshake (transport, security,
+/// multiplexer), either way. A handshake on a 300 ms round trip needs about 2 s;
+/// libp2p's default of 10 s lets a stalled peer hold its slot twice as long. QUIC's own
+/// handshake timeout is 5 s as well.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Established incoming connections, at most.
 pub const MAX_ESTABLISHED_INCOMING: u32 = 1024;
 /// Established connections with one peer, at most.
@@ -47,6 +54,8 @@ pub const MAX_NEGOTIATING_INBOUND_STREAMS: usize = 128;
 /// Everything a ww node (or client) speaks besides the transports.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Caps connections in their handshake per source host and network.
+    pub pending_limits: pending::Behaviour,
     /// Caps connections: pending, established, per peer.
     pub connection_limits: connection_limits::Behaviour,
     /// Refuses new connections while memory is short.
@@ -115,6 +124,7 @@ pub fn build_swarm(
         .with_quic()
         .with_relay_client(noise::Config::new, yamux_config)?
         .with_behaviour(|key, relay_client| Behaviour {
+            pending_limits: pending::Behaviour::default(),
             connection_limits: connection_limits::Behaviour::new(
                 ConnectionLimits::default()
                     .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
@@ -143,6 +153,7 @@ pub fn build_swarm(
                 .with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT)
                 .with_max_negotiating_inbound_streams(MAX_NEGOTIATING_INBOUND_STREAMS)
         })
+        .with_connection_timeout(HANDSHAKE_TIMEOUT)
         .build();
     for addr in &options.external {
         swarm.add_external_address(addr.clone());

@@ -6,6 +6,7 @@ mod cluster;
 mod dialer;
 mod echo;
 mod failures;
+mod hostile;
 mod lifecycle;
 mod limits;
 mod python;

@@ -75,13 +75,35 @@ impl Node {
         Self::start_with_identity(dir, &identity, args).await
     }
 
+    /// Like [`Node::start`], logging with `RUST_LOG` set to `log`, or with ww's
+    /// default filter if `None`.
+    pub async fn start_with_log(args: &[&str], log: Option<&str>) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = dir.path().join("identity.key");
+        Self::spawn(dir, &identity, args, log).await
+    }
+
     pub async fn start_with_identity(
         dir: tempfile::TempDir,
         identity: &Path,
         args: &[&str],
     ) -> Node {
+        Self::spawn(dir, identity, args, Some("info,ww=debug")).await
+    }
+
+    async fn spawn(
+        dir: tempfile::TempDir,
+        identity: &Path,
+        args: &[&str],
+        log: Option<&str>,
+    ) -> Node {
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-        let mut child = Command::new(WW)
+        let mut command = Command::new(WW);
+        match log {
+            Some(filter) => command.env("RUST_LOG", filter),
+            None => command.env_remove("RUST_LOG"),
+        };
+        let mut child = command
             .args([
                 "run",
                 "--listen",
@@ -95,7 +117,6 @@ impl Node {
             .arg("--cache-dir")
             .arg(Path::new(env!("CARGO_TARGET_TMPDIR")).join("cell-cache"))
             .args(args)
-            .env("RUST_LOG", "info,ww=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
