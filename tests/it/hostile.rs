@@ -283,11 +283,20 @@ async fn flood_streams(addr: &Multiaddr, count: usize) -> std::io::Result<()> {
 /// connection closed, and cannot make the node log at ERROR by doing so.
 #[tokio::test(flavor = "multi_thread")]
 async fn too_many_streams_close_the_connection_without_error_logs() {
-    let node = Node::start_with_log(&[], None).await;
+    // Every echo stream must stay open for the node's yamux to reach its cap: with the
+    // default backlog most would be refused (and closed) as fast as they came, and
+    // whether 513 were ever open at once would be a race. This test is about yamux's
+    // cap, so admission lets all of them wait.
+    let flags = ["--backlog", "1000", "--queue-ms", "600000"];
+    let node = Node::start_with_log(&flags, None).await;
     let count = ww::net::MAX_STREAMS_PER_CONNECTION + 88;
+    let started = std::time::Instant::now();
     let ended = tokio::time::timeout(PATIENCE, flood_streams(&node.tcp, count)).await;
     match ended {
-        Ok(Err(error)) => eprintln!("the node closed the flooding connection: {error}"),
+        Ok(Err(error)) => eprintln!(
+            "the node closed the flooding connection after {:?}: {error}",
+            started.elapsed()
+        ),
         Ok(Ok(())) => unreachable!("the flood only ends with its connection"),
         Err(_) => panic!("the node kept a connection with {count} streams open"),
     }
