@@ -451,7 +451,10 @@ async fn serve(
         let mut reader = (&mut stream).compat();
         let read = outcome::CallHeader::read(&mut reader);
         match tokio::time::timeout(CALL_HEADER_TIMEOUT, read).await {
-            Ok(Ok(header)) => Some(header),
+            Ok(Ok(header)) => {
+                tracing::debug!(hops = header.hops, deadline = ?header.deadline, "called by a cell");
+                Some(header)
+            }
             failed => {
                 let error = match failed {
                     Ok(Err(error)) => error.to_string(),

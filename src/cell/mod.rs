@@ -287,9 +287,9 @@ fn explained(line: &Option<String>) -> String {
 pub(crate) struct Chain {
     /// Further dials deep the chain may go from this instance.
     pub hops: u8,
-    /// When the instance must end, and whether that is the caller's deadline
-    /// (rather than its own `wall_s`); `None` for no wall-clock limit.
-    pub deadline: Option<(tokio::time::Instant, bool)>,
+    /// When the instance must end, with the time its caller gave it if that (not its
+    /// own `wall_s`) is what ends it; `None` for no wall-clock limit.
+    pub deadline: Option<(tokio::time::Instant, Option<Duration>)>,
 }
 
 impl Chain {
@@ -298,14 +298,14 @@ impl Chain {
     /// `limits` allow).
     fn start(limits: &Limits, call: Option<CallHeader>) -> Self {
         let now = tokio::time::Instant::now();
-        let own = limits.wall().map(|wall| (now + wall, false));
+        let own = limits.wall().map(|wall| (now + wall, None));
         let Some(call) = call else {
             return Self {
                 hops: limits.max_hops,
                 deadline: own,
             };
         };
-        let caller = call.deadline.map(|left| (now + left, true));
+        let caller = call.deadline.map(|left| (now + left, Some(left)));
         let deadline = match (own, caller) {
             (Some(own), Some(caller)) => Some(if caller.0 < own.0 { caller } else { own }),
             (own, caller) => own.or(caller),
@@ -540,7 +540,6 @@ fn engine_config(pool: Option<PoolSize>) -> Config {
 /// Resolves when a stream has been idle, or open, for longer than its limits (or
 /// its caller's deadline) allow.
 async fn watchdog(limits: &Limits, chain: Chain, traffic: &Traffic) -> LimitExceeded {
-    let started = tokio::time::Instant::now();
     let wall = async {
         match chain.deadline {
             Some((deadline, _)) => tokio::time::sleep_until(deadline).await,
@@ -561,9 +560,8 @@ async fn watchdog(limits: &Limits, chain: Chain, traffic: &Traffic) -> LimitExce
     };
     tokio::select! {
         () = wall => match chain.deadline {
-            Some((deadline, true)) => {
-                let ms = deadline.saturating_duration_since(started).as_millis();
-                LimitExceeded::CallerDeadline(u64::try_from(ms).unwrap_or(u64::MAX))
+            Some((_, Some(given))) => {
+                LimitExceeded::CallerDeadline(u64::try_from(given.as_millis()).unwrap_or(u64::MAX))
             }
             _ => LimitExceeded::Wall(limits.wall_s),
         },
@@ -704,7 +702,7 @@ mod tests {
     /// to whole seconds: the clock moves between `start` and `Chain::start`.
     fn left(chain: Chain, start: tokio::time::Instant) -> Option<(u64, bool)> {
         let (deadline, callers) = chain.deadline?;
-        Some((deadline.duration_since(start).as_secs(), callers))
+        Some((deadline.duration_since(start).as_secs(), callers.is_some()))
     }
 
     #[tokio::test]

@@ -382,25 +382,21 @@ async fn a_dialed_instance_ends_with_its_callers_deadline() {
         &["--cell", &cell, "--grant-dial", FORWARD, "--wall-s", "2"],
     )
     .await;
-    // Spin never reads nor writes: without the caller's deadline only its CPU limit
-    // (10 s) would end it.
-    let spin = cell_flag("spin");
-    let remote = dht_node(Some(&origin), &["--cell", &spin]).await;
-    let first_line = format!("{} /test/spin/1", remote.peer);
+    // Nap sleeps for a minute whatever its stream does: without the caller's
+    // deadline only its node's idle limit (300 s) would end it.
+    let nap = cell_flag("nap");
+    let remote = dht_node(Some(&origin), &["--cell", &nap]).await;
+    let first_line = format!("{} /test/nap/1", remote.peer);
     let (_, outcome) = status_through(&origin, FORWARD, &first_line, b"").await;
     assert_failed(&outcome, "wall-clock limit 2 s reached");
-    // Read from the log, not the stats protocol: the spinning guest slows the node.
+    let ended = |log: String| log.contains("cell failed failure=the calling cell's deadline (");
     for _ in 0..100 {
-        if remote.log().contains("the calling cell's deadline (") {
+        if ended(remote.log()) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(
-        remote.log().contains("the calling cell's deadline ("),
-        "{}",
-        remote.log()
-    );
+    assert!(ended(remote.log()), "{}", remote.log());
 }
 
 #[tokio::test]
