@@ -12,6 +12,7 @@
 //! | `backlog` | 256 | streams of one peer that may wait for a slot (beyond them: refused at once) |
 //! | `queue_ms` | 10000 | how long a stream waits for a free slot before it is refused |
 //! | `max_dials` | 16 | streams one instance may open to other nodes (`wetware:streams/dialer`) |
+//! | `max_hops` | 8 | how deep a chain of cells calling cells may go from a stream this node serves: an instance at the end of the budget gets `hop-limit-reached` when it dials |
 
 use std::time::Duration;
 
@@ -38,6 +39,9 @@ pub struct Limits {
     pub queue_ms: u64,
     /// Outbound streams one instance may open.
     pub max_dials: u32,
+    /// Dials deep a chain of calls may go from an instance (fewer if the caller's
+    /// chain has fewer left).
+    pub max_hops: u8,
 }
 
 impl Default for Limits {
@@ -52,6 +56,7 @@ impl Default for Limits {
             backlog: 256,
             queue_ms: 10_000,
             max_dials: 16,
+            max_hops: 8,
         }
     }
 }
@@ -200,6 +205,10 @@ pub struct LimitOverrides {
     /// [default: 16].
     #[arg(long, value_name = "N")]
     pub max_dials: Option<u32>,
+    /// How deep a chain of cells calling cells may go from a stream this node
+    /// serves, in dials; at most 255 [default: 8].
+    #[arg(long, value_name = "N")]
+    pub max_hops: Option<u8>,
 }
 
 impl LimitOverrides {
@@ -215,6 +224,7 @@ impl LimitOverrides {
             backlog: self.backlog.unwrap_or(base.backlog),
             queue_ms: self.queue_ms.unwrap_or(base.queue_ms),
             max_dials: self.max_dials.unwrap_or(base.max_dials),
+            max_hops: self.max_hops.unwrap_or(base.max_hops),
         }
     }
 

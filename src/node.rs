@@ -70,6 +70,7 @@ pub async fn run(
     for cell in &config.cells {
         protocols.push(cell.protocol.clone());
         protocols.push(outcome::status_variant(&cell.protocol));
+        protocols.push(outcome::call_variant(&cell.protocol));
     }
     let mut swarm = net::build_swarm(keypair, protocols, &config.network)?;
     let mut listeners = Vec::new();
@@ -368,7 +369,8 @@ impl Node {
                     stop: self.stop.clone(),
                 };
                 let args = [base.to_string(), peer.to_string()];
-                serve(served, admission, args, framed, stream).boxed()
+                let call = outcome::is_call(&protocol);
+                serve(served, admission, args, framed, call, stream).boxed()
             }
         };
         self.tasks.spawn(task.instrument(span));
@@ -517,15 +519,20 @@ struct Admission {
     stop: CancellationToken,
 }
 
-/// Serves one stream: waits for slots (the cell's own, then the node's), then runs a
-/// fresh instance of the cell. `args` are the guest's arguments (protocol, peer),
-/// `framed` whether the peer asked for `+status`.
+/// How long a `+call` stream's header may take to arrive.
+const CALL_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one stream: reads its call header if a cell dialed it (`call`), waits for
+/// slots (the cell's own, then the node's), then runs a fresh instance of the cell.
+/// `args` are the guest's arguments (protocol, peer), `framed` whether the peer asked
+/// for `+status` (or `+call`).
 async fn serve(
     served: Arc<ServedCell>,
     admission: Admission,
     args: [String; 2],
     framed: bool,
-    stream: libp2p::Stream,
+    call: bool,
+    mut stream: libp2p::Stream,
 ) {
     let Admission {
         node_gate,
@@ -533,6 +540,29 @@ async fn serve(
         metrics,
         stop,
     } = admission;
+    let call = if call {
+        let mut reader = (&mut stream).compat();
+        let read = outcome::CallHeader::read(&mut reader);
+        match tokio::time::timeout(CALL_HEADER_TIMEOUT, read).await {
+            Ok(Ok(header)) => {
+                tracing::debug!(hops = header.hops, deadline = ?header.deadline, "called by a cell");
+                Some(header)
+            }
+            failed => {
+                let error = match failed {
+                    Ok(Err(error)) => error.to_string(),
+                    _ => "timed out".to_string(),
+                };
+                tracing::info!(%error, "no call header; stream dropped");
+                let (_, writer) = tokio::io::split(stream.compat());
+                let outcome = Outcome::Failure(format!("no call header: {error}"));
+                let _ = PeerWriter::new(writer, true).end(&outcome).await;
+                return;
+            }
+        }
+    } else {
+        None
+    };
     let deadline = tokio::time::Instant::now() + served.queue;
     let admitted = async {
         let cell_pass = match &served.gate {
@@ -552,7 +582,11 @@ async fn serve(
     let (reader, writer) = tokio::io::split(stream.compat());
     let args = [args[0].as_str(), args[1].as_str()];
     let writer = PeerWriter::new(writer, framed);
-    match served.cell.serve(&args, reader, writer, &stop).await {
+    match served
+        .cell
+        .serve_call(&args, reader, writer, call, &stop)
+        .await
+    {
         Ok(()) => tracing::debug!("cell finished"),
         Err(failure) => tracing::warn!(failure = %format!("{failure:#}"), "cell failed"),
     }

@@ -61,10 +61,19 @@ pub fn write_all(output: &OutputStream, mut bytes: &[u8]) -> Result<(), StreamEr
     output.blocking_flush()
 }
 
-/// Answers a request the cell cannot serve with `line` and aborts the stream.
+/// Answers a request the cell cannot serve with `line` and fails the stream, with
+/// `line` as the reason.
 pub fn refuse(output: &OutputStream, line: &str) -> Result<(), ()> {
-    // The stream is aborted either way; a failed write changes nothing.
+    // The stream fails either way; a failed write changes nothing.
     let _ = write_all(output, format!("{line}\n").as_bytes());
+    fail(line)
+}
+
+/// Fails the stream with `reason`: the node takes the last line a cell wrote to
+/// stderr as the reason for its failure (`run returned an error: <reason>`), which a
+/// `+status` peer or the cell that dialed this one reads.
+pub fn fail(reason: &str) -> Result<(), ()> {
+    eprintln!("{}", one_line(reason));
     Err(())
 }
 
@@ -74,6 +83,7 @@ pub fn describe(error: &DialError) -> String {
     match error {
         DialError::NotAllowed => "not-allowed".to_string(),
         DialError::LimitReached => "limit-reached".to_string(),
+        DialError::HopLimitReached => "hop-limit-reached".to_string(),
         DialError::InvalidPeer(text) => format!("invalid-peer: {}", one_line(text)),
         DialError::InvalidProtocol(text) => format!("invalid-protocol: {}", one_line(text)),
         DialError::NoProviders => "no-providers".to_string(),

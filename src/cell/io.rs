@@ -518,11 +518,33 @@ pub const MAX_LOG_LINE: usize = 4096;
 
 /// A guest's stdout or stderr: every line becomes one `tracing` event in the
 /// stream's span (which names the peer and the protocol). Memory is bounded by
-/// [`MAX_LOG_LINE`]; nothing is queued.
-#[derive(Clone, Copy)]
+/// [`MAX_LOG_LINE`]; nothing is queued. The last non-empty line is kept: a guest that
+/// fails says why on stderr, and that line becomes the failure's reason.
+#[derive(Clone)]
 pub struct GuestLog {
     /// `"stdout"` or `"stderr"`.
-    pub name: &'static str,
+    name: &'static str,
+    /// The last non-empty line written, shared by every stream handed out.
+    last_line: Arc<Mutex<Option<String>>>,
+}
+
+impl GuestLog {
+    /// A log for the guest's stream `name` (`"stdout"` or `"stderr"`).
+    pub fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            last_line: Arc::default(),
+        }
+    }
+
+    /// The last non-empty line the guest wrote (a line it left unfinished counts
+    /// once the stream is dropped), cut to [`MAX_LOG_LINE`].
+    pub fn last_line(&self) -> Option<String> {
+        self.last_line
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
 }
 
 impl IsTerminal for GuestLog {
@@ -533,11 +555,11 @@ impl IsTerminal for GuestLog {
 
 impl StdoutStream for GuestLog {
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
-        Box::new(LineLogger::new(self.name))
+        Box::new(LineLogger::new(self))
     }
 
     fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(LineLogger::new(self.name))
+        Box::new(LineLogger::new(self))
     }
 }
 
@@ -546,14 +568,16 @@ struct LineLogger {
     name: &'static str,
     line: Vec<u8>,
     truncated: bool,
+    last_line: Arc<Mutex<Option<String>>>,
 }
 
 impl LineLogger {
-    fn new(name: &'static str) -> Self {
+    fn new(log: &GuestLog) -> Self {
         Self {
-            name,
+            name: log.name,
             line: Vec::new(),
             truncated: false,
+            last_line: log.last_line.clone(),
         }
     }
 
@@ -577,6 +601,13 @@ impl LineLogger {
         let line = line.trim_end_matches('\r');
         let cut = if self.truncated { " [cut]" } else { "" };
         tracing::info!(target: "ww::guest", stream = self.name, "{line}{cut}");
+        if !line.trim().is_empty() {
+            let mut last = self
+                .last_line
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            *last = Some(line.to_string());
+        }
         self.line.clear();
         self.truncated = false;
     }
@@ -701,12 +732,27 @@ mod tests {
 
     #[test]
     fn log_lines_are_bounded() {
-        let mut logger = LineLogger::new("stdout");
+        let mut logger = LineLogger::new(&GuestLog::new("stdout"));
         logger.push(&vec![b'x'; 3 * MAX_LOG_LINE]);
         assert_eq!(logger.line.len(), MAX_LOG_LINE);
         assert!(logger.truncated);
         logger.push(b"\nnext");
         assert_eq!(logger.line, b"next");
         assert!(!logger.truncated);
+    }
+
+    #[test]
+    fn the_last_line_is_kept_for_the_reason() {
+        let log = GuestLog::new("stderr");
+        let mut logger = LineLogger::new(&log);
+        logger.push(b"first\nsecond\r\n\n");
+        assert_eq!(log.last_line().as_deref(), Some("second"));
+        // Another stream of the same log (a second get-stderr) shares it; an
+        // unfinished line counts once its stream is dropped.
+        let mut again = LineLogger::new(&log);
+        again.push(b"dial failed: not-allowed");
+        assert_eq!(log.last_line().as_deref(), Some("second"));
+        drop(again);
+        assert_eq!(log.last_line().as_deref(), Some("dial failed: not-allowed"));
     }
 }

@@ -21,6 +21,10 @@ pub enum LimitExceeded {
     /// The stream took too long.
     #[error("wall-clock limit {0} s reached")]
     Wall(u64),
+    /// The cell that dialed this stream had this many milliseconds left, and they
+    /// ran out (see `outcome::CallHeader`).
+    #[error("the calling cell's deadline ({0} ms) passed")]
+    CallerDeadline(u64),
 }
 
 /// Time spent executing wasm, measured at every host/wasm transition.

@@ -38,7 +38,7 @@ pub use meter::LimitExceeded;
 use crate::limits::Limits;
 use crate::metrics::{CellLabel, Metrics};
 use crate::net::control::Network;
-use crate::net::outcome::Outcome;
+use crate::net::outcome::{CallHeader, Outcome};
 use meter::Traffic;
 
 /// The interface a cell must import to reach its peer stream.
@@ -231,12 +231,17 @@ pub enum Failure {
     /// The instance could not be created (pool exhausted, out of memory…).
     #[error("instantiation failed: {0:#}")]
     Instantiate(anyhow::Error),
-    /// `run` returned `err`.
-    #[error("run returned an error")]
-    RunError,
-    /// The guest exited with a non-zero status.
-    #[error("exited with status {0}")]
-    Exit(i32),
+    /// `run` returned `err`; with the last line the guest wrote to stderr, if any.
+    #[error("run returned an error{}", explained(.0))]
+    RunError(Option<String>),
+    /// The guest exited with a non-zero status; with its last line on stderr, if any.
+    #[error("exited with status {status}{}", explained(said))]
+    Exit {
+        /// The exit status.
+        status: i32,
+        /// The last line the guest wrote to stderr.
+        said: Option<String>,
+    },
     /// The instance ran into one of its limits.
     #[error("{0}")]
     Limit(LimitExceeded),
@@ -253,12 +258,12 @@ impl Failure {
     pub fn kind(&self) -> &'static str {
         match self {
             Failure::Instantiate(_) => "instantiate",
-            Failure::RunError => "error",
-            Failure::Exit(_) => "exit",
+            Failure::RunError(_) => "error",
+            Failure::Exit { .. } => "exit",
             Failure::Limit(LimitExceeded::Cpu(_)) => "cpu",
             Failure::Limit(LimitExceeded::Memory(_)) => "memory",
             Failure::Limit(LimitExceeded::Idle(_)) => "idle",
-            Failure::Limit(LimitExceeded::Wall(_)) => "wall",
+            Failure::Limit(LimitExceeded::Wall(_) | LimitExceeded::CallerDeadline(_)) => "wall",
             Failure::Trap(_) => "trap",
             Failure::Stopped => "shutdown",
         }
@@ -270,6 +275,49 @@ impl Failure {
         match self {
             Failure::Trap(error) => format!("trapped: {}", error.root_cause()),
             other => other.to_string(),
+        }
+    }
+}
+
+/// `: <line>` for a failure the guest explained on stderr, nothing otherwise.
+fn explained(line: &Option<String>) -> String {
+    line.as_ref()
+        .map(|line| format!(": {line}"))
+        .unwrap_or_default()
+}
+
+/// How much of a chain of calls one instance has left: the dials it may still make
+/// along the chain, and when it must end.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Chain {
+    /// Further dials deep the chain may go from this instance.
+    pub hops: u8,
+    /// When the instance must end, with the time its caller gave it if that (not its
+    /// own `wall_s`) is what ends it; `None` for no wall-clock limit.
+    pub deadline: Option<(tokio::time::Instant, Option<Duration>)>,
+}
+
+impl Chain {
+    /// The chain of a stream that starts now under `limits`: a fresh one if no cell
+    /// dialed it, or what the calling cell's header leaves (never more than
+    /// `limits` allow).
+    fn start(limits: &Limits, call: Option<CallHeader>) -> Self {
+        let now = tokio::time::Instant::now();
+        let own = limits.wall().map(|wall| (now + wall, None));
+        let Some(call) = call else {
+            return Self {
+                hops: limits.max_hops,
+                deadline: own,
+            };
+        };
+        let caller = call.deadline.map(|left| (now + left, Some(left)));
+        let deadline = match (own, caller) {
+            (Some(own), Some(caller)) => Some(if caller.0 < own.0 { caller } else { own }),
+            (own, caller) => own.or(caller),
+        };
+        Self {
+            hops: call.hops.min(limits.max_hops),
+            deadline,
         }
     }
 }
@@ -292,6 +340,23 @@ impl Cell {
     where
         R: AsyncRead + Send + Unpin + 'static,
     {
+        self.serve_call(args, reader, writer, None, stop).await
+    }
+
+    /// [`Self::serve`] for a stream that a cell dialed (`P+call`): `call` is what its
+    /// header says is left of the caller's chain (hops and deadline).
+    pub async fn serve_call<R>(
+        &self,
+        args: &[&str],
+        reader: R,
+        writer: PeerWriter,
+        call: Option<CallHeader>,
+        stop: &CancellationToken,
+    ) -> Result<(), Failure>
+    where
+        R: AsyncRead + Send + Unpin + 'static,
+    {
+        let chain = Chain::start(&self.limits, call);
         let traffic = writer.traffic();
         let reader = MeteredReader::new(reader, traffic.clone());
         let io = match self.mode {
@@ -308,8 +373,8 @@ impl Cell {
         let mut record = Record::start(&self.runtime.metrics, &self.label, traffic.clone());
         // The watchdog ends the instance by dropping it mid-call, which wasmtime allows.
         let outcome = tokio::select! {
-            outcome = self.run(args, io, &writer, &traffic) => outcome,
-            exceeded = watchdog(&self.limits, &traffic) => Err(Failure::Limit(exceeded)),
+            outcome = self.run(args, io, &writer, &traffic, chain) => outcome,
+            exceeded = watchdog(&self.limits, chain, &traffic) => Err(Failure::Limit(exceeded)),
             () = stop.cancelled() => Err(Failure::Stopped),
         };
         let ending = match &outcome {
@@ -331,16 +396,18 @@ impl Cell {
         io: Io,
         writer: &PeerWriter,
         traffic: &Arc<Traffic>,
+        chain: Chain,
     ) -> Result<(), Failure> {
+        let stderr = GuestLog::new("stderr");
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(args)
-            .stderr(GuestLog { name: "stderr" })
+            .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
         let (connection, mut stdout) = match io {
             Io::Connection(connection) => {
-                wasi.stdout(GuestLog { name: "stdout" });
+                wasi.stdout(GuestLog::new("stdout"));
                 (Some(connection), None)
             }
             Io::Stdio { stdin, stdout } => {
@@ -352,7 +419,8 @@ impl Cell {
         };
         let dialer = self.grant.is_granted().then(|| {
             let (grant, max_dials) = (self.grant.clone(), self.limits.max_dials);
-            InstanceDialer::new(self.network.clone(), grant, max_dials, traffic.clone())
+            let network = self.network.clone();
+            InstanceDialer::new(network, grant, max_dials, chain, traffic.clone())
         });
         let host = Host::new(wasi.build(), connection, &self.limits, dialer);
         let mut store = Store::new(&self.runtime.engine, host);
@@ -383,10 +451,13 @@ impl Cell {
         let result = cell.wasi_cli_run().call_run(&mut store).await;
         let mut outcome = match result {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(())) => Err(Failure::RunError),
+            Ok(Err(())) => Err(Failure::RunError(None)),
             Err(error) => match error.downcast_ref::<wasmtime_wasi::I32Exit>() {
                 Some(exit) if exit.0 == 0 => Ok(()),
-                Some(exit) => Err(Failure::Exit(exit.0)),
+                Some(exit) => Err(Failure::Exit {
+                    status: exit.0,
+                    said: None,
+                }),
                 None => match error.downcast_ref::<LimitExceeded>() {
                     Some(exceeded) => Err(Failure::Limit(*exceeded)),
                     None => Err(Failure::Trap(error.into())),
@@ -415,6 +486,12 @@ impl Cell {
         };
         if let Err(error) = flushed {
             tracing::debug!(%error, "flushing the guest's output failed");
+        }
+        // Dropping the store drops the guest's stderr, so a line it left unfinished
+        // counts too.
+        drop(store);
+        if let Err(Failure::RunError(said) | Failure::Exit { said, .. }) = &mut outcome {
+            *said = stderr.last_line();
         }
         outcome
     }
@@ -476,11 +553,12 @@ fn engine_config(pool: Option<PoolSize>) -> Config {
     config
 }
 
-/// Resolves when a stream has been idle, or open, for longer than its limits allow.
-async fn watchdog(limits: &Limits, traffic: &Traffic) -> LimitExceeded {
+/// Resolves when a stream has been idle, or open, for longer than its limits (or
+/// its caller's deadline) allow.
+async fn watchdog(limits: &Limits, chain: Chain, traffic: &Traffic) -> LimitExceeded {
     let wall = async {
-        match limits.wall() {
-            Some(wall) => tokio::time::sleep(wall).await,
+        match chain.deadline {
+            Some((deadline, _)) => tokio::time::sleep_until(deadline).await,
             None => std::future::pending().await,
         }
     };
@@ -497,7 +575,12 @@ async fn watchdog(limits: &Limits, traffic: &Traffic) -> LimitExceeded {
         }
     };
     tokio::select! {
-        () = wall => LimitExceeded::Wall(limits.wall_s),
+        () = wall => match chain.deadline {
+            Some((_, Some(given))) => {
+                LimitExceeded::CallerDeadline(u64::try_from(given.as_millis()).unwrap_or(u64::MAX))
+            }
+            _ => LimitExceeded::Wall(limits.wall_s),
+        },
         () = idle => LimitExceeded::Idle(limits.idle_s),
     }
 }
@@ -624,5 +707,49 @@ impl Cell {
     /// Whether its compiled code came from the cache rather than the compiler.
     pub fn cached(&self) -> bool {
         self.cached
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `chain`'s deadline as (time left from `start`, whether the caller's), rounded
+    /// to whole seconds: the clock moves between `start` and `Chain::start`.
+    fn left(chain: Chain, start: tokio::time::Instant) -> Option<(u64, bool)> {
+        let (deadline, callers) = chain.deadline?;
+        Some((deadline.duration_since(start).as_secs(), callers.is_some()))
+    }
+
+    #[tokio::test]
+    async fn a_called_instance_gets_the_smaller_budget_and_the_earlier_deadline() {
+        let limits = Limits {
+            wall_s: 10,
+            max_hops: 4,
+            ..Limits::default()
+        };
+        let start = tokio::time::Instant::now();
+        let call = |hops, secs: Option<u64>| {
+            let deadline = secs.map(Duration::from_secs);
+            Some(CallHeader { hops, deadline })
+        };
+        let own = Chain::start(&limits, None);
+        assert_eq!((own.hops, left(own, start)), (4, Some((10, false))));
+        let tight = Chain::start(&limits, call(9, Some(3)));
+        assert_eq!(
+            (tight.hops, left(tight, start)),
+            (4, Some((3, true))),
+            "never more hops than this node's max_hops"
+        );
+        let loose = Chain::start(&limits, call(2, Some(30)));
+        assert_eq!((loose.hops, left(loose, start)), (2, Some((10, false))));
+
+        let unlimited = Limits {
+            wall_s: 0,
+            ..limits
+        };
+        assert_eq!(left(Chain::start(&unlimited, call(1, None)), start), None);
+        let callers = Chain::start(&unlimited, call(1, Some(5)));
+        assert_eq!(left(callers, start), Some((5, true)));
     }
 }

@@ -17,16 +17,35 @@
 //! `code` 0 means the instance finished cleanly (`reason` is empty); 1 means it
 //! failed (trap, error, non-zero exit, refusal), with a one-line reason. A stream
 //! that ends without `end` failed as well: the node aborted it or the connection broke.
+//!
+//! # Wire format of `P+call`
+//! What a cell's dial asks for (see `cell::dialer`): `P+status` whose request starts
+//! with a fixed header, so the remote node learns what is left of the chain of calls
+//! it is part of. The answer is exactly as on `P+status`.
+//! ```text
+//! request  = header peer-bytes
+//! header   = hops:u8 deadline:u32be
+//! ```
+//! `hops` is how many more dials the remote instance may make along this chain (the
+//! caller's own budget minus the hop it is making); the remote node serves the
+//! stream with the smaller of that and its own `max_hops`. `deadline` is the caller's
+//! remaining wall-clock time in milliseconds, or `0xFFFF_FFFF` for none; the remote
+//! instance ends at the earlier of that and its own `wall_s`. Plain `P` and
+//! `P+status` clients never send a header.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use libp2p::StreamProtocol;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 /// Appended to a cell's protocol ID to ask for the framed answer with a trailer.
 pub const SUFFIX: &str = "+status";
+/// Appended to a cell's protocol ID by a cell that dials: `+status` with a
+/// [`CallHeader`] in front of the request.
+pub const CALL_SUFFIX: &str = "+call";
 /// Longest reason a trailer carries; longer ones are cut.
 pub const MAX_REASON: usize = 1024;
 /// Largest frame a node writes.
@@ -46,12 +65,75 @@ pub fn status_variant(protocol: &StreamProtocol) -> StreamProtocol {
     StreamProtocol::try_from_owned(format!("{protocol}{SUFFIX}")).expect("starts with `/`")
 }
 
-/// Splits a negotiated protocol into the cell protocol and whether the status
-/// variant was asked for.
+/// The call variant (`P+call`) of a cell protocol `P`.
+pub fn call_variant(protocol: &StreamProtocol) -> StreamProtocol {
+    StreamProtocol::try_from_owned(format!("{protocol}{CALL_SUFFIX}")).expect("starts with `/`")
+}
+
+/// Splits a negotiated protocol into the cell protocol and whether the answer is
+/// framed (the status or the call variant).
 pub fn parse(protocol: &StreamProtocol) -> (&str, bool) {
-    match protocol.as_ref().strip_suffix(SUFFIX) {
+    let name = protocol.as_ref();
+    match name
+        .strip_suffix(SUFFIX)
+        .or_else(|| name.strip_suffix(CALL_SUFFIX))
+    {
         Some(base) => (base, true),
-        None => (protocol.as_ref(), false),
+        None => (name, false),
+    }
+}
+
+/// Whether a negotiated protocol is a call variant, whose request starts with a
+/// [`CallHeader`].
+pub fn is_call(protocol: &StreamProtocol) -> bool {
+    protocol.as_ref().ends_with(CALL_SUFFIX)
+}
+
+/// What is left of a chain of calls, sent ahead of a `P+call` request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallHeader {
+    /// Dials the remote instance may still make along the chain.
+    pub hops: u8,
+    /// The caller's remaining wall-clock time; `None` if it has no limit.
+    pub deadline: Option<Duration>,
+}
+
+impl CallHeader {
+    /// Length of the header on the wire.
+    pub const LEN: usize = 5;
+    /// `deadline` value for "none".
+    const NO_DEADLINE: u32 = u32::MAX;
+
+    /// The header's bytes. A deadline beyond the wire's range (49 days) is sent as
+    /// the longest one it can carry.
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let deadline = match self.deadline {
+            None => Self::NO_DEADLINE,
+            Some(left) => u32::try_from(left.as_millis())
+                .unwrap_or(u32::MAX)
+                .min(Self::NO_DEADLINE - 1),
+        };
+        let mut bytes = [0; Self::LEN];
+        bytes[0] = self.hops;
+        bytes[1..].copy_from_slice(&deadline.to_be_bytes());
+        bytes
+    }
+
+    /// A header from its bytes (every value is valid).
+    pub fn decode(bytes: [u8; Self::LEN]) -> Self {
+        let deadline = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+        Self {
+            hops: bytes[0],
+            deadline: (deadline != Self::NO_DEADLINE)
+                .then(|| Duration::from_millis(deadline.into())),
+        }
+    }
+
+    /// Reads a header off the start of a request.
+    pub async fn read<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result<Self> {
+        let mut bytes = [0; Self::LEN];
+        reader.read_exact(&mut bytes).await?;
+        Ok(Self::decode(bytes))
     }
 }
 
@@ -431,5 +513,59 @@ mod tests {
         assert_eq!(framed.as_ref(), "/ww/echo/0.1.0+status");
         assert_eq!(parse(&framed), ("/ww/echo/0.1.0", true));
         assert_eq!(parse(&echo), ("/ww/echo/0.1.0", false));
+        let call = call_variant(&echo);
+        assert_eq!(call.as_ref(), "/ww/echo/0.1.0+call");
+        assert_eq!(parse(&call), ("/ww/echo/0.1.0", true));
+        assert!(is_call(&call) && !is_call(&framed) && !is_call(&echo));
+    }
+
+    #[tokio::test]
+    async fn call_headers_round_trip() {
+        let headers = [
+            CallHeader {
+                hops: 7,
+                deadline: None,
+            },
+            CallHeader {
+                hops: 0,
+                deadline: Some(Duration::from_millis(1500)),
+            },
+            CallHeader {
+                hops: 255,
+                deadline: Some(Duration::ZERO),
+            },
+        ];
+        for header in headers {
+            let mut wire = header.encode().to_vec();
+            wire.extend_from_slice(b"request");
+            let mut reader = &wire[..];
+            assert_eq!(CallHeader::read(&mut reader).await.unwrap(), header);
+            assert_eq!(
+                reader,
+                b"request",
+                "the header is exactly {} bytes",
+                CallHeader::LEN
+            );
+        }
+        assert_eq!(
+            CallHeader {
+                hops: 1,
+                deadline: None
+            }
+            .encode(),
+            [1, 0xff, 0xff, 0xff, 0xff]
+        );
+        // A deadline too long for the wire stays a deadline, not "none".
+        let long = CallHeader {
+            hops: 1,
+            deadline: Some(Duration::from_secs(u64::MAX / 4)),
+        };
+        let decoded = CallHeader::decode(long.encode());
+        assert_eq!(
+            decoded.deadline,
+            Some(Duration::from_millis(u64::from(u32::MAX - 1)))
+        );
+        // A request cut inside its header is an error.
+        assert!(CallHeader::read(&mut &[3u8, 0, 0][..]).await.is_err());
     }
 }

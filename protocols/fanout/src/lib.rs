@@ -19,18 +19,22 @@
 //! ```
 //! A provider that cannot be dialled, or whose stream fails mid-way, gets a `failed`
 //! line and the cell goes on with the next. `<why>` is the `dial-error` case in kebab
-//! case (`not-allowed`, `limit-reached`, `unreachable: <text>`, …), or `sending: <text>`,
-//! `receiving: <text>` or `reply over 16 MiB` for a stream that failed. With no
-//! providers at all the answer is `no providers of PROTOCOL\n`.
+//! case (`not-allowed`, `limit-reached`, `hop-limit-reached`, `unreachable: <text>`,
+//! …), or `sending: <text>`, `receiving: <text>` or `reply over 16 MiB` for a stream
+//! that failed. Once every section is written, a fan-out in which any provider failed
+//! fails the stream (a `+status` peer, or a cell that dialed this one, sees it), with
+//! the reason `N of M providers failed; first: <peer>: <why>`. With no providers at all
+//! the answer is `no providers of PROTOCOL\n`, a success.
 //!
 //! A first line that is not a protocol ID (no newline within 1 KiB, or not starting
 //! with `/`), a body over 16 MiB, or a failure to list the providers gets a one-line
-//! `error: …` answer and aborts the stream.
+//! `error: …` answer and fails the stream with that line as the reason.
 //!
 //! # Limits
 //! The body and each reply are held in memory (up to 16 MiB each; a longer reply fails
-//! that provider). Every provider costs one dial, so a node's `max_dials` caps how many
-//! are reached: the rest fail with `limit-reached`.
+//! that provider). Listing the providers costs one of the node's `max_dials` and every
+//! provider one more, so `max_dials` caps how many are reached: the rest fail with
+//! `limit-reached`.
 
 wit_bindgen::generate!({
     world: "dialing-cell",
@@ -41,7 +45,7 @@ wit_bindgen::generate!({
 #[path = "../../shared/dialing.rs"]
 mod dialing;
 
-use dialing::{FirstLine, describe, one_line, read_line, refuse, write_all};
+use dialing::{FirstLine, describe, fail, one_line, read_line, refuse, write_all};
 use wasi::io::poll::{Pollable, poll};
 use wasi::io::streams::{InputStream, OutputStream, StreamError};
 use wetware::streams::dialer::{DialError, dial, providers};
@@ -104,6 +108,7 @@ impl exports::wasi::cli::run::Guest for Fanout {
             return write_all(&output, line.as_bytes()).map_err(drop);
         }
 
+        let mut failures = Vec::new();
         for peer in &peers {
             match ask(peer, &protocol, &body) {
                 Ok(reply) => {
@@ -115,10 +120,18 @@ impl exports::wasi::cli::run::Guest for Fanout {
                 Err(reason) => {
                     let line = format!("== {peer} failed: {reason}\n");
                     write_all(&output, line.as_bytes()).map_err(drop)?;
+                    failures.push(format!("{peer}: {reason}"));
                 }
             }
         }
-        Ok(())
+        match failures.first() {
+            None => Ok(()),
+            Some(first) => fail(&format!(
+                "{} of {} providers failed; first: {first}",
+                failures.len(),
+                peers.len()
+            )),
+        }
     }
 }
 

@@ -4,16 +4,19 @@
 //! The first line names where to: `PEER PROTOCOL\n` dials `PROTOCOL` on `PEER`, and
 //! `any PROTOCOL\n` dials any provider of it. On success the rest of the input goes to
 //! the remote and the remote's answer comes back, both at once, each direction closing
-//! its write side when its source ends; a stream that fails on the way aborts ours. A
-//! dial error is answered with the line `dial failed: <error>` (`not-allowed`,
-//! `unreachable: <text>`, …) and a graceful close. A malformed first line gets
-//! `error: …` and aborts the stream.
+//! its write side when its source ends. A stream that fails on the way fails ours,
+//! with the error as the reason: a remote cell's failure arrives as `the remote cell
+//! failed: <its reason>`, so a refusal deep in a chain reaches the origin's `+status`
+//! trailer with its text. A failed dial fails the stream with the reason
+//! `dial failed: <error>` (`not-allowed`, `hop-limit-reached`, `unreachable: <text>`,
+//! …) and no answer bytes. A malformed first line gets `error: …` and fails the
+//! stream with that reason.
 wit_bindgen::generate!({ world: "dialing-cell", path: "../../wit", generate_all });
 
 #[path = "../../shared/dialing.rs"]
 mod dialing;
 
-use dialing::{FirstLine, describe, read_line, refuse, write_all};
+use dialing::{FirstLine, describe, fail, read_line, refuse, write_all};
 use wasi::io::poll::{Pollable, poll};
 use wasi::io::streams::{InputStream, OutputStream, StreamError};
 use wetware::streams::dialer::{dial, dial_any};
@@ -46,36 +49,59 @@ impl exports::wasi::cli::run::Guest for Forward {
         };
         let remote = match dialed {
             Ok(remote) => remote,
-            Err(error) => {
-                let line = format!("dial failed: {}\n", describe(&error));
-                return write_all(&output, line.as_bytes()).map_err(drop);
-            }
+            Err(error) => return fail(&format!("dial failed: {}", describe(&error))),
         };
 
-        let remote_output = remote.get_output_stream();
-        write_all(&remote_output, &rest).map_err(drop)?;
         // Each pipe closes its write side (the remote's or our peer's EOF) when its
-        // source ends; both move at once, so neither side can stall the other.
+        // source ends; both move at once, so neither side can stall the other. If
+        // sending fails (most often because the remote cell has already ended), the
+        // remote's answer still decides: its failure is the better reason.
+        let remote_output = remote.get_output_stream();
+        let mut send_failed = write_all(&remote_output, &rest).err().map(reason);
         let mut pipes = [
-            Some(Pipe::new(input, remote_output)),
+            send_failed
+                .is_none()
+                .then(|| Pipe::new(input, remote_output)),
             Some(Pipe::new(remote.get_input_stream(), output)),
         ];
         while pipes.iter().any(Option::is_some) {
             let waiting: Vec<&Pollable> = pipes.iter().flatten().map(Pipe::waits_on).collect();
             poll(&waiting);
-            for slot in &mut pipes {
-                if let Some(pipe) = slot
-                    && pipe.advance().map_err(drop)?
-                {
-                    *slot = None;
+            for (i, slot) in pipes.iter_mut().enumerate() {
+                if let Some(pipe) = slot {
+                    match pipe.advance() {
+                        Ok(true) => *slot = None,
+                        Ok(false) => {}
+                        Err(error) if i == 0 => {
+                            send_failed = Some(reason(error));
+                            *slot = None;
+                        }
+                        Err(error) => return fail(&reason(error)),
+                    }
                 }
             }
         }
-        Ok(())
+        match send_failed {
+            Some(why) => fail(&format!("sending: {why}")),
+            None => Ok(()),
+        }
     }
 }
 
 export!(Forward);
+
+/// What went wrong on a stream, as a failure's reason. A remote cell's failure reads
+/// `the remote cell failed: <its reason>`.
+fn reason(error: StreamError) -> String {
+    match error {
+        StreamError::Closed => "closed".to_string(),
+        // The text's first line; what follows (`Caused by: …`) repeats it.
+        StreamError::LastOperationFailed(error) => {
+            let text = error.to_debug_string();
+            text.lines().next().unwrap_or("failed").to_string()
+        }
+    }
+}
 
 /// One direction of the copy: `from` into `to`, then a flush, then `to` is closed.
 struct Pipe {
