@@ -107,7 +107,6 @@ pub struct Runtime {
 impl Runtime {
     /// Creates the engine (pooling allocator if this machine allows it, on-demand
     /// otherwise), its linker with WASI and `wetware:streams`, and the epoch ticker.
-    /// Must be called inside a tokio runtime.
     pub fn new(
         pool: Option<PoolSize>,
         metrics: Arc<Metrics>,
@@ -128,7 +127,7 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         host::streams::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |host| host)?;
         host::dialer::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |host| host)?;
-        spawn_epoch_ticker(&engine);
+        spawn_epoch_ticker(&engine)?;
         Ok(Arc::new(Self {
             engine,
             linker,
@@ -585,20 +584,25 @@ async fn watchdog(limits: &Limits, chain: Chain, traffic: &Traffic) -> LimitExce
     }
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] for as long as the engine lives.
-fn spawn_epoch_ticker(engine: &Engine) {
+/// Advances the engine's epoch every [`EPOCH_TICK`] for as long as the engine lives,
+/// on a thread of its own (as wasmtime's docs suggest): a guest in a busy loop only
+/// yields when the epoch moves, so the ticker must never wait for a tokio worker that
+/// such a guest occupies. An increment is one atomic add; it wakes no task.
+fn spawn_epoch_ticker(engine: &Engine) -> anyhow::Result<()> {
     let engine = engine.weak();
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(EPOCH_TICK);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            ticks.tick().await;
-            match engine.upgrade() {
-                Some(engine) => engine.increment_epoch(),
-                None => return,
+    std::thread::Builder::new()
+        .name("ww-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match engine.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
             }
-        }
-    });
+        })
+        .context("cannot start the epoch thread")?;
+    Ok(())
 }
 
 /// Tells a core module or a non-wasm file from a component, with a hint.
