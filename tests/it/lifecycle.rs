@@ -62,6 +62,30 @@ fn grace_config(dir: &tempfile::TempDir, seconds: u64) -> String {
     path.display().to_string()
 }
 
+/// The halves of a `+status` stream.
+type Halves = (
+    tokio::io::ReadHalf<tokio_util::compat::Compat<libp2p::Stream>>,
+    tokio::io::WriteHalf<tokio_util::compat::Compat<libp2p::Stream>>,
+);
+
+/// What keeps a held stream and its node's config alive: the client peer and the
+/// config's directory.
+type Keep = (Client, tempfile::TempDir);
+
+/// A node with a shutdown grace period of `seconds`, running one `sleepy` instance
+/// for a stream held open here.
+async fn a_stream_held_with_grace(seconds: u64) -> (Node, Halves, Keep) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = grace_config(&dir, seconds);
+    let sleepy = crate::support::cell_flag("sleepy");
+    let node = Node::start(&["--config", &config, "--cell", &sleepy]).await;
+    let client = Client::new().unwrap();
+    let peer = client.connect(&node.tcp).await.unwrap();
+    let held = crate::support::open_status(&client, peer, "/test/sleepy/1").await;
+    node.wait_live(&client, 1).await;
+    (node, held, (client, dir))
+}
+
 async fn sigterm(node: &crate::support::Node) {
     let pid = node.child.id().unwrap().to_string();
     let killed = tokio::process::Command::new("kill")
@@ -74,19 +98,7 @@ async fn sigterm(node: &crate::support::Node) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn streams_still_running_when_the_grace_period_ends_are_told_why() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = grace_config(&dir, 1);
-    let sleepy = crate::support::cell_flag("sleepy");
-    let mut node = Node::start(&["--config", &config, "--cell", &sleepy]).await;
-    let client = Client::new().unwrap();
-    let peer = client.connect(&node.tcp).await.unwrap();
-    let (mut reader, _writer) = crate::support::open_status(&client, peer, "/test/sleepy/1").await;
-    for _ in 0..200 {
-        if node.stats(&client).await.live == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (mut node, (mut reader, _writer), _keep) = a_stream_held_with_grace(1).await;
     let started = std::time::Instant::now();
     sigterm(&node).await;
     let outcome = ww::net::outcome::read_answer(&mut reader, &mut Vec::new())
@@ -106,19 +118,7 @@ async fn streams_still_running_when_the_grace_period_ends_are_told_why() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_signal_stops_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = grace_config(&dir, 600);
-    let sleepy = crate::support::cell_flag("sleepy");
-    let mut node = Node::start(&["--config", &config, "--cell", &sleepy]).await;
-    let client = Client::new().unwrap();
-    let peer = client.connect(&node.tcp).await.unwrap();
-    let _held = crate::support::open_status(&client, peer, "/test/sleepy/1").await;
-    for _ in 0..200 {
-        if node.stats(&client).await.live == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (mut node, _held, _keep) = a_stream_held_with_grace(600).await;
     sigterm(&node).await;
     for _ in 0..100 {
         if node.log().contains("shutting down") {

@@ -401,18 +401,6 @@ async fn held_echo_burst(
         .collect()
 }
 
-/// Waits (bounded) until the node runs `live` instances.
-async fn wait_live(node: &Node, live: u64) {
-    let client = Client::new().unwrap();
-    for _ in 0..600 {
-        if node.stats(&client).await.live == live {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("never {live} live instances:\n{}", node.log());
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_of_200_streams_from_one_peer_is_served_with_the_defaults() {
     let node = Node::start(&[]).await;
@@ -431,7 +419,7 @@ async fn a_burst_of_200_streams_from_one_peer_is_served_with_the_defaults() {
     }
     // 64 run (the per-peer cap) and hold their slots; the other 136 wait their turn
     // for longer than the old 100 ms queue.
-    wait_live(&node, 64).await;
+    node.wait_live(&Client::new().unwrap(), 64).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     release.send(true).unwrap();
     let outcomes = burst.await.unwrap();
@@ -462,8 +450,8 @@ async fn a_burst_past_the_backlog_is_refused_at_once_and_stays_bounded() {
     for _ in 0..n {
         opened_rx.recv().await.unwrap();
     }
-    wait_live(&node, running as u64).await;
     let stats_client = Client::new().unwrap();
+    node.wait_live(&stats_client, running as u64).await;
     for _ in 0..600 {
         if node.stats(&stats_client).await.refused == (n - running - waiting) as u64 {
             break;

@@ -184,6 +184,17 @@ impl Node {
         }
     }
 
+    /// Waits (bounded) until exactly `live` instances are alive.
+    pub async fn wait_live(&self, client: &Client, live: u64) {
+        for _ in 0..600 {
+            if self.stats(client).await.live == live {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("never {live} live instances:\n{}", self.log());
+    }
+
     /// Waits (bounded) until no instance is alive.
     pub async fn wait_idle(&self, client: &Client) -> Stats {
         for _ in 0..200 {
