@@ -175,20 +175,22 @@ async fn dials_past_max_dials_are_refused_and_bad_targets_are_clean_errors() {
     );
 }
 
+/// A node bootstrapped to `hub` that serves `fanout`, granted to dial sha256.
+async fn fanout_node(hub: &Node) -> Node {
+    let args = [
+        "--cell",
+        "/ww/fanout/0.1.0=builtin:fanout",
+        "--grant-dial",
+        "/ww/fanout/0.1.0=/ww/sha256/0.1.0",
+    ];
+    dht_node(Some(hub), &args).await
+}
+
 #[tokio::test]
 async fn the_fanout_cell_asks_every_provider_and_concatenates_the_answers() {
     let hub = dht_node(None, &[]).await;
     let other = dht_node(Some(&hub), &[]).await;
-    let fanout = dht_node(
-        Some(&hub),
-        &[
-            "--cell",
-            "/ww/fanout/0.1.0=builtin:fanout",
-            "--grant-dial",
-            "/ww/fanout/0.1.0=/ww/sha256/0.1.0",
-        ],
-    )
-    .await;
+    let fanout = fanout_node(&hub).await;
     let digest = format!("{:x}\n", Sha256::digest(b"fan me out"));
     let mut expected: Vec<_> = [&hub, &other]
         .iter()
@@ -453,16 +455,7 @@ async fn the_fanout_cell_fails_its_stream_when_a_provider_fails() {
     // A second provider of sha256 that serves it only to a stranger.
     let allow = format!("/ww/sha256/0.1.0={}", libp2p::PeerId::random());
     let closed = dht_node(Some(&hub), &["--allow", &allow]).await;
-    let fanout = dht_node(
-        Some(&hub),
-        &[
-            "--cell",
-            "/ww/fanout/0.1.0=builtin:fanout",
-            "--grant-dial",
-            "/ww/fanout/0.1.0=/ww/sha256/0.1.0",
-        ],
-    )
-    .await;
+    let fanout = fanout_node(&hub).await;
     let client = ww::net::client::Client::new().unwrap();
     let peer = client.connect(&fanout.tcp).await.unwrap();
     let mut answer = (Vec::new(), Outcome::Success);

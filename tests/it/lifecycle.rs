@@ -18,13 +18,7 @@ async fn sigterm_lets_running_streams_finish() {
     let mut first = [0u8; 7];
     stream.read_exact(&mut first).await.unwrap();
 
-    let pid = node.child.id().unwrap().to_string();
-    let killed = tokio::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
+    sigterm(&node).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // The running stream still works and ends cleanly …
@@ -86,6 +80,7 @@ async fn a_stream_held_with_grace(seconds: u64) -> (Node, Halves, Keep) {
     (node, held, (client, dir))
 }
 
+/// Sends the node SIGTERM.
 async fn sigterm(node: &crate::support::Node) {
     let pid = node.child.id().unwrap().to_string();
     let killed = tokio::process::Command::new("kill")
