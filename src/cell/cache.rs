@@ -240,6 +240,50 @@ mod tests {
             .expect("a .text section")
     }
 
+    /// A 4 KiB tmpfs, unmounted on drop; `None` where this process may not mount
+    /// (not root, no mount namespace rights).
+    struct TinyDisk(tempfile::TempDir);
+
+    impl TinyDisk {
+        fn mount() -> Option<Self> {
+            let dir = tempfile::tempdir().ok()?;
+            let mounted = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=4k", "tmpfs"])
+                .arg(dir.path())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success());
+            mounted.then_some(Self(dir))
+        }
+    }
+
+    impl Drop for TinyDisk {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    #[test]
+    fn a_full_disk_leaves_nothing_behind() {
+        let Some(disk) = TinyDisk::mount() else {
+            eprintln!("skipped: cannot mount a tmpfs here (needs root, as in CI)");
+            return;
+        };
+        let echo = crate::cell::builtin::find("echo").unwrap().wasm;
+        let cache = Cache::open(disk.0.path().join("cells")).unwrap();
+        let engine = Engine::default();
+        // The compiled echo cell is larger than the disk: storing it fails.
+        let (_, hit) = cache.load_or_compile(&engine, echo).unwrap();
+        assert!(!hit);
+        let left: Vec<_> = std::fs::read_dir(disk.0.path().join("cells"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(left.is_empty(), "a failed write left {left:?}");
+    }
+
     #[cfg(unix)]
     #[test]
     fn an_entry_others_can_read_or_write_is_not_loaded() {
