@@ -33,11 +33,13 @@ use crate::admission::{Caps, Gate, Refusal, Scope};
 use crate::cell::{self, Cache, Cell, CellOptions, PeerWriter, PoolSize, Runtime};
 use crate::config::{CellSource, NodeConfig};
 use crate::metrics::{CellLabel, Metrics};
-use crate::net::control::{Control, Network, Request};
+use crate::net::control::Control;
+use crate::net::discovery::Announcements;
+use crate::net::network::{Network, Request};
 use crate::net::outcome::{self, Outcome};
 use crate::net::relays::Relays;
 use crate::net::router::InboundStream;
-use crate::net::{self, Behaviour, BehaviourEvent};
+use crate::net::{self, Behaviour, BehaviourEvent, discovery};
 
 /// A native protocol every node serves: a plain-text snapshot of its counters, one
 /// `name value` pair per line (`live`, `succeeded`, `failed`, `refused`), then the
@@ -95,10 +97,10 @@ pub async fn run(
     };
     tracing::info!(peer = %swarm.local_peer_id(), pooling = runtime.pooling, cells = cells.len(), "node starting");
 
-    let mut control = Control::default();
-    control.join(&mut swarm, &config.network.bootstrap);
+    discovery::join(&mut swarm, &config.network.bootstrap);
+    let mut announcements = Announcements::default();
     let served: Vec<StreamProtocol> = config.cells.iter().map(|c| c.protocol.clone()).collect();
-    control.provide(&mut swarm, &served);
+    announcements.provide(&mut swarm, &served);
 
     let limits = config.limits;
     let mut node = Node {
@@ -112,7 +114,8 @@ pub async fn run(
         next_stream: 0,
         accepting: true,
         stop: CancellationToken::new(),
-        control,
+        control: Control::default(),
+        announcements,
         requests,
         _network: network_handle,
         relays: Relays::default(),
@@ -219,6 +222,8 @@ struct Node {
     stop: CancellationToken,
     /// Dials, lookups and announcements in progress.
     control: Control,
+    /// The cells this node announces in the DHTs.
+    announcements: Announcements,
     /// Requests from this node's own tasks.
     requests: mpsc::Receiver<Request>,
     /// Keeps `requests` open while the node runs.
@@ -231,6 +236,7 @@ impl Node {
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         self.metrics.libp2p.record(&event);
         self.control.on_event(&mut self.swarm, &event);
+        self.announcements.on_event(&mut self.swarm, &event);
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Router(inbound)) => self.accept(inbound),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => {
@@ -419,7 +425,7 @@ impl Node {
 
     async fn shut_down(mut self, grace: Duration, mut signals: impl Stream<Item = ()> + Unpin) {
         self.accepting = false;
-        self.control.withdraw(&mut self.swarm);
+        self.announcements.withdraw(&mut self.swarm);
         tracing::info!(running = self.tasks.len(), ?grace, "shutting down");
         for listener in self.listeners.drain(..) {
             self.swarm.remove_listener(listener);

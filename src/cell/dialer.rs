@@ -28,7 +28,7 @@ use super::Chain;
 use super::host::{Connection, Host, dialer};
 use super::io::{MeteredReader, PeerInputStream, PeerOutputStream, PeerWriter};
 use super::meter::Traffic;
-use crate::net::control::{Network, OpenAnyError};
+use crate::net::network::{Network, OpenAnyError};
 use crate::net::outcome::{self, CallHeader, Deframed};
 use crate::net::router::OpenStreamError;
 

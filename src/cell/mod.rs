@@ -37,7 +37,7 @@ pub use meter::LimitExceeded;
 
 use crate::limits::Limits;
 use crate::metrics::{CellLabel, Metrics};
-use crate::net::control::Network;
+use crate::net::network::Network;
 use crate::net::outcome::{CallHeader, Outcome};
 use meter::Traffic;
 

@@ -7,10 +7,12 @@ use futures::channel::mpsc;
 use libp2p::{Multiaddr, Swarm};
 use tracing::Instrument as _;
 
-use super::control::{Control, Network, Request};
+use super::control::Control;
+use super::discovery;
+use super::network::{Network, Request};
 use super::{Behaviour, NetOptions, build_swarm};
 
-pub use super::control::ConnectError;
+pub use super::network::ConnectError;
 
 /// A client peer running in a background task. It derefs to its [`Network`] handle
 /// (connect, find, open). Dropping every handle stops the task and closes its
@@ -34,8 +36,8 @@ impl Client {
         let options = NetOptions::client(bootstrap);
         let mut swarm = build_swarm(keypair, Vec::new(), &options)?;
         let (network, requests) = Network::new(*swarm.local_peer_id());
-        let mut control = Control::default();
-        control.join(&mut swarm, &options.bootstrap);
+        discovery::join(&mut swarm, &options.bootstrap);
+        let control = Control::default();
         let span = tracing::info_span!("client", peer = %swarm.local_peer_id());
         tokio::spawn(run(swarm, control, requests).instrument(span));
         Ok(Self { network })

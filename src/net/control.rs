@@ -1,254 +1,26 @@
-//! Requests against a swarm from other tasks: connect, find a peer or a cell's
-//! providers in the DHTs (WAN and LAN, merged; see `net::lookup`), open a
-//! stream.
+//! The swarm's side of [`Request`]s from [`Network`] handles (see `net::network`):
+//! connect (waiting for a dial already under way), find a peer or a cell's providers
+//! in the DHTs (WAN and LAN, merged; see `net::lookup`), open a stream.
 //!
-//! A swarm lives in one task (a node's event loop, a client's). Other tasks hold a
-//! [`Network`] handle and send it [`Request`]s; the owning task passes each request
-//! and every swarm event to its [`Control`], which starts the work (dials, DHT
-//! queries) and answers when the swarm reports the outcome. `ww dial`, `ww find`, the
-//! tests and cells that dial all go through here.
+//! The task that owns a swarm passes every request and every swarm event to its
+//! [`Control`], which starts the work (dials, DHT queries) and answers when the swarm
+//! reports the outcome.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
 
-use futures::channel::{mpsc, oneshot};
+use futures::channel::oneshot;
 use libp2p::core::ConnectedPoint;
 use libp2p::kad::{self, GetClosestPeersError, GetProvidersError, GetProvidersOk, QueryResult};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, Swarm, identify, mdns};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns};
 
 use super::discovery::{self, Dht};
 use super::lookup::{LookupId, PeerSearch, ProviderLookup, Queries};
-use super::router::{OpenStream, OpenStreamError};
+use super::network::{ConnectError, Provider, Request};
 use super::{Behaviour, BehaviourEvent};
 
-/// Why a peer could not be reached.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConnectError {
-    /// The address does not say which peer to expect.
-    #[error("{0} does not end in /p2p/<peer-id>")]
-    MissingPeerId(Multiaddr),
-    /// Dialing failed: unreachable, refused, or a different peer answered.
-    #[error("cannot reach {peer}: {reason}")]
-    Dial {
-        /// The peer we tried to reach.
-        peer: PeerId,
-        /// What went wrong, as libp2p reported it.
-        reason: String,
-    },
-    /// Neither the DHT nor any other source knows an address of the peer.
-    #[error("no address of {0} is known here or in the DHT")]
-    NotFound(PeerId),
-    /// The task running the swarm is gone.
-    #[error("the network task has shut down")]
-    Closed,
-}
-
-/// Why no stream could be opened to any provider of a protocol.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum OpenAnyError {
-    /// The DHT knows no provider (besides this peer).
-    #[error("no provider of {0} found")]
-    NoProviders(StreamProtocol),
-    /// Every provider failed; each with its reason.
-    #[error("no provider of {protocol} answered: {}", describe(.failures))]
-    AllFailed {
-        /// The protocol looked up.
-        protocol: StreamProtocol,
-        /// Each provider tried, and why it failed.
-        failures: Vec<(PeerId, String)>,
-    },
-    /// The task running the swarm is gone.
-    #[error("the network task has shut down")]
-    Closed,
-}
-
-fn describe(failures: &[(PeerId, String)]) -> String {
-    let each: Vec<String> = failures
-        .iter()
-        .map(|(peer, why)| format!("{peer}: {why}"))
-        .collect();
-    each.join("; ")
-}
-
-/// A provider of a protocol, as a lookup found it.
-#[derive(Debug, Clone)]
-pub struct Provider {
-    /// Who.
-    pub peer: PeerId,
-    /// Reached, at this address if known (without `/p2p/`); or why it could not be.
-    pub reached: Result<Option<Multiaddr>, String>,
-    /// Whether we already had a connection to it before the lookup.
-    pub was_connected: bool,
-}
-
-/// A request to the task that owns a swarm.
-pub enum Request {
-    /// Connect to the peer the address ends in.
-    Connect {
-        /// A full address, ending in `/p2p/<peer-id>`.
-        addr: Multiaddr,
-        /// Answered once connected (at once if already).
-        reply: oneshot::Sender<Result<PeerId, ConnectError>>,
-    },
-    /// Connect to a peer known only by its ID, finding its addresses in the DHT.
-    ConnectPeer {
-        /// Who.
-        peer: PeerId,
-        /// Answered once connected.
-        reply: oneshot::Sender<Result<(), ConnectError>>,
-    },
-    /// Open a stream to a connected peer.
-    Open {
-        /// Who.
-        peer: PeerId,
-        /// The protocols to offer, in order of preference.
-        protocols: Vec<StreamProtocol>,
-        /// Answered with what to wait on for the stream.
-        reply: oneshot::Sender<OpenStream>,
-    },
-    /// Find the providers of a protocol and connect to each.
-    Providers {
-        /// The cell protocol.
-        protocol: StreamProtocol,
-        /// Answered when the lookup and every dial it started have finished.
-        reply: oneshot::Sender<Vec<Provider>>,
-    },
-}
-
-/// How many requests may wait for the swarm's task.
-const REQUEST_QUEUE: usize = 64;
-/// Least time between two announcements of the node's cells triggered by bootstraps.
-const REANNOUNCE_AFTER: Duration = Duration::from_secs(10);
-
-/// A handle to a swarm running in another task. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct Network {
-    requests: mpsc::Sender<Request>,
-    local_peer_id: PeerId,
-}
-
-impl Network {
-    /// A handle for the swarm of `local_peer_id`, and the receiver its task must drain.
-    pub fn new(local_peer_id: PeerId) -> (Self, mpsc::Receiver<Request>) {
-        let (requests, receiver) = mpsc::channel(REQUEST_QUEUE);
-        let network = Self {
-            requests,
-            local_peer_id,
-        };
-        (network, receiver)
-    }
-
-    /// The peer ID of the swarm behind this handle.
-    pub fn local_peer_id(&self) -> PeerId {
-        self.local_peer_id
-    }
-
-    /// Connects to the peer that `addr` ends in (`/p2p/<peer-id>`) and returns its
-    /// ID. Returns at once if a connection already exists.
-    pub async fn connect(&self, addr: &Multiaddr) -> Result<PeerId, ConnectError> {
-        let (reply, answer) = oneshot::channel();
-        let addr = addr.clone();
-        self.send(Request::Connect { addr, reply }).await?;
-        answer.await.map_err(|_| ConnectError::Closed)?
-    }
-
-    /// Connects to `peer`, looking its addresses up in the DHT if need be.
-    pub async fn connect_peer(&self, peer: PeerId) -> Result<(), ConnectError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Request::ConnectPeer { peer, reply }).await?;
-        answer.await.map_err(|_| ConnectError::Closed)?
-    }
-
-    /// Opens a stream to a connected `peer` on `protocol`.
-    pub async fn open(
-        &self,
-        peer: PeerId,
-        protocol: StreamProtocol,
-    ) -> Result<Stream, OpenStreamError> {
-        Ok(self.open_first(peer, vec![protocol]).await?.0)
-    }
-
-    /// Opens a stream to a connected `peer` on the first of `protocols` it accepts.
-    pub async fn open_first(
-        &self,
-        peer: PeerId,
-        protocols: Vec<StreamProtocol>,
-    ) -> Result<(Stream, StreamProtocol), OpenStreamError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Request::Open {
-            peer,
-            protocols,
-            reply,
-        })
-        .await
-        .map_err(|_| OpenStreamError::NotConnected)?;
-        let opening = answer.await.map_err(|_| OpenStreamError::NotConnected)?;
-        opening.await.map_err(|_| OpenStreamError::NotConnected)?
-    }
-
-    /// Finds the providers of `protocol` in the DHT and connects to each, so every
-    /// one returned says whether (and where) it could be reached. Peers this swarm
-    /// was already connected to come first.
-    pub async fn providers(
-        &self,
-        protocol: &StreamProtocol,
-    ) -> Result<Vec<Provider>, ConnectError> {
-        let (reply, answer) = oneshot::channel();
-        let protocol = protocol.clone();
-        self.send(Request::Providers { protocol, reply }).await?;
-        answer.await.map_err(|_| ConnectError::Closed)
-    }
-
-    /// Opens a stream to any provider of `protocol`, offering `offer` (in order of
-    /// preference), trying providers in the order [`Network::providers`] returns them
-    /// and moving on when one fails. Returns the provider with the stream.
-    pub async fn open_any(
-        &self,
-        protocol: &StreamProtocol,
-        offer: Vec<StreamProtocol>,
-    ) -> Result<(PeerId, Stream, StreamProtocol), OpenAnyError> {
-        let providers = self
-            .providers(protocol)
-            .await
-            .map_err(|_| OpenAnyError::Closed)?;
-        if providers.is_empty() {
-            return Err(OpenAnyError::NoProviders(protocol.clone()));
-        }
-        let mut failures = Vec::new();
-        for provider in providers {
-            if let Err(why) = provider.reached {
-                failures.push((provider.peer, why));
-                continue;
-            }
-            match self.open_first(provider.peer, offer.clone()).await {
-                Ok((stream, chosen)) => return Ok((provider.peer, stream, chosen)),
-                Err(error) => {
-                    tracing::debug!(peer = %provider.peer, %error, "provider failed; trying the next");
-                    failures.push((provider.peer, error.to_string()));
-                }
-            }
-        }
-        Err(OpenAnyError::AllFailed {
-            protocol: protocol.clone(),
-            failures,
-        })
-    }
-
-    async fn send(&self, request: Request) -> Result<(), ConnectError> {
-        use futures::SinkExt as _;
-        self.requests
-            .clone()
-            .send(request)
-            .await
-            .map_err(|_| ConnectError::Closed)
-    }
-}
-
-/// The swarm-side state of [`Request`]s in progress, plus what the node announces.
+/// The swarm-side state of [`Request`]s in progress.
 #[derive(Default)]
 pub struct Control {
     /// Dials answering a `Connect` or `ConnectPeer`.
@@ -267,10 +39,6 @@ pub struct Control {
     /// entry goes with its last connection, so the map is bounded by the connection
     /// limits.
     addresses: HashMap<PeerId, Multiaddr>,
-    /// Keys of the cells this swarm serves, announced in both DHTs.
-    provided: Vec<kad::RecordKey>,
-    /// When the cells were last announced.
-    announced: Option<Instant>,
 }
 
 /// Who waits for a dial: `Connect` wants the peer ID back, `ConnectPeer` does not.
@@ -312,60 +80,6 @@ impl ConnectReply {
 }
 
 impl Control {
-    /// Joins the network through `bootstrap` peers: adds them to the DHTs' routing
-    /// tables (the LAN DHT's if the address is not global), dials them and starts a
-    /// bootstrap query in each DHT that knows one of them.
-    pub fn join(&mut self, swarm: &mut Swarm<Behaviour>, bootstrap: &[Multiaddr]) {
-        for addr in bootstrap {
-            let Some(peer) = discovery::peer_of(addr) else {
-                tracing::warn!(%addr, "bootstrap address has no /p2p/<peer-id>; skipped");
-                continue;
-            };
-            swarm
-                .behaviour_mut()
-                .add_dht_address(&peer, addr, Dht::BOTH);
-            if let Err(error) = swarm.dial(addr.clone()) {
-                tracing::warn!(%addr, %error, "cannot dial bootstrap peer");
-            }
-        }
-        for which in Dht::BOTH {
-            let knows_one = bootstrap.iter().any(|addr| which.admits(addr));
-            if knows_one && let Err(error) = swarm.behaviour_mut().dht(which).bootstrap() {
-                tracing::warn!(?which, %error, "DHT bootstrap not started");
-            }
-        }
-    }
-
-    /// Announces `protocols` as served by this swarm, now and whenever the routing
-    /// table fills in after a bootstrap; the DHT refreshes the records every
-    /// [`discovery::PROVIDER_REFRESH`].
-    pub fn provide(&mut self, swarm: &mut Swarm<Behaviour>, protocols: &[StreamProtocol]) {
-        self.provided = protocols.iter().map(discovery::provider_key).collect();
-        self.announce(swarm);
-    }
-
-    /// Withdraws every announcement (this node's own store; other nodes' copies
-    /// expire after [`discovery::PROVIDER_TTL`]).
-    pub fn withdraw(&mut self, swarm: &mut Swarm<Behaviour>) {
-        for key in self.provided.drain(..) {
-            for which in Dht::BOTH {
-                swarm.behaviour_mut().dht(which).stop_providing(&key);
-            }
-        }
-    }
-
-    fn announce(&mut self, swarm: &mut Swarm<Behaviour>) {
-        for key in &self.provided {
-            for which in Dht::BOTH {
-                let dht = swarm.behaviour_mut().dht(which);
-                if let Err(error) = dht.start_providing(key.clone()) {
-                    tracing::warn!(?which, %error, "cannot announce a cell");
-                }
-            }
-        }
-        self.announced = Some(Instant::now());
-    }
-
     /// Starts the work a request asks for.
     pub fn handle(&mut self, swarm: &mut Swarm<Behaviour>, request: Request) {
         match request {
@@ -581,17 +295,6 @@ impl Control {
                 };
                 self.found_closest(swarm, lookup, peers);
             }
-            QueryResult::Bootstrap(Ok(_)) if last => {
-                let stale = self
-                    .announced
-                    .is_none_or(|at| at.elapsed() > REANNOUNCE_AFTER);
-                if !self.provided.is_empty() && stale {
-                    self.announce(swarm);
-                }
-            }
-            QueryResult::StartProviding(Err(error)) => {
-                tracing::debug!(?which, %error, "announcing a cell failed; the DHT retries on refresh");
-            }
             _ => {}
         }
         if last
@@ -703,6 +406,8 @@ fn dial_failed(peer: PeerId, error: &DialError) -> ConnectError {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use futures::StreamExt as _;
     use libp2p::identity::Keypair;
 
@@ -711,8 +416,17 @@ mod tests {
 
     /// A node-like swarm on loopback TCP, run in a task; returns its full address.
     async fn listening_peer() -> (Multiaddr, tokio::task::JoinHandle<()>) {
+        serving_peer(Vec::new()).await
+    }
+
+    /// The same, serving `protocols` (streams on them are accepted, then dropped) and
+    /// announcing them in the DHTs, as a node does.
+    async fn serving_peer(
+        protocols: Vec<libp2p::StreamProtocol>,
+    ) -> (Multiaddr, tokio::task::JoinHandle<()>) {
         let options = NetOptions::default();
-        let mut swarm = build_swarm(Keypair::generate_ed25519(), Vec::new(), &options).unwrap();
+        let key = Keypair::generate_ed25519();
+        let mut swarm = build_swarm(key, protocols.clone(), &options).unwrap();
         swarm
             .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
             .unwrap();
@@ -721,12 +435,40 @@ mod tests {
                 break address.with_p2p(*swarm.local_peer_id()).unwrap();
             }
         };
+        let mut announcements = discovery::Announcements::default();
+        announcements.provide(&mut swarm, &protocols);
         let task = tokio::spawn(async move {
             loop {
-                swarm.select_next_some().await;
+                let event = swarm.select_next_some().await;
+                announcements.on_event(&mut swarm, &event);
             }
         });
         (addr, task)
+    }
+
+    /// A client swarm (DHT client, no protocols) joined through `bootstrap`.
+    fn client(bootstrap: &Multiaddr) -> Swarm<Behaviour> {
+        let options = NetOptions::client(vec![bootstrap.clone()]);
+        let mut swarm = build_swarm(Keypair::generate_ed25519(), Vec::new(), &options).unwrap();
+        discovery::join(&mut swarm, &options.bootstrap);
+        swarm
+    }
+
+    /// Sends `request` to `control` and drives the swarm until the reply arrives.
+    async fn ask<T>(
+        swarm: &mut Swarm<Behaviour>,
+        control: &mut Control,
+        request: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> T {
+        let (reply, mut answer) = oneshot::channel();
+        control.handle(swarm, request(reply));
+        let mut answered = None;
+        drive_until(swarm, control, |_, _| {
+            answered = answer.try_recv().unwrap();
+            answered.is_some()
+        })
+        .await;
+        answered.unwrap()
     }
 
     /// Runs `swarm` and `control` until `done` holds (bounded by a generous timeout).
@@ -751,20 +493,15 @@ mod tests {
     {
         let (addr, server) = listening_peer().await;
         let peer = discovery::peer_of(&addr).unwrap();
-        let options = NetOptions::client(vec![addr.clone()]);
-        let mut swarm = build_swarm(Keypair::generate_ed25519(), Vec::new(), &options).unwrap();
-        let mut control = Control::default();
         // The bootstrap dial is under way when the Connect arrives.
-        control.join(&mut swarm, &options.bootstrap);
-        let (reply, mut answer) = oneshot::channel();
-        control.handle(&mut swarm, Request::Connect { addr, reply });
-        let mut answered = None;
-        drive_until(&mut swarm, &mut control, |_, _| {
-            answered = answer.try_recv().unwrap();
-            answered.is_some()
+        let mut swarm = client(&addr);
+        let mut control = Control::default();
+        let connected = ask(&mut swarm, &mut control, |reply| Request::Connect {
+            addr,
+            reply,
         })
         .await;
-        assert_eq!(answered.unwrap().unwrap(), peer);
+        assert_eq!(connected.unwrap(), peer);
         assert!(control.addresses.contains_key(&peer));
 
         swarm.disconnect_peer_id(peer).unwrap();
@@ -772,6 +509,75 @@ mod tests {
             !swarm.is_connected(&peer) && control.addresses.is_empty()
         })
         .await;
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn open_negotiates_a_served_protocol_and_names_an_unserved_one() {
+        let served = libp2p::StreamProtocol::new("/test/served/1");
+        let (addr, server) = serving_peer(vec![served.clone()]).await;
+        let mut swarm = client(&addr);
+        let mut control = Control::default();
+        let peer = ask(&mut swarm, &mut control, |reply| Request::Connect {
+            addr: addr.clone(),
+            reply,
+        })
+        .await
+        .unwrap();
+
+        let unserved = libp2p::StreamProtocol::new("/test/unserved/1");
+        for (offer, expect) in [
+            (vec![unserved.clone(), served.clone()], Some(served.clone())),
+            (vec![unserved.clone()], None),
+        ] {
+            let opening = ask(&mut swarm, &mut control, |reply| Request::Open {
+                peer,
+                protocols: offer,
+                reply,
+            })
+            .await;
+            // The stream is negotiated in the connection's task while the swarm runs.
+            let mut opening = std::pin::pin!(opening);
+            let opened = loop {
+                tokio::select! {
+                    opened = &mut opening => break opened.unwrap(),
+                    event = swarm.select_next_some() => control.on_event(&mut swarm, &event),
+                }
+            };
+            match (opened, expect) {
+                (Ok((_, chosen)), Some(expect)) => assert_eq!(chosen, expect),
+                (Err(super::super::router::OpenStreamError::UnsupportedProtocol(p)), None) => {
+                    assert_eq!(p, unserved)
+                }
+                (other, expect) => panic!("expected {expect:?}, got {:?}", other.map(|o| o.1)),
+            }
+        }
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn providers_are_found_in_the_lan_dht_and_reached() {
+        let served = libp2p::StreamProtocol::new("/test/provided/1");
+        let (addr, server) = serving_peer(vec![served.clone()]).await;
+        let provider = discovery::peer_of(&addr).unwrap();
+        let mut swarm = client(&addr);
+        let mut control = Control::default();
+        // Bounded: the record is in the server's store from the start, but the
+        // client's routing table fills in as the bootstrap dial completes.
+        for attempt in 0.. {
+            let found = ask(&mut swarm, &mut control, |reply| Request::Providers {
+                protocol: served.clone(),
+                reply,
+            })
+            .await;
+            if let [only] = &found[..] {
+                assert_eq!(only.peer, provider);
+                assert!(only.reached.is_ok(), "{:?}", only.reached);
+                break;
+            }
+            assert!(attempt < 50, "never found the provider: {found:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         server.abort();
     }
 }

@@ -10,18 +10,23 @@
 //! LAN thus finds its cells with no flag, while nothing learned on a LAN leaks into
 //! the WAN DHT's idea of who is reachable, and no public address into the LAN's.
 //!
-//! A node announces every cell it serves as a *provider record* under
-//! [`provider_key`] of the cell's protocol; `ww find`, `ww dial --any` and a cell's
-//! `dial-any` look the key up.
+//! A node joins through its bootstrap peers ([`join`]) and announces every cell it
+//! serves as a *provider record* under [`provider_key`] of the cell's protocol, in
+//! both DHTs ([`Announcements`]); `ww find`, `ww dial --any` and a cell's `dial-any`
+//! look the key up (see `net::control`).
 
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libp2p::identity::Keypair;
+use libp2p::kad::QueryResult;
 use libp2p::multiaddr::Protocol;
-use libp2p::{Multiaddr, StreamProtocol, kad, mdns, relay};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, StreamProtocol, Swarm, kad, mdns, relay};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
+
+use super::{Behaviour, BehaviourEvent};
 
 /// The WAN DHT's protocol: ww's own, not IPFS's `/ipfs/kad/1.0.0`.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ww/kad/1.0.0");
@@ -182,6 +187,102 @@ pub fn is_relayed(addr: &Multiaddr) -> bool {
 /// The DHT `which`, configured as `options` say: the WAN one in `options.dht`'s mode,
 /// the LAN one a server (unless this is a client) that inserts peers into its routing
 /// table only through [`Dht::admits`] (see `net::control`).
+/// Least time between two announcements of the node's cells triggered by bootstraps.
+const REANNOUNCE_AFTER: Duration = Duration::from_secs(10);
+
+/// Joins the network through `bootstrap` peers: adds them to the DHTs' routing
+/// tables (the LAN DHT's if the address is not global), dials them and starts a
+/// bootstrap query in each DHT that knows one of them.
+pub fn join(swarm: &mut Swarm<Behaviour>, bootstrap: &[Multiaddr]) {
+    for addr in bootstrap {
+        let Some(peer) = peer_of(addr) else {
+            tracing::warn!(%addr, "bootstrap address has no /p2p/<peer-id>; skipped");
+            continue;
+        };
+        swarm
+            .behaviour_mut()
+            .add_dht_address(&peer, addr, Dht::BOTH);
+        if let Err(error) = swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, %error, "cannot dial bootstrap peer");
+        }
+    }
+    for which in Dht::BOTH {
+        let knows_one = bootstrap.iter().any(|addr| which.admits(addr));
+        if knows_one && let Err(error) = swarm.behaviour_mut().dht(which).bootstrap() {
+            tracing::warn!(?which, %error, "DHT bootstrap not started");
+        }
+    }
+}
+
+/// The cells a swarm announces as their provider, in both DHTs: announced at once,
+/// again whenever a bootstrap fills a routing table in (at most every
+/// [`REANNOUNCE_AFTER`]), refreshed by the DHTs every [`PROVIDER_REFRESH`], and
+/// withdrawn on shutdown.
+#[derive(Debug, Default)]
+pub struct Announcements {
+    /// Keys of the cells served.
+    keys: Vec<kad::RecordKey>,
+    /// When they were last announced.
+    announced: Option<Instant>,
+}
+
+impl Announcements {
+    /// Announces `protocols` as served by this swarm.
+    pub fn provide(&mut self, swarm: &mut Swarm<Behaviour>, protocols: &[StreamProtocol]) {
+        self.keys = protocols.iter().map(provider_key).collect();
+        self.announce(swarm);
+    }
+
+    /// Withdraws every announcement (this node's own store; other nodes' copies
+    /// expire after [`PROVIDER_TTL`]).
+    pub fn withdraw(&mut self, swarm: &mut Swarm<Behaviour>) {
+        for key in self.keys.drain(..) {
+            for which in Dht::BOTH {
+                swarm.behaviour_mut().dht(which).stop_providing(&key);
+            }
+        }
+    }
+
+    /// Re-announces once a bootstrap has filled a routing table in. Call it with
+    /// every swarm event.
+    pub fn on_event(&mut self, swarm: &mut Swarm<Behaviour>, event: &SwarmEvent<BehaviourEvent>) {
+        let (which, event) = match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => (Dht::Wan, event),
+            SwarmEvent::Behaviour(BehaviourEvent::LanKad(event)) => (Dht::Lan, event),
+            _ => return,
+        };
+        let kad::Event::OutboundQueryProgressed { result, step, .. } = event else {
+            return;
+        };
+        match result {
+            QueryResult::Bootstrap(Ok(_)) if step.last => {
+                let stale = self
+                    .announced
+                    .is_none_or(|at| at.elapsed() > REANNOUNCE_AFTER);
+                if !self.keys.is_empty() && stale {
+                    self.announce(swarm);
+                }
+            }
+            QueryResult::StartProviding(Err(error)) => {
+                tracing::debug!(?which, %error, "announcing a cell failed; the DHT retries on refresh");
+            }
+            _ => {}
+        }
+    }
+
+    fn announce(&mut self, swarm: &mut Swarm<Behaviour>) {
+        for key in &self.keys {
+            for which in Dht::BOTH {
+                let dht = swarm.behaviour_mut().dht(which);
+                if let Err(error) = dht.start_providing(key.clone()) {
+                    tracing::warn!(?which, %error, "cannot announce a cell");
+                }
+            }
+        }
+        self.announced = Some(Instant::now());
+    }
+}
+
 pub(super) fn kademlia(
     which: Dht,
     options: &NetOptions,

@@ -9,8 +9,8 @@ use std::collections::{HashMap, HashSet};
 use futures::channel::oneshot;
 use libp2p::{Multiaddr, PeerId, kad};
 
-use super::control::Provider;
 use super::discovery::Dht;
+use super::network::Provider;
 
 /// Names a lookup across the queries it runs in both DHTs.
 pub(super) type LookupId = u64;

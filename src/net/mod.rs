@@ -7,6 +7,7 @@ pub mod client;
 pub mod control;
 pub mod discovery;
 mod lookup;
+pub mod network;
 pub mod outcome;
 pub mod pending;
 pub mod relays;

@@ -1,0 +1,237 @@
+//! The caller's side of a swarm: a [`Network`] handle that other tasks use to connect,
+//! find a peer or a cell's providers in the DHTs, and open streams.
+//!
+//! A swarm lives in one task (a node's event loop, a client's). Its [`Network`]
+//! handles send [`Request`]s down a bounded channel; the owning task passes each one
+//! to its [`Control`](super::control::Control), which does the work against the swarm
+//! and answers on the request's reply channel. The split follows rust-libp2p's
+//! file-sharing example (`Client` and `EventLoop`). `ww dial`, `ww find`, the tests
+//! and cells that dial all go through here.
+
+use futures::channel::{mpsc, oneshot};
+use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
+
+use super::router::{OpenStream, OpenStreamError};
+
+/// Why a peer could not be reached.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The address does not say which peer to expect.
+    #[error("{0} does not end in /p2p/<peer-id>")]
+    MissingPeerId(Multiaddr),
+    /// Dialing failed: unreachable, refused, or a different peer answered.
+    #[error("cannot reach {peer}: {reason}")]
+    Dial {
+        /// The peer we tried to reach.
+        peer: PeerId,
+        /// What went wrong, as libp2p reported it.
+        reason: String,
+    },
+    /// Neither the DHT nor any other source knows an address of the peer.
+    #[error("no address of {0} is known here or in the DHT")]
+    NotFound(PeerId),
+    /// The task running the swarm is gone.
+    #[error("the network task has shut down")]
+    Closed,
+}
+
+/// Why no stream could be opened to any provider of a protocol.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenAnyError {
+    /// The DHT knows no provider (besides this peer).
+    #[error("no provider of {0} found")]
+    NoProviders(StreamProtocol),
+    /// Every provider failed; each with its reason.
+    #[error("no provider of {protocol} answered: {}", describe(.failures))]
+    AllFailed {
+        /// The protocol looked up.
+        protocol: StreamProtocol,
+        /// Each provider tried, and why it failed.
+        failures: Vec<(PeerId, String)>,
+    },
+    /// The task running the swarm is gone.
+    #[error("the network task has shut down")]
+    Closed,
+}
+
+fn describe(failures: &[(PeerId, String)]) -> String {
+    let each: Vec<String> = failures
+        .iter()
+        .map(|(peer, why)| format!("{peer}: {why}"))
+        .collect();
+    each.join("; ")
+}
+
+/// A provider of a protocol, as a lookup found it.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    /// Who.
+    pub peer: PeerId,
+    /// Reached, at this address if known (without `/p2p/`); or why it could not be.
+    pub reached: Result<Option<Multiaddr>, String>,
+    /// Whether we already had a connection to it before the lookup.
+    pub was_connected: bool,
+}
+
+/// A request to the task that owns a swarm.
+pub enum Request {
+    /// Connect to the peer the address ends in.
+    Connect {
+        /// A full address, ending in `/p2p/<peer-id>`.
+        addr: Multiaddr,
+        /// Answered once connected (at once if already).
+        reply: oneshot::Sender<Result<PeerId, ConnectError>>,
+    },
+    /// Connect to a peer known only by its ID, finding its addresses in the DHT.
+    ConnectPeer {
+        /// Who.
+        peer: PeerId,
+        /// Answered once connected.
+        reply: oneshot::Sender<Result<(), ConnectError>>,
+    },
+    /// Open a stream to a connected peer.
+    Open {
+        /// Who.
+        peer: PeerId,
+        /// The protocols to offer, in order of preference.
+        protocols: Vec<StreamProtocol>,
+        /// Answered with what to wait on for the stream.
+        reply: oneshot::Sender<OpenStream>,
+    },
+    /// Find the providers of a protocol and connect to each.
+    Providers {
+        /// The cell protocol.
+        protocol: StreamProtocol,
+        /// Answered when the lookup and every dial it started have finished.
+        reply: oneshot::Sender<Vec<Provider>>,
+    },
+}
+
+/// How many requests may wait for the swarm's task.
+const REQUEST_QUEUE: usize = 64;
+
+/// A handle to a swarm running in another task. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Network {
+    requests: mpsc::Sender<Request>,
+    local_peer_id: PeerId,
+}
+
+impl Network {
+    /// A handle for the swarm of `local_peer_id`, and the receiver its task must drain.
+    pub fn new(local_peer_id: PeerId) -> (Self, mpsc::Receiver<Request>) {
+        let (requests, receiver) = mpsc::channel(REQUEST_QUEUE);
+        let network = Self {
+            requests,
+            local_peer_id,
+        };
+        (network, receiver)
+    }
+
+    /// The peer ID of the swarm behind this handle.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    /// Connects to the peer that `addr` ends in (`/p2p/<peer-id>`) and returns its
+    /// ID. Returns at once if a connection already exists.
+    pub async fn connect(&self, addr: &Multiaddr) -> Result<PeerId, ConnectError> {
+        let (reply, answer) = oneshot::channel();
+        let addr = addr.clone();
+        self.send(Request::Connect { addr, reply }).await?;
+        answer.await.map_err(|_| ConnectError::Closed)?
+    }
+
+    /// Connects to `peer`, looking its addresses up in the DHT if need be.
+    pub async fn connect_peer(&self, peer: PeerId) -> Result<(), ConnectError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::ConnectPeer { peer, reply }).await?;
+        answer.await.map_err(|_| ConnectError::Closed)?
+    }
+
+    /// Opens a stream to a connected `peer` on `protocol`.
+    pub async fn open(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+    ) -> Result<Stream, OpenStreamError> {
+        Ok(self.open_first(peer, vec![protocol]).await?.0)
+    }
+
+    /// Opens a stream to a connected `peer` on the first of `protocols` it accepts.
+    pub async fn open_first(
+        &self,
+        peer: PeerId,
+        protocols: Vec<StreamProtocol>,
+    ) -> Result<(Stream, StreamProtocol), OpenStreamError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::Open {
+            peer,
+            protocols,
+            reply,
+        })
+        .await
+        .map_err(|_| OpenStreamError::NotConnected)?;
+        let opening = answer.await.map_err(|_| OpenStreamError::NotConnected)?;
+        opening.await.map_err(|_| OpenStreamError::NotConnected)?
+    }
+
+    /// Finds the providers of `protocol` in the DHT and connects to each, so every
+    /// one returned says whether (and where) it could be reached. Peers this swarm
+    /// was already connected to come first.
+    pub async fn providers(
+        &self,
+        protocol: &StreamProtocol,
+    ) -> Result<Vec<Provider>, ConnectError> {
+        let (reply, answer) = oneshot::channel();
+        let protocol = protocol.clone();
+        self.send(Request::Providers { protocol, reply }).await?;
+        answer.await.map_err(|_| ConnectError::Closed)
+    }
+
+    /// Opens a stream to any provider of `protocol`, offering `offer` (in order of
+    /// preference), trying providers in the order [`Network::providers`] returns them
+    /// and moving on when one fails. Returns the provider with the stream.
+    pub async fn open_any(
+        &self,
+        protocol: &StreamProtocol,
+        offer: Vec<StreamProtocol>,
+    ) -> Result<(PeerId, Stream, StreamProtocol), OpenAnyError> {
+        let providers = self
+            .providers(protocol)
+            .await
+            .map_err(|_| OpenAnyError::Closed)?;
+        if providers.is_empty() {
+            return Err(OpenAnyError::NoProviders(protocol.clone()));
+        }
+        let mut failures = Vec::new();
+        for provider in providers {
+            if let Err(why) = provider.reached {
+                failures.push((provider.peer, why));
+                continue;
+            }
+            match self.open_first(provider.peer, offer.clone()).await {
+                Ok((stream, chosen)) => return Ok((provider.peer, stream, chosen)),
+                Err(error) => {
+                    tracing::debug!(peer = %provider.peer, %error, "provider failed; trying the next");
+                    failures.push((provider.peer, error.to_string()));
+                }
+            }
+        }
+        Err(OpenAnyError::AllFailed {
+            protocol: protocol.clone(),
+            failures,
+        })
+    }
+
+    async fn send(&self, request: Request) -> Result<(), ConnectError> {
+        use futures::SinkExt as _;
+        self.requests
+            .clone()
+            .send(request)
+            .await
+            .map_err(|_| ConnectError::Closed)
+    }
+}
