@@ -9,7 +9,9 @@
 //! The modules follow the data path of a stream:
 //! - [`net`]: the swarm (TCP + noise + yamux, QUIC, relay; identify, ping, the DHTs,
 //!   mDNS, AutoNAT, DCUtR) and [`net::router`], which accepts streams on cell
-//!   protocols without losing any; [`net::control`] answers dial and lookup requests;
+//!   protocols without losing any; a [`net::network::Network`] handle asks a swarm to
+//!   dial, look up and open, and [`net::control`] answers on the swarm's side;
+//!   [`net::discovery`] joins the DHTs and announces the node's cells;
 //!   [`net::client`] is a peer that only asks.
 //! - [`node`]: wiring — loads cells, runs the swarm, gives each stream its own task;
 //!   [`admission`] decides whether and when a stream may start an instance.
