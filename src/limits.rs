@@ -127,7 +127,7 @@ pub const MAX_MEMORY_MB: u64 = 4096;
 pub const MAX_INSTANCES: u64 = 1_000_000;
 
 /// Parses a size in MiB: a plain number is MiB (`64`), a number with a unit is
-/// converted (`1GiB`, `512m`; see [`parse_size`]) and must be whole MiB.
+/// converted (`1GiB`, `512m`; see [`parse_size()`]) and must be whole MiB.
 pub fn parse_mib(text: &str) -> anyhow::Result<u64> {
     if let Ok(mib) = text.trim().parse::<u64>() {
         return Ok(mib);

@@ -1,4 +1,4 @@
-//! The swarm's side of [`Request`]s from [`Network`] handles (see `net::network`):
+//! The swarm's side of [`Request`]s from [`Network`](super::network::Network) handles:
 //! connect (waiting for a dial already under way), find a peer or a cell's providers
 //! in the DHTs (WAN and LAN, merged; see `net::lookup`), open a stream.
 //!

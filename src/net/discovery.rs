@@ -216,7 +216,7 @@ pub fn join(swarm: &mut Swarm<Behaviour>, bootstrap: &[Multiaddr]) {
 
 /// The cells a swarm announces as their provider, in both DHTs: announced at once,
 /// again whenever a bootstrap fills a routing table in (at most every
-/// [`REANNOUNCE_AFTER`]), refreshed by the DHTs every [`PROVIDER_REFRESH`], and
+/// `REANNOUNCE_AFTER`, 10 s), refreshed by the DHTs every [`PROVIDER_REFRESH`], and
 /// withdrawn on shutdown.
 #[derive(Debug, Default)]
 pub struct Announcements {
