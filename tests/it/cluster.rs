@@ -69,14 +69,11 @@ async fn five_nodes_find_a_cell_served_by_one_and_dial_any_reaches_it() {
 
     // The built-in echo cell is everywhere but on node 4: the four others are found
     // (once every announcement has landed; a lookup may come back with fewer).
-    let mut everyone = Vec::new();
-    for _ in 0..100 {
-        everyone = find_until_found("/ww/echo/0.1.0", &n5).await.0;
-        if everyone.len() >= 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let mut everyone = eventually("four echo providers", || async {
+        let found = find_until_found("/ww/echo/0.1.0", &n5).await.0;
+        (found.len() >= 4).then_some(found)
+    })
+    .await;
     everyone.sort();
     let mut expected: Vec<String> = [&n1, &n2, &n3, &n4, &n5]
         .iter()
@@ -94,21 +91,14 @@ async fn dial_by_bare_peer_id_finds_the_addresses_in_the_dht() {
     let n3 = dht_node(Some(&n2), &[]).await;
     let bootstrap = n1.tcp.to_string();
     for target in [n3.peer.to_string(), format!("/p2p/{}", n3.peer)] {
-        let mut answered = None;
-        for _ in 0..50 {
-            let (ok, out, err) = ww(
-                &["dial", &target, "/ww/echo/0.1.0", "--bootstrap", &bootstrap],
-                b"by id",
-            )
-            .await;
-            if ok {
-                answered = Some(out);
-                break;
-            }
-            assert!(err.contains("no address"), "{err}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        assert_eq!(answered.as_deref(), Some(&b"by id"[..]), "{target}");
+        let args = ["dial", &target, "/ww/echo/0.1.0", "--bootstrap", &bootstrap];
+        let answered = eventually(&format!("an answer through {target}"), || async {
+            let (ok, out, err) = ww(&args, b"by id").await;
+            assert!(ok || err.contains("no address"), "{err}");
+            ok.then_some(out)
+        })
+        .await;
+        assert_eq!(answered, b"by id", "{target}");
     }
     let (ok, out, err) = ww(
         &["find", "/nobody/serves/this", "--bootstrap", &bootstrap],
@@ -143,15 +133,10 @@ async fn dial_any_moves_to_a_surviving_provider_and_fails_clearly_without_one() 
     let hub = dht_node(None, &[]).await;
     let mut a = dht_node(Some(&hub), &["--cell", &only]).await;
     let mut b = dht_node(Some(&hub), &["--cell", &only]).await;
-    let (mut providers, _) = find_until_found(ONLY, &hub).await;
-    for _ in 0..50 {
-        if providers.len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        providers = find_until_found(ONLY, &hub).await.0;
-    }
-    assert_eq!(providers.len(), 2, "both providers announced");
+    eventually("both providers announced", || async {
+        (find_until_found(ONLY, &hub).await.0.len() == 2).then_some(())
+    })
+    .await;
     let bootstrap = hub.tcp.to_string();
     let dial_any = |data: &'static [u8]| {
         let bootstrap = bootstrap.clone();
@@ -196,18 +181,9 @@ async fn a_cell_behind_a_relay_is_reached_through_p2p_circuit() {
         .unwrap();
 
     let client = ww::net::client::Client::new().unwrap();
-    let mut connected = None;
-    for _ in 0..100 {
-        match client.connect(&circuit).await {
-            Ok(peer) => {
-                connected = Some(peer);
-                break;
-            }
-            // The reservation may not be in place yet.
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    let peer = connected.unwrap_or_else(|| panic!("never reached {circuit}:\n{}", behind.log()));
+    // The reservation may not be in place yet.
+    let what = format!("a connection through {circuit}");
+    let peer = eventually(&what, || async { client.connect(&circuit).await.ok() }).await;
     assert_eq!(peer, behind.peer);
     let data = pattern(64 << 10, 9);
     let answer = request(&client, peer, ECHO, &data).await.unwrap();
@@ -350,17 +326,13 @@ async fn a_hand_started_loopback_cluster_finds_its_cells_without_dht_flags() {
     );
 
     let through = d.tcp.to_string();
-    let mut answered = None;
-    for _ in 0..50 {
+    let answered = eventually("an answer from the LAN cell", || async {
         let (ok, out, err) = ww(&["dial", "--any", LAN, "--bootstrap", &through], b"lan").await;
-        if ok {
-            answered = Some(out);
-            break;
-        }
-        assert!(err.contains("no provider"), "{err}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(answered.as_deref(), Some(&b"lan"[..]));
+        assert!(ok || err.contains("no provider"), "{err}");
+        ok.then_some(out)
+    })
+    .await;
+    assert_eq!(answered, b"lan");
     for node in [&a, &b, &c, &d] {
         assert!(
             !node.log().contains("DHT mode changed"),
@@ -376,18 +348,7 @@ async fn a_node_with_an_external_address_serves_the_wan_dht() {
     let port = free_tcp_port();
     let addr = format!("/ip4/127.0.0.1/tcp/{port}");
     let node = Node::start(&["--listen", &addr, "--external-address", &addr]).await;
-    let mut log = node.log();
-    for _ in 0..100 {
-        if log.contains("DHT mode changed") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        log = node.log();
-    }
-    let line = log
-        .lines()
-        .find(|line| line.contains("DHT mode changed"))
-        .unwrap_or_else(|| panic!("the WAN DHT never changed mode:\n{log}"));
+    let line = node.wait_logged("DHT mode changed").await;
     assert!(
         line.contains("dht=\"wan\"") || line.contains("dht=wan"),
         "{line}"

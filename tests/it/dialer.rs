@@ -391,14 +391,9 @@ async fn a_dialed_instance_ends_with_its_callers_deadline() {
     let first_line = format!("{} /test/nap/1", remote.peer);
     let (_, outcome) = status_through(&origin, FORWARD, &first_line, b"").await;
     assert_failed(&outcome, "wall-clock limit 2 s reached");
-    let ended = |log: String| log.contains("cell failed failure=the calling cell's deadline (");
-    for _ in 0..100 {
-        if ended(remote.log()) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(ended(remote.log()), "{}", remote.log());
+    remote
+        .wait_logged("cell failed failure=the calling cell's deadline (")
+        .await;
 }
 
 #[tokio::test]

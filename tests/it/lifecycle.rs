@@ -115,12 +115,7 @@ async fn streams_still_running_when_the_grace_period_ends_are_told_why() {
 async fn a_second_signal_stops_at_once() {
     let (mut node, _held, _keep) = a_stream_held_with_grace(600).await;
     sigterm(&node).await;
-    for _ in 0..100 {
-        if node.log().contains("shutting down") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    node.wait_logged("shutting down").await;
     sigterm(&node).await;
     // Well within the 10-minute grace period the first signal granted.
     let status = tokio::time::timeout(PATIENCE, node.child.wait())
@@ -156,17 +151,14 @@ async fn a_guest_can_dial_during_the_grace_period() {
     let peer = client.connect(&origin.tcp).await.unwrap();
     // Make sure the origin can reach the target before the shutdown begins.
     let line = format!("{} /ww/echo/0.1.0\n", target.peer);
-    for _ in 0..50 {
-        let mut input = line.clone().into_bytes();
-        input.extend_from_slice(b"warm");
-        let answer =
-            crate::support::request(&client, peer, libp2p::StreamProtocol::new(forward), &input)
-                .await;
-        if answer.is_ok_and(|a| a == b"warm") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let mut warm = line.clone().into_bytes();
+    warm.extend_from_slice(b"warm");
+    let protocol = libp2p::StreamProtocol::new(forward);
+    crate::support::eventually("the origin reaching the target", || async {
+        let answer = crate::support::request(&client, peer, protocol.clone(), &warm).await;
+        answer.is_ok_and(|a| a == b"warm").then_some(())
+    })
+    .await;
     let stream = client
         .open(peer, libp2p::StreamProtocol::new(forward))
         .await

@@ -9,8 +9,8 @@ use ww::net::client::Client;
 use ww::net::outcome::{self, Outcome};
 
 use crate::support::{
-    ECHO, Node, assert_failed, cell_flag, free_local_addr, http_get, open_status, outcome_of,
-    pattern, request, rss_kib,
+    ECHO, Node, assert_failed, cell_flag, eventually, free_local_addr, http_get, open_status,
+    outcome_of, pattern, request, rss_kib,
 };
 
 /// A node serving the built-in echo plus the named test cells, with `extra` flags.
@@ -249,12 +249,7 @@ async fn streams_over_the_caps_wait_then_are_refused_visibly() {
         held.push(client.open(peer, framed.clone()).await.unwrap());
     }
     let stats_client = Client::new().unwrap();
-    for _ in 0..100 {
-        if node.stats(&stats_client).await.live == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    node.wait_live(&stats_client, 2).await;
 
     // The same peer again: over its own cap.
     let peer = first.connect(&node.tcp).await.unwrap();
@@ -452,12 +447,11 @@ async fn a_burst_past_the_backlog_is_refused_at_once_and_stays_bounded() {
     }
     let stats_client = Client::new().unwrap();
     node.wait_live(&stats_client, running as u64).await;
-    for _ in 0..600 {
-        if node.stats(&stats_client).await.refused == (n - running - waiting) as u64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let overflow = (n - running - waiting) as u64;
+    eventually("the overflow refused", || async {
+        (node.stats(&stats_client).await.refused == overflow).then_some(())
+    })
+    .await;
     let held = rss_kib(pid);
     release.send(true).unwrap();
     let outcomes = burst.await.unwrap();

@@ -60,12 +60,7 @@ async fn the_python_cell_answers_over_the_network() {
     for _ in 0..10 {
         held.push(client.open(peer, WC).await.unwrap());
     }
-    for _ in 0..200 {
-        if node.stats(&client).await.live == 10 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    node.wait_live(&client, 10).await;
     let after = rss_kib(pid);
     let (_, metrics) = http_get(admin, "/metrics").await;
     let metric = |name: &str| -> f64 {

@@ -186,25 +186,34 @@ impl Node {
 
     /// Waits (bounded) until exactly `live` instances are alive.
     pub async fn wait_live(&self, client: &Client, live: u64) {
-        for _ in 0..600 {
-            if self.stats(client).await.live == live {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("never {live} live instances:\n{}", self.log());
+        let what = format!("{live} live instances on {}", self.peer);
+        eventually(&what, || async {
+            (self.stats(client).await.live == live).then_some(())
+        })
+        .await
     }
 
-    /// Waits (bounded) until no instance is alive.
+    /// Waits (bounded) until no instance is alive; returns the counters then.
     pub async fn wait_idle(&self, client: &Client) -> Stats {
-        for _ in 0..200 {
-            let status = self.stats(client).await;
-            if status.live == 0 {
-                return status;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("instances still alive after 10 s:\n{}", self.log());
+        let what = format!("no live instance on {}", self.peer);
+        eventually(&what, || async {
+            let stats = self.stats(client).await;
+            (stats.live == 0).then_some(stats)
+        })
+        .await
+    }
+
+    /// Waits (bounded) until the node has logged a line containing `text`; returns
+    /// that line.
+    pub async fn wait_logged(&self, text: &str) -> String {
+        let what = format!("`{text}` in the log of {}", self.peer);
+        eventually(&what, || async {
+            self.log()
+                .lines()
+                .find(|line| line.contains(text))
+                .map(str::to_string)
+        })
+        .await
     }
 }
 
@@ -214,6 +223,29 @@ pub struct Stats {
     pub succeeded: u64,
     pub failed: u64,
     pub refused: u64,
+}
+
+/// Polls `check` until it gives `Some`, pausing a little longer after each miss
+/// (10 ms, doubling up to 200 ms), for at most [`PATIENCE`]; panics naming `what`
+/// otherwise. The one way these tests wait for what a node cannot announce (a DHT
+/// record landing, a count reaching a value).
+pub async fn eventually<T, F>(what: &str, mut check: impl FnMut() -> F) -> T
+where
+    F: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {PATIENCE:?}: {what}"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
 }
 
 /// Deterministic, non-repeating-looking test bytes.
