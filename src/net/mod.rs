@@ -7,10 +7,10 @@ pub mod client;
 pub mod control;
 pub mod discovery;
 mod lookup;
-pub mod outcome;
 pub mod pending;
 pub mod relays;
 pub mod router;
+pub mod status;
 
 use std::time::Duration;
 
