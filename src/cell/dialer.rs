@@ -366,6 +366,25 @@ impl bindings::Host for DialerView<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bindings::Host as _;
+
+    #[test]
+    fn dial_errors_reach_the_guest_and_host_failures_trap() {
+        let mut table = ResourceTable::new();
+        let mut view = DialerView {
+            dialer: None,
+            table: &mut table,
+        };
+        let failure = DialFailure::from(DialError::InvalidPeer("`x`".into()));
+        match view.convert_dial_error(failure) {
+            Ok(DialError::InvalidPeer(why)) => assert_eq!(why, "`x`"),
+            other => panic!("expected the guest's error back, got {other:?}"),
+        }
+        // An instance without a dialer reaching it is a host bug: a trap, not a value.
+        let trap = view.instance_dialer().err().expect("no dialer");
+        let error = view.convert_dial_error(trap).unwrap_err();
+        assert!(error.to_string().contains("without one"), "{error}");
+    }
 
     /// `chain`'s deadline as (time left from `start`, whether the caller's), rounded
     /// to whole seconds: the clock moves between `start` and `Chain::start`.
