@@ -256,7 +256,7 @@ impl<R: AsyncRead + Send + Unpin + 'static> PeerInputStream<R> {
             return Poll::Ready(());
         }
         self.buffer.reserve(self.wanted.clamp(1, READ_CHUNK));
-        // Reads into the reserved capacity, uninitialised, without `unsafe` here.
+        // tokio-util reads into the reserved (uninitialised) capacity and sets the length.
         match tokio_util::io::poll_read_buf(Pin::new(&mut self.reader), cx, &mut self.buffer) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Err(error)) => {
