@@ -328,8 +328,8 @@ fn check_cell_protocol(protocol: &StreamProtocol) -> anyhow::Result<()> {
     if let Some(what) = crate::net::reserved_by(protocol.as_ref()) {
         bail!("protocol {protocol} is reserved: the node itself speaks it ({what})");
     }
-    if protocol.as_ref().ends_with(crate::net::outcome::SUFFIX) {
-        let suffix = crate::net::outcome::SUFFIX;
+    if protocol.as_ref().ends_with(crate::net::status::SUFFIX) {
+        let suffix = crate::net::status::SUFFIX;
         bail!("protocol {protocol} ends in `{suffix}`, which selects a cell's status variant");
     }
     Ok(())

@@ -11,8 +11,8 @@ use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 
 use crate::net::client::Client;
 use crate::net::discovery;
-use crate::net::outcome::{self, Outcome};
 use crate::net::router::OpenStreamError;
+use crate::net::status::{self, Caller, Outcome};
 
 /// Which node `ww dial` opens its stream on.
 #[derive(Debug, Clone)]
@@ -48,7 +48,7 @@ impl FromStr for Target {
 /// stream. `bootstrap` peers let the DHT find a peer ID or a protocol's providers.
 ///
 /// The status variant `protocol+status` is asked for first, so a failed cell is
-/// reported even when the transport cannot show it (see [`outcome`]); a peer that
+/// reported even when the transport cannot show it (see [`status`]); a peer that
 /// only speaks `protocol` is served plainly. Errors are one line: an unsupported
 /// protocol, an unreachable or wrong peer, no provider, a failed cell, a broken stream.
 pub async fn dial<I, O>(
@@ -63,7 +63,7 @@ where
     O: AsyncWrite + Unpin,
 {
     let client = Client::with_bootstrap(bootstrap)?;
-    let offer = vec![outcome::status_variant(&protocol), protocol.clone()];
+    let offer = status::offer(&protocol, Caller::Peer);
     let unsupported = |peer: PeerId, error: OpenStreamError| match error {
         OpenStreamError::UnsupportedProtocol(_) => {
             anyhow::anyhow!("{peer} does not serve {protocol}")
@@ -93,7 +93,7 @@ where
             (peer, stream, chosen)
         }
     };
-    let (_, framed) = outcome::parse(&chosen);
+    let (_, variant) = status::parse(&chosen);
     let (mut from_node, mut to_node) = tokio::io::split(stream.compat());
     let (mut input, mut output) = (input, output);
 
@@ -102,8 +102,8 @@ where
         to_node.shutdown().await
     };
     let receive = async {
-        let outcome = if framed {
-            outcome::read_answer(&mut from_node, &mut output).await?
+        let outcome = if variant.is_framed() {
+            status::read_answer(&mut from_node, &mut output).await?
         } else {
             tokio::io::copy(&mut from_node, &mut output).await?;
             Outcome::Success

@@ -36,9 +36,9 @@ use crate::metrics::{CellLabel, Metrics};
 use crate::net::control::Control;
 use crate::net::discovery::Announcements;
 use crate::net::network::{Network, Request};
-use crate::net::outcome::{self, Outcome};
 use crate::net::relays::Relays;
 use crate::net::router::InboundStream;
+use crate::net::status::{self, AnswerWriter, CallHeader, Outcome, Variant};
 use crate::net::{self, Behaviour, BehaviourEvent, discovery};
 
 /// A native protocol every node serves: a plain-text snapshot of its counters, one
@@ -71,8 +71,8 @@ pub async fn run(
     let mut protocols = vec![STATS_PROTOCOL];
     for cell in &config.cells {
         protocols.push(cell.protocol.clone());
-        protocols.push(outcome::status_variant(&cell.protocol));
-        protocols.push(outcome::call_variant(&cell.protocol));
+        protocols.push(status::status_variant(&cell.protocol));
+        protocols.push(status::call_variant(&cell.protocol));
     }
     let mut swarm = net::build_swarm(keypair, protocols, &config.network)?;
     let mut listeners = Vec::new();
@@ -347,7 +347,7 @@ impl Node {
             self.tasks.spawn(send_stats(stream, stats).instrument(span));
             return;
         }
-        let (base, framed) = outcome::parse(&protocol);
+        let (base, variant) = status::parse(&protocol);
         let served = self
             .cells
             .get(base)
@@ -366,7 +366,7 @@ impl Node {
         };
         let metrics = self.metrics.clone();
         let task = match refusal {
-            Some(refusal) => refuse(stream, framed, refusal, metrics, served).boxed(),
+            Some(refusal) => refuse(stream, variant, refusal, metrics, served).boxed(),
             None => {
                 let admission = Admission {
                     node_gate: self.gate.clone(),
@@ -375,8 +375,7 @@ impl Node {
                     stop: self.stop.clone(),
                 };
                 let args = [base.to_string(), peer.to_string()];
-                let call = outcome::is_call(&protocol);
-                serve(served, admission, args, framed, call, stream).boxed()
+                serve(served, admission, args, variant, stream).boxed()
             }
         };
         self.tasks.spawn(task.instrument(span));
@@ -528,16 +527,14 @@ struct Admission {
 /// How long a `+call` stream's header may take to arrive.
 const CALL_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves one stream: reads its call header if a cell dialed it (`call`), waits for
+/// Serves one stream: reads its call header if a cell dialed it (`+call`), waits for
 /// slots (the cell's own, then the node's), then runs a fresh instance of the cell.
-/// `args` are the guest's arguments (protocol, peer), `framed` whether the peer asked
-/// for `+status` (or `+call`).
+/// `args` are the guest's arguments (protocol, peer), `variant` what the peer asked for.
 async fn serve(
     served: Arc<ServedCell>,
     admission: Admission,
     args: [String; 2],
-    framed: bool,
-    call: bool,
+    variant: Variant,
     mut stream: libp2p::Stream,
 ) {
     let Admission {
@@ -546,9 +543,9 @@ async fn serve(
         metrics,
         stop,
     } = admission;
-    let call = if call {
+    let call = if variant == Variant::Call {
         let mut reader = (&mut stream).compat();
-        let read = outcome::CallHeader::read(&mut reader);
+        let read = CallHeader::read(&mut reader);
         match tokio::time::timeout(CALL_HEADER_TIMEOUT, read).await {
             Ok(Ok(header)) => {
                 tracing::debug!(hops = header.hops, deadline = ?header.deadline, "called by a cell");
@@ -560,9 +557,10 @@ async fn serve(
                     _ => "timed out".to_string(),
                 };
                 tracing::info!(%error, "no call header; stream dropped");
-                let (_, writer) = tokio::io::split(stream.compat());
                 let outcome = Outcome::Failure(format!("no call header: {error}"));
-                let _ = PeerWriter::new(writer, true).end(&outcome).await;
+                let _ = AnswerWriter::new(stream.compat(), true)
+                    .finish(&outcome)
+                    .await;
                 return;
             }
         }
@@ -583,11 +581,11 @@ async fn serve(
     };
     let _passes = match admitted {
         Ok(passes) => passes,
-        Err(refusal) => return refuse(stream, framed, refusal, metrics, served).await,
+        Err(refusal) => return refuse(stream, variant, refusal, metrics, served).await,
     };
     let (reader, writer) = tokio::io::split(stream.compat());
     let args = [args[0].as_str(), args[1].as_str()];
-    let writer = PeerWriter::new(writer, framed);
+    let writer = PeerWriter::new(writer, variant.is_framed());
     match served
         .cell
         .serve_call(&args, reader, writer, call, &stop)
@@ -602,17 +600,19 @@ async fn serve(
 /// plain one is reset.
 async fn refuse(
     stream: libp2p::Stream,
-    framed: bool,
+    variant: Variant,
     refusal: Refusal,
     metrics: Arc<Metrics>,
     served: Arc<ServedCell>,
 ) {
     metrics.refused(&served.label, refusal.kind());
     tracing::info!(%refusal, "stream refused");
-    if framed {
-        let (_, writer) = tokio::io::split(stream.compat());
+    if variant.is_framed() {
         let outcome = Outcome::Failure(refusal.to_string());
-        if let Err(error) = PeerWriter::new(writer, true).end(&outcome).await {
+        if let Err(error) = AnswerWriter::new(stream.compat(), true)
+            .finish(&outcome)
+            .await
+        {
             tracing::debug!(%error, "refusal not delivered");
         }
     }

@@ -1,7 +1,10 @@
 //! The host side of `wetware:streams/dialer`: an instance opens streams to cells on
-//! other nodes, within its cell's grant and its own `max_dials`.
+//! other nodes, within its cell's grant and its own `max_dials`. Like
+//! `wetware:streams/streams`, it works on a view of the store data ([`DialerView`])
+//! and has its own [`add_to_linker`]; a `dial-error` is returned as a Rust error
+//! ([`DialFailure`]), through bindgen's `trappable_error_type`.
 //!
-//! A dial asks for the remote cell's `+call` variant (see [`outcome`]): `+status`
+//! A dial asks for the remote cell's `+call` variant (see [`status`]): `+status`
 //! with a header saying how many hops the chain of calls has left and the caller's
 //! remaining deadline, so a chain of cells cannot grow past `max_hops` nor outlive
 //! its origin. It unwraps the answer, so the guest reads exactly the remote cell's
@@ -17,22 +20,45 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::AsyncWriteExt as _;
 use libp2p::{PeerId, Stream, StreamProtocol};
 use serde::Deserialize;
 use tokio_util::compat::FuturesAsyncReadCompatExt as _;
-use wasmtime::component::Resource;
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::p2::DynInputStream;
 
-use super::Chain;
-use super::host::{Connection, Host, dialer};
 use super::io::{MeteredReader, PeerInputStream, PeerOutputStream, PeerWriter};
 use super::meter::Traffic;
+use super::streams::Connection;
+use crate::limits::Limits;
 use crate::net::network::{Network, OpenAnyError};
-use crate::net::outcome::{self, CallHeader, Deframed};
 use crate::net::router::OpenStreamError;
+use crate::net::status::{self, CallHeader, Caller, Deframed, Variant};
 
-pub use dialer::DialError;
+mod generated {
+    // Maps the WIT `dial-error` to this Rust type (named from the generated module).
+    use super::DialFailure;
+
+    wasmtime::component::bindgen!({
+        path: "wit",
+        interfaces: "import wetware:streams/dialer@0.1.0;",
+        // Dialing waits on the network.
+        imports: { default: async | tracing | trappable },
+        trappable_error_type: {
+            "wetware:streams/dialer.dial-error" => DialFailure,
+        },
+        with: {
+            "wasi": wasmtime_wasi::p2::bindings,
+            "wetware:streams/streams": crate::cell::streams::bindings,
+        },
+    });
+}
+
+pub use bindings::DialError;
+use generated::wetware::streams::dialer as bindings;
+
+/// Why a dial failed: a [`DialError`] the guest gets back, or a host failure that
+/// traps it (see [`DialFailure::trap`]).
+pub type DialFailure = wasmtime_wasi::TrappableError<DialError>;
 
 /// Which protocols a cell's instances may open streams on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -169,123 +195,233 @@ impl InstanceDialer {
     }
 }
 
-type DialResult = wasmtime::Result<Result<Resource<Connection>, DialError>>;
+/// How much of a chain of calls one instance has left: the dials it may still make
+/// along the chain, and when it must end.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Chain {
+    /// Further dials deep the chain may go from this instance.
+    pub hops: u8,
+    /// When the instance must end, with the time its caller gave it if that (not its
+    /// own `wall_s`) is what ends it; `None` for no wall-clock limit.
+    pub deadline: Option<(tokio::time::Instant, Option<Duration>)>,
+}
 
-/// What a dial offers: the call variant first (so the remote learns the chain's
-/// budget, and its cell's failure reaches the guest), then the status variant and
-/// the plain protocol for peers that only speak those.
-fn offer(protocol: &StreamProtocol) -> Vec<StreamProtocol> {
-    vec![
-        outcome::call_variant(protocol),
-        outcome::status_variant(protocol),
-        protocol.clone(),
-    ]
+impl Chain {
+    /// The chain of a stream that starts now under `limits`: a fresh one if no cell
+    /// dialed it, or what the calling cell's header leaves (never more than
+    /// `limits` allow).
+    pub(super) fn start(limits: &Limits, call: Option<CallHeader>) -> Self {
+        let now = tokio::time::Instant::now();
+        let own = limits.wall().map(|wall| (now + wall, None));
+        let Some(call) = call else {
+            return Self {
+                hops: limits.max_hops,
+                deadline: own,
+            };
+        };
+        let caller = call.deadline.map(|left| (now + left, Some(left)));
+        let deadline = match (own, caller) {
+            (Some(own), Some(caller)) => Some(if caller.0 < own.0 { caller } else { own }),
+            (own, caller) => own.or(caller),
+        };
+        Self {
+            hops: call.hops.min(limits.max_hops),
+            deadline,
+        }
+    }
+}
+
+/// What `wetware:streams/dialer` needs of an instance's store data.
+pub struct DialerView<'a> {
+    /// The instance's dialer; only an instance whose cell may dial has one.
+    pub(super) dialer: Option<&'a mut InstanceDialer>,
+    /// The guest's resources, where dialed connections go.
+    pub(super) table: &'a mut ResourceTable,
+}
+
+/// Adds `wetware:streams/dialer` to `linker`, reaching each instance's state through
+/// `view`.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> DialerView<'_>,
+) -> wasmtime::Result<()> {
+    bindings::add_to_linker::<T, HasDialer>(linker, view)
+}
+
+/// Names [`DialerView`] as the data the generated bindings work on.
+struct HasDialer;
+
+impl HasData for HasDialer {
+    type Data<'a> = DialerView<'a>;
 }
 
 /// How long sending a call's header may take (it is 5 bytes on a fresh stream).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-impl Host {
-    fn instance_dialer(&mut self) -> wasmtime::Result<&mut InstanceDialer> {
+impl DialerView<'_> {
+    fn instance_dialer(&mut self) -> Result<&mut InstanceDialer, DialFailure> {
         // Only a cell with a grant may import the dialer (see `check_world`), and its
         // instances all get one; reaching here without is a host bug, so a trap.
-        self.dialer
-            .as_mut()
-            .ok_or_else(|| wasmtime::Error::msg("dialer called in an instance without one"))
+        self.dialer.as_deref_mut().ok_or_else(|| {
+            DialFailure::trap(wasmtime::Error::msg(
+                "dialer called in an instance without one",
+            ))
+        })
     }
 
     /// Hands a dialed stream to the guest, first sending the call header if the
     /// remote chose the call variant.
-    async fn dialed(&mut self, mut stream: Stream, protocol: &StreamProtocol) -> DialResult {
+    async fn dialed(
+        &mut self,
+        mut stream: Stream,
+        protocol: &StreamProtocol,
+    ) -> Result<Resource<Connection>, DialFailure> {
         let dialer = self.instance_dialer()?;
-        if outcome::is_call(protocol) {
-            let header = dialer.call_header().encode();
-            let sent = tokio::time::timeout(HEADER_TIMEOUT, async {
-                stream.write_all(&header).await?;
-                stream.flush().await
-            });
-            match sent.await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    return Ok(Err(DialError::Unreachable(format!(
-                        "sending the call: {error}"
-                    ))));
-                }
-                Err(_) => {
-                    return Ok(Err(DialError::Unreachable(
-                        "sending the call timed out".into(),
-                    )));
-                }
+        let (_, variant) = status::parse(protocol);
+        if variant == Variant::Call {
+            let header = dialer.call_header();
+            let mut writer = (&mut stream).compat();
+            let sent = tokio::time::timeout(HEADER_TIMEOUT, header.write(&mut writer));
+            let error = match sent.await {
+                Ok(Ok(())) => None,
+                Ok(Err(error)) => Some(format!("sending the call: {error}")),
+                Err(_) => Some("sending the call timed out".into()),
+            };
+            if let Some(error) = error {
+                return Err(DialError::Unreachable(error).into());
             }
         }
-        let (_, framed) = outcome::parse(protocol);
-        let connection = self.instance_dialer()?.connection(stream, framed);
-        Ok(Ok(self.push_connection(connection)?))
+        let connection = self
+            .instance_dialer()?
+            .connection(stream, variant.is_framed());
+        self.table.push(connection).map_err(DialFailure::trap)
     }
 }
 
-impl dialer::Host for Host {
-    async fn dial(&mut self, peer: String, protocol: String) -> DialResult {
+impl bindings::Host for DialerView<'_> {
+    fn convert_dial_error(&mut self, failure: DialFailure) -> wasmtime::Result<DialError> {
+        failure.downcast()
+    }
+
+    async fn dial(
+        &mut self,
+        peer: String,
+        protocol: String,
+    ) -> Result<Resource<Connection>, DialFailure> {
         // A malformed peer ID is the guest's mistake, found without the network: it
         // must not cost a dial.
-        let peer: PeerId = match peer.parse() {
-            Ok(peer) => peer,
-            Err(error) => return Ok(Err(DialError::InvalidPeer(format!("`{peer}`: {error}")))),
-        };
-        let admitted = self.instance_dialer()?.admit(&protocol);
-        let (protocol, network) = match admitted {
-            Ok(admitted) => admitted,
-            Err(error) => return Ok(Err(error)),
-        };
-        if let Err(error) = network.connect_peer(peer).await {
-            return Ok(Err(DialError::Unreachable(error.to_string())));
-        }
-        match network.open_first(peer, offer(&protocol)).await {
+        let peer: PeerId = peer
+            .parse()
+            .map_err(|error| DialError::InvalidPeer(format!("`{peer}`: {error}")))?;
+        let (protocol, network) = self.instance_dialer()?.admit(&protocol)?;
+        network
+            .connect_peer(peer)
+            .await
+            .map_err(|error| DialError::Unreachable(error.to_string()))?;
+        match network
+            .open_first(peer, status::offer(&protocol, Caller::Cell))
+            .await
+        {
             Ok((stream, chosen)) => self.dialed(stream, &chosen).await,
-            Err(OpenStreamError::UnsupportedProtocol(_)) => Ok(Err(DialError::Unreachable(
-                format!("{peer} does not serve {protocol}"),
-            ))),
-            Err(error) => Ok(Err(DialError::Unreachable(format!("{peer}: {error}")))),
+            Err(OpenStreamError::UnsupportedProtocol(_)) => {
+                let error = format!("{peer} does not serve {protocol}");
+                Err(DialError::Unreachable(error).into())
+            }
+            Err(error) => Err(DialError::Unreachable(format!("{peer}: {error}")).into()),
         }
     }
 
-    async fn dial_any(&mut self, protocol: String) -> DialResult {
-        let admitted = self.instance_dialer()?.admit(&protocol);
-        let (protocol, network) = match admitted {
-            Ok(admitted) => admitted,
-            Err(error) => return Ok(Err(error)),
-        };
-        match network.open_any(&protocol, offer(&protocol)).await {
+    async fn dial_any(&mut self, protocol: String) -> Result<Resource<Connection>, DialFailure> {
+        let (protocol, network) = self.instance_dialer()?.admit(&protocol)?;
+        match network
+            .open_any(&protocol, status::offer(&protocol, Caller::Cell))
+            .await
+        {
             Ok((_, stream, chosen)) => self.dialed(stream, &chosen).await,
-            Err(OpenAnyError::NoProviders(_)) => Ok(Err(DialError::NoProviders)),
-            Err(error) => Ok(Err(DialError::Unreachable(error.to_string()))),
+            Err(OpenAnyError::NoProviders(_)) => Err(DialError::NoProviders.into()),
+            Err(error) => Err(DialError::Unreachable(error.to_string()).into()),
         }
     }
 
-    async fn providers(
-        &mut self,
-        protocol: String,
-    ) -> wasmtime::Result<Result<Vec<String>, DialError>> {
+    async fn providers(&mut self, protocol: String) -> Result<Vec<String>, DialFailure> {
         // One slot per call, like `dial-any`, which makes the same lookup and the
         // same connection to every provider: the slot bounds how often an instance
         // can make the network do that work. Counting each provider instead would
         // make the answer depend on the slots left.
         let dialer = self.instance_dialer()?;
-        let checked = dialer.check(&protocol).and_then(|checked| {
-            dialer.take_slot()?;
-            Ok(checked)
-        });
-        let (protocol, network) = match checked {
-            Ok(checked) => checked,
-            Err(error) => return Ok(Err(error)),
+        let (protocol, network) = dialer.check(&protocol)?;
+        dialer.take_slot()?;
+        let providers = network
+            .providers(&protocol)
+            .await
+            .map_err(|error| DialError::Unreachable(error.to_string()))?;
+        Ok(providers
+            .into_iter()
+            .filter(|p| p.reached.is_ok())
+            .map(|p| p.peer.to_string())
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bindings::Host as _;
+
+    #[test]
+    fn dial_errors_reach_the_guest_and_host_failures_trap() {
+        let mut table = ResourceTable::new();
+        let mut view = DialerView {
+            dialer: None,
+            table: &mut table,
         };
-        match network.providers(&protocol).await {
-            Ok(providers) => Ok(Ok(providers
-                .into_iter()
-                .filter(|p| p.reached.is_ok())
-                .map(|p| p.peer.to_string())
-                .collect())),
-            Err(error) => Ok(Err(DialError::Unreachable(error.to_string()))),
+        let failure = DialFailure::from(DialError::InvalidPeer("`x`".into()));
+        match view.convert_dial_error(failure) {
+            Ok(DialError::InvalidPeer(why)) => assert_eq!(why, "`x`"),
+            other => panic!("expected the guest's error back, got {other:?}"),
         }
+        // An instance without a dialer reaching it is a host bug: a trap, not a value.
+        let trap = view.instance_dialer().err().expect("no dialer");
+        let error = view.convert_dial_error(trap).unwrap_err();
+        assert!(error.to_string().contains("without one"), "{error}");
+    }
+
+    /// `chain`'s deadline as (time left from `start`, whether the caller's), rounded
+    /// to whole seconds: the clock moves between `start` and `Chain::start`.
+    fn left(chain: Chain, start: tokio::time::Instant) -> Option<(u64, bool)> {
+        let (deadline, callers) = chain.deadline?;
+        Some((deadline.duration_since(start).as_secs(), callers.is_some()))
+    }
+
+    #[tokio::test]
+    async fn a_called_instance_gets_the_smaller_budget_and_the_earlier_deadline() {
+        let limits = Limits {
+            wall_s: 10,
+            max_hops: 4,
+            ..Limits::default()
+        };
+        let start = tokio::time::Instant::now();
+        let call = |hops, secs: Option<u64>| {
+            let deadline = secs.map(Duration::from_secs);
+            Some(CallHeader { hops, deadline })
+        };
+        let own = Chain::start(&limits, None);
+        assert_eq!((own.hops, left(own, start)), (4, Some((10, false))));
+        let tight = Chain::start(&limits, call(9, Some(3)));
+        assert_eq!(
+            (tight.hops, left(tight, start)),
+            (4, Some((3, true))),
+            "never more hops than this node's max_hops"
+        );
+        let loose = Chain::start(&limits, call(2, Some(30)));
+        assert_eq!((loose.hops, left(loose, start)), (2, Some((10, false))));
+
+        let unlimited = Limits {
+            wall_s: 0,
+            ..limits
+        };
+        assert_eq!(left(Chain::start(&unlimited, call(1, None)), start), None);
+        let callers = Chain::start(&unlimited, call(1, Some(5)));
+        assert_eq!(left(callers, start), Some((5, true)));
     }
 }

@@ -1,5 +1,8 @@
-//! Byte plumbing between a peer stream and a guest: the output half that closes
-//! gracefully, and the guest's stdout/stderr turned into log lines.
+//! Byte plumbing between a peer stream and a guest, as `wasi:io` streams: the output
+//! half that closes gracefully, and the guest's stdout/stderr turned into log lines.
+//! What goes on the wire around the guest's bytes (`+status` frames, the outcome
+//! trailer) is `net::status`'s business: [`PeerWriter`] writes through its
+//! [`AnswerWriter`].
 //!
 //! The input half ([`PeerInputStream`]) reads the peer stream in the guest's own task,
 //! only when the guest asks, so a guest that stops reading stops the reads from the
@@ -12,12 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError};
 
 use super::meter::Traffic;
-use crate::net::outcome::{Framer, Outcome, trailer};
+use crate::net::status::{AnswerWriter, Outcome};
 
 /// Bytes a guest may have written to the peer and not yet flushed. Also the most a
 /// single `check-write` permits; the writer task drains it into the peer stream.
@@ -32,11 +35,9 @@ pub const OUTPUT_BUDGET: usize = 64 * 1024;
 pub struct PeerWriter(Arc<Mutex<WriterState>>);
 
 struct WriterState {
-    writer: Pin<Box<dyn AsyncWrite + Send>>,
+    /// Frames the guest's bytes on a `+status` stream.
+    writer: AnswerWriter<Pin<Box<dyn AsyncWrite + Send>>>,
     traffic: Arc<Traffic>,
-    /// `Some` on a `+status` stream: the guest's bytes go out in frames.
-    framer: Option<Framer>,
-    closed: bool,
     /// The guest's bytes not yet taken by the stream (see [`PeerOutputStream`]).
     pending: BytesMut,
     /// Why pushing `pending` failed, until the guest is told.
@@ -46,10 +47,7 @@ struct WriterState {
 impl WriterState {
     /// Writes guest bytes (framed on a `+status` stream), counting them.
     fn poll_write_guest(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let written = ready!(match &mut self.framer {
-            Some(framer) => framer.poll_write(self.writer.as_mut(), cx, buf),
-            None => self.writer.as_mut().poll_write(cx, buf),
-        })?;
+        let written = ready!(Pin::new(&mut self.writer).poll_write(cx, buf))?;
         self.traffic.sent(written);
         Poll::Ready(Ok(written))
     }
@@ -68,12 +66,10 @@ impl PeerWriter {
         framed: bool,
         traffic: Arc<Traffic>,
     ) -> Self {
-        let framer = framed.then(Framer::default);
+        let writer: Pin<Box<dyn AsyncWrite + Send>> = Box::pin(writer);
         Self(Arc::new(Mutex::new(WriterState {
-            writer: Box::pin(writer),
+            writer: AnswerWriter::new(writer, framed),
             traffic,
-            framer,
-            closed: false,
             pending: BytesMut::new(),
             failed: None,
         })))
@@ -132,7 +128,7 @@ impl PeerWriter {
 
     /// Whether the guest's bytes are framed (a `+status` stream).
     pub fn is_framed(&self) -> bool {
-        self.state().framer.is_some()
+        self.state().writer.is_framed()
     }
 
     /// Waits until the guest's pending bytes are in the stream and the stream is
@@ -145,64 +141,27 @@ impl PeerWriter {
         }
         poll_fn(|cx| {
             let mut state = self.state();
-            if state.closed {
+            if state.writer.is_closed() {
                 return Poll::Ready(Ok(()));
             }
-            state.writer.as_mut().poll_flush(cx)
+            Pin::new(&mut state.writer).poll_flush(cx)
         })
         .await
     }
 
     /// Closes the write side gracefully (the peer reads EOF). Idempotent.
     pub async fn close(&self) -> io::Result<()> {
-        poll_fn(|cx| {
-            let mut state = self.state();
-            if state.closed {
-                return Poll::Ready(Ok(()));
-            }
-            ready!(state.writer.as_mut().poll_shutdown(cx))?;
-            state.closed = true;
-            Poll::Ready(Ok(()))
-        })
-        .await
+        poll_fn(|cx| self.state().writer.poll_close(cx)).await
     }
 
-    /// Ends the stream once the instance is over and its output flushed.
-    ///
-    /// A `+status` stream gets its trailer, then a graceful close. A plain stream is
-    /// closed gracefully on success; on failure nothing is sent and dropping the last
-    /// handle aborts the stream (a yamux reset). Returns an error if the stream could
-    /// not be ended as intended; the caller then drops it, which aborts it.
+    /// Ends the stream once the instance is over and its output flushed, as
+    /// [`AnswerWriter::poll_finish`] does: a `+status` stream gets its trailer, then
+    /// a graceful close; a plain stream is closed gracefully on success, and on
+    /// failure dropping the last handle aborts it (a yamux reset). Returns an error
+    /// if the stream could not be ended as intended; the caller then drops it, which
+    /// aborts it.
     pub async fn end(&self, outcome: &Outcome) -> io::Result<()> {
-        match (self.is_framed(), outcome) {
-            (false, Outcome::Success) => self.close().await,
-            (false, Outcome::Failure(_)) => Ok(()),
-            (true, outcome) => {
-                if !self
-                    .state()
-                    .framer
-                    .as_ref()
-                    .is_some_and(Framer::at_boundary)
-                {
-                    return Err(io::Error::other("the guest's last frame is incomplete"));
-                }
-                let trailer = trailer(outcome);
-                let mut sent = 0;
-                poll_fn(|cx| {
-                    let mut state = self.state();
-                    while sent < trailer.len() {
-                        let n = ready!(state.writer.as_mut().poll_write(cx, &trailer[sent..]))?;
-                        if n == 0 {
-                            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                        }
-                        sent += n;
-                    }
-                    state.writer.as_mut().poll_flush(cx)
-                })
-                .await?;
-                self.close().await
-            }
-        }
+        poll_fn(|cx| self.state().writer.poll_finish(cx, outcome)).await
     }
 }
 
@@ -216,11 +175,11 @@ impl AsyncWrite for PeerWriter {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.state().writer.as_mut().poll_flush(cx)
+        Pin::new(&mut self.state().writer).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.state().writer.as_mut().poll_shutdown(cx)
+        self.state().writer.poll_close(cx)
     }
 }
 
@@ -297,24 +256,18 @@ impl<R: AsyncRead + Send + Unpin + 'static> PeerInputStream<R> {
             return Poll::Ready(());
         }
         self.buffer.reserve(self.wanted.clamp(1, READ_CHUNK));
-        let spare = self.buffer.spare_capacity_mut();
-        let mut buf = ReadBuf::uninit(spare);
-        match Pin::new(&mut self.reader).poll_read(cx, &mut buf) {
+        // tokio-util reads into the reserved (uninitialised) capacity and sets the length.
+        match tokio_util::io::poll_read_buf(Pin::new(&mut self.reader), cx, &mut self.buffer) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Err(error)) => {
                 self.end = Some(Err(error));
                 Poll::Ready(())
             }
-            Poll::Ready(Ok(())) => {
-                let n = buf.filled().len();
-                if n == 0 {
-                    self.end = Some(Ok(()));
-                } else {
-                    // SAFETY: `poll_read` initialised the first `n` spare bytes.
-                    unsafe { self.buffer.set_len(self.buffer.len() + n) };
-                }
+            Poll::Ready(Ok(0)) => {
+                self.end = Some(Ok(()));
                 Poll::Ready(())
             }
+            Poll::Ready(Ok(_)) => Poll::Ready(()),
         }
     }
 }
@@ -723,7 +676,7 @@ mod tests {
             .unwrap();
         drop(writer);
         let mut payload = Vec::new();
-        let outcome = crate::net::outcome::read_answer(&mut far, &mut payload)
+        let outcome = crate::net::status::read_answer(&mut far, &mut payload)
             .await
             .unwrap();
         assert_eq!(payload, b"partial");

@@ -22,7 +22,7 @@ pub enum LimitExceeded {
     #[error("wall-clock limit {0} s reached")]
     Wall(u64),
     /// The cell that dialed this stream had this many milliseconds left, and they
-    /// ran out (see `outcome::CallHeader`).
+    /// ran out (see `status::CallHeader`).
     #[error("the calling cell's deadline ({0} ms) passed")]
     CallerDeadline(u64),
 }

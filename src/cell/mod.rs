@@ -12,6 +12,7 @@ pub mod dialer;
 mod host;
 mod io;
 pub mod meter;
+mod streams;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use tokio::io::AsyncRead;
 use tokio_util::sync::CancellationToken;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
 };
@@ -29,16 +30,17 @@ use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream, StdoutStream as _};
 
 pub use cache::Cache;
-use dialer::InstanceDialer;
+use dialer::{Chain, InstanceDialer};
 pub use dialer::{DialGrant, DialSetting};
-pub use host::{Cell as CellBindings, CellPre, Connection, Host};
+pub use host::Host;
 pub use io::{GuestLog, MeteredReader, PeerInputStream, PeerOutputStream, PeerWriter, SyncReader};
 pub use meter::LimitExceeded;
+pub use streams::{Cell as CellBindings, CellPre, Connection};
 
 use crate::limits::Limits;
 use crate::metrics::{CellLabel, Metrics};
 use crate::net::network::Network;
-use crate::net::outcome::{CallHeader, Outcome};
+use crate::net::status::{CallHeader, Outcome};
 use meter::Traffic;
 
 /// The interface a cell must import to reach its peer stream.
@@ -125,8 +127,8 @@ impl Runtime {
         };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        host::streams::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |host| host)?;
-        host::dialer::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |host| host)?;
+        streams::add_to_linker(&mut linker, Host::streams)?;
+        dialer::add_to_linker(&mut linker, Host::dialer)?;
         spawn_epoch_ticker(&engine)?;
         Ok(Arc::new(Self {
             engine,
@@ -283,42 +285,6 @@ fn explained(line: &Option<String>) -> String {
     line.as_ref()
         .map(|line| format!(": {line}"))
         .unwrap_or_default()
-}
-
-/// How much of a chain of calls one instance has left: the dials it may still make
-/// along the chain, and when it must end.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Chain {
-    /// Further dials deep the chain may go from this instance.
-    pub hops: u8,
-    /// When the instance must end, with the time its caller gave it if that (not its
-    /// own `wall_s`) is what ends it; `None` for no wall-clock limit.
-    pub deadline: Option<(tokio::time::Instant, Option<Duration>)>,
-}
-
-impl Chain {
-    /// The chain of a stream that starts now under `limits`: a fresh one if no cell
-    /// dialed it, or what the calling cell's header leaves (never more than
-    /// `limits` allow).
-    fn start(limits: &Limits, call: Option<CallHeader>) -> Self {
-        let now = tokio::time::Instant::now();
-        let own = limits.wall().map(|wall| (now + wall, None));
-        let Some(call) = call else {
-            return Self {
-                hops: limits.max_hops,
-                deadline: own,
-            };
-        };
-        let caller = call.deadline.map(|left| (now + left, Some(left)));
-        let deadline = match (own, caller) {
-            (Some(own), Some(caller)) => Some(if caller.0 < own.0 { caller } else { own }),
-            (own, caller) => own.or(caller),
-        };
-        Self {
-            hops: call.hops.min(limits.max_hops),
-            deadline,
-        }
-    }
 }
 
 impl Cell {
@@ -711,49 +677,5 @@ impl Cell {
     /// Whether its compiled code came from the cache rather than the compiler.
     pub fn cached(&self) -> bool {
         self.cached
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `chain`'s deadline as (time left from `start`, whether the caller's), rounded
-    /// to whole seconds: the clock moves between `start` and `Chain::start`.
-    fn left(chain: Chain, start: tokio::time::Instant) -> Option<(u64, bool)> {
-        let (deadline, callers) = chain.deadline?;
-        Some((deadline.duration_since(start).as_secs(), callers.is_some()))
-    }
-
-    #[tokio::test]
-    async fn a_called_instance_gets_the_smaller_budget_and_the_earlier_deadline() {
-        let limits = Limits {
-            wall_s: 10,
-            max_hops: 4,
-            ..Limits::default()
-        };
-        let start = tokio::time::Instant::now();
-        let call = |hops, secs: Option<u64>| {
-            let deadline = secs.map(Duration::from_secs);
-            Some(CallHeader { hops, deadline })
-        };
-        let own = Chain::start(&limits, None);
-        assert_eq!((own.hops, left(own, start)), (4, Some((10, false))));
-        let tight = Chain::start(&limits, call(9, Some(3)));
-        assert_eq!(
-            (tight.hops, left(tight, start)),
-            (4, Some((3, true))),
-            "never more hops than this node's max_hops"
-        );
-        let loose = Chain::start(&limits, call(2, Some(30)));
-        assert_eq!((loose.hops, left(loose, start)), (2, Some((10, false))));
-
-        let unlimited = Limits {
-            wall_s: 0,
-            ..limits
-        };
-        assert_eq!(left(Chain::start(&unlimited, call(1, None)), start), None);
-        let callers = Chain::start(&unlimited, call(1, Some(5)));
-        assert_eq!(left(callers, start), Some((5, true)));
     }
 }

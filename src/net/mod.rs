@@ -8,10 +8,10 @@ pub mod control;
 pub mod discovery;
 mod lookup;
 pub mod network;
-pub mod outcome;
 pub mod pending;
 pub mod relays;
 pub mod router;
+pub mod status;
 
 use std::time::Duration;
 

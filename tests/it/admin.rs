@@ -1,7 +1,7 @@
 //! The admin endpoint: health, Prometheus metrics with reasons, JSON status.
 
 use ww::net::client::Client;
-use ww::net::outcome::{self, Outcome};
+use ww::net::status::{self, Outcome};
 
 use crate::support::{
     ECHO, Node, assert_failed, cell_flag, free_local_addr, http_get, outcome_of, request,
@@ -48,7 +48,7 @@ async fn metrics_and_status_show_what_happened() {
     );
     let sleepy = libp2p::StreamProtocol::new("/test/sleepy/1");
     let held = client
-        .open(peer, outcome::status_variant(&sleepy))
+        .open(peer, status::status_variant(&sleepy))
         .await
         .unwrap();
     let mut live = 0;
@@ -98,7 +98,7 @@ async fn metrics_and_status_show_what_happened() {
     let (mut reader, mut writer) = tokio::io::split(held.compat());
     writer.shutdown().await.unwrap();
     assert_eq!(
-        outcome::read_answer(&mut reader, &mut Vec::new())
+        status::read_answer(&mut reader, &mut Vec::new())
             .await
             .unwrap(),
         Outcome::Success

@@ -4,7 +4,7 @@
 use sha2::{Digest as _, Sha256};
 
 use crate::support::*;
-use ww::net::outcome::Outcome;
+use ww::net::status::Outcome;
 
 const FORWARD: &str = "/ww/forward/0.1.0";
 const DIAL_MANY: &str = "/test/dial-many/1";

@@ -3,8 +3,8 @@
 use libp2p::{PeerId, StreamProtocol};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use ww::net::client::Client;
-use ww::net::outcome::Outcome;
 use ww::net::router::OpenStreamError;
+use ww::net::status::Outcome;
 
 use crate::support::{
     ECHO, Node, PATIENCE, assert_failed, cell_flag, outcome_of, pattern, request, spawn_ww, ww,

@@ -96,7 +96,7 @@ async fn streams_still_running_when_the_grace_period_ends_are_told_why() {
     let (mut node, (mut reader, _writer), _keep) = a_stream_held_with_grace(1).await;
     let started = std::time::Instant::now();
     sigterm(&node).await;
-    let outcome = ww::net::outcome::read_answer(&mut reader, &mut Vec::new())
+    let outcome = ww::net::status::read_answer(&mut reader, &mut Vec::new())
         .await
         .unwrap();
     crate::support::assert_failed(&outcome, "node shutting down");

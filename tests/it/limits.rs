@@ -6,7 +6,7 @@ use futures::future::join_all;
 use tokio::io::AsyncWriteExt as _;
 use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 use ww::net::client::Client;
-use ww::net::outcome::{self, Outcome};
+use ww::net::status::{self, Outcome};
 
 use crate::support::{
     ECHO, Node, assert_failed, cell_flag, eventually, free_local_addr, http_get, open_status,
@@ -109,7 +109,7 @@ async fn a_guest_waiting_on_io_is_not_charged_cpu() {
     tokio::time::sleep(Duration::from_millis(500)).await; // ten budgets of waiting
     writer.shutdown().await.unwrap();
     let mut payload = Vec::new();
-    let outcome = outcome::read_answer(&mut reader, &mut payload)
+    let outcome = status::read_answer(&mut reader, &mut payload)
         .await
         .unwrap();
     assert_eq!(
@@ -170,7 +170,7 @@ async fn an_idle_stream_is_closed_and_its_slot_returned() {
     let peer = client.connect(&node.tcp).await.unwrap();
     let (mut reader, _writer) = open_status(&client, peer, "/test/sleepy/1").await;
     let started = Instant::now();
-    let outcome = outcome::read_answer(&mut reader, &mut Vec::new())
+    let outcome = status::read_answer(&mut reader, &mut Vec::new())
         .await
         .unwrap();
     eprintln!(
@@ -197,7 +197,7 @@ async fn a_stream_over_its_wall_clock_limit_is_ended() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    let outcome = outcome::read_answer(&mut reader, &mut Vec::new())
+    let outcome = status::read_answer(&mut reader, &mut Vec::new())
         .await
         .unwrap();
     assert_failed(&outcome, "wall-clock limit 1 s reached");
@@ -237,7 +237,7 @@ async fn streams_over_the_caps_wait_then_are_refused_visibly() {
     ];
     let node = node_with_admin(&["sleepy"], &flags, Some(admin)).await;
     let protocol = libp2p::StreamProtocol::new("/test/sleepy/1");
-    let framed = outcome::status_variant(&protocol);
+    let framed = status::status_variant(&protocol);
     let (first, second, third) = (
         Client::new().unwrap(),
         Client::new().unwrap(),
@@ -279,7 +279,7 @@ async fn streams_over_the_caps_wait_then_are_refused_visibly() {
     for stream in held {
         let (mut reader, mut writer) = tokio::io::split(stream.compat());
         writer.shutdown().await.unwrap();
-        let outcome = outcome::read_answer(&mut reader, &mut Vec::new())
+        let outcome = status::read_answer(&mut reader, &mut Vec::new())
             .await
             .unwrap();
         assert_eq!(outcome, Outcome::Success);
@@ -365,7 +365,7 @@ async fn held_echo_burst(
 ) -> Vec<Outcome> {
     let client = Client::new().unwrap();
     let peer = client.connect(&node).await.unwrap();
-    let framed = outcome::status_variant(&ECHO);
+    let framed = status::status_variant(&ECHO);
     let streams = (0..n).map(|_| {
         let (client, framed, data) = (client.clone(), framed.clone(), data.clone());
         let (opened, mut release) = (opened.clone(), release.clone());
@@ -374,7 +374,7 @@ async fn held_echo_burst(
             let (mut reader, mut writer) = tokio::io::split(stream.compat());
             let _ = opened.send(()).await;
             let mut payload = Vec::new();
-            let read = outcome::read_answer(&mut reader, &mut payload);
+            let read = status::read_answer(&mut reader, &mut payload);
             let write = async {
                 // A refused stream may be closed under our writes; its trailer says why.
                 let _ = writer.write_all(&data).await;

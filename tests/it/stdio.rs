@@ -3,7 +3,7 @@
 use futures::future::join_all;
 use libp2p::StreamProtocol;
 use ww::net::client::Client;
-use ww::net::outcome::Outcome;
+use ww::net::status::Outcome;
 
 use crate::support::{Node, assert_failed, cell_flag, outcome_of, pattern, request, ww};
 

@@ -12,7 +12,7 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use ww::net::client::Client;
-use ww::net::outcome::{self, Outcome};
+use ww::net::status::{self, Outcome};
 
 /// The `ww` binary under test.
 pub const WW: &str = env!("CARGO_BIN_EXE_ww");
@@ -334,15 +334,18 @@ pub async fn outcome_of(
     use tokio::io::AsyncWriteExt as _;
     use tokio_util::compat::FuturesAsyncReadCompatExt as _;
     let protocol = StreamProtocol::try_from_owned(protocol.into()).unwrap();
-    let offer = vec![outcome::status_variant(&protocol)];
+    let offer = status::offer(&protocol, status::Caller::Peer);
     let (stream, chosen) = client.open_first(peer, offer).await.unwrap();
-    assert_eq!(outcome::parse(&chosen), (protocol.as_ref(), true));
+    assert_eq!(
+        status::parse(&chosen),
+        (protocol.as_ref(), status::Variant::Status)
+    );
     let (mut reader, mut writer) = tokio::io::split(stream.compat());
     let _ = writer.write_all(input).await;
     let _ = writer.shutdown().await;
     let mut payload = Vec::new();
     let answer =
-        tokio::time::timeout(PATIENCE, outcome::read_answer(&mut reader, &mut payload)).await;
+        tokio::time::timeout(PATIENCE, status::read_answer(&mut reader, &mut payload)).await;
     let outcome = answer.expect("stream never ended").unwrap();
     (payload, outcome)
 }
@@ -433,7 +436,7 @@ pub async fn open_status(
     use tokio_util::compat::FuturesAsyncReadCompatExt as _;
     let protocol = StreamProtocol::try_from_owned(protocol.into()).unwrap();
     let stream = client
-        .open(peer, outcome::status_variant(&protocol))
+        .open(peer, status::status_variant(&protocol))
         .await
         .unwrap();
     tokio::io::split(stream.compat())
