@@ -12,6 +12,7 @@
 //!   protocols without losing any; a [`net::network::Network`] handle asks a swarm to
 //!   dial, look up and open, and [`net::control`] answers on the swarm's side;
 //!   [`net::discovery`] joins the DHTs and announces the node's cells;
+//!   [`net::status`] is the `+status`/`+call` wire that tells a peer how a cell ended;
 //!   [`net::client`] is a peer that only asks.
 //! - [`node`]: wiring — loads cells, runs the swarm, gives each stream its own task;
 //!   [`admission`] decides whether and when a stream may start an instance.
