@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use libp2p::Multiaddr;
 use ww::config::{self, CellSpec, NodeConfig};
 
@@ -204,7 +204,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut command = ww::limits::Limits::show_defaults(Cli::command());
+    let cli = Cli::from_arg_matches(&command.get_matches_mut())
+        .unwrap_or_else(|error| error.format(&mut command).exit());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -338,7 +340,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             no_cache,
             limits,
         } => {
-            let limits = limits.apply(ww::limits::Limits::default());
+            let limits = limits.apply(ww::limits::Limits::DEFAULT);
             limits.check()?;
             // One instance: allocating it on demand beats reserving a pool.
             let cache = config::cache_dir(no_cache, None, None).map(ww::cell::Cache::open);
