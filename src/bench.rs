@@ -16,25 +16,98 @@ use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 
 use crate::net::client::Client;
 
-/// What to run.
-#[derive(Debug, Clone)]
+/// What to run: `ww bench`'s arguments but `--json`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
-    /// The node, ending in `/p2p/<peer-id>`.
+    /// The node's address, ending in /p2p/<peer-id>.
+    #[arg(value_name = "MULTIADDR")]
     pub addr: Multiaddr,
-    /// The protocol to open streams on.
+    /// The protocol to load, e.g. /ww/echo/0.1.0.
+    #[arg(value_parser = crate::config::parse_protocol)]
     pub protocol: StreamProtocol,
-    /// Streams in all (ignored when `duration` is set).
+    /// Streams in all (unless --duration is given).
+    #[arg(long, default_value_t = 1000)]
     pub streams: u64,
     /// Streams in flight at once.
+    #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
-    /// Bytes sent on each stream.
+    /// Bytes sent on each stream (a size: 1024, 64k, 64MiB, 1g).
+    #[arg(long, default_value = "1024", value_parser = parse_bytes)]
     pub bytes: usize,
-    /// Connections (each its own client peer) the streams are spread over.
+    /// Connections to spread the streams over (each from its own peer).
+    #[arg(long, default_value_t = 1)]
     pub connections: usize,
-    /// Run for this long instead of a fixed number of streams.
+    /// Run for this many seconds instead of a number of streams.
+    #[arg(long, value_name = "S", value_parser = parse_seconds)]
     pub duration: Option<Duration>,
     /// Check that every answer equals what was sent.
+    #[arg(long)]
     pub verify_echo: bool,
+}
+
+/// `ww bench`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// The load.
+    #[command(flatten)]
+    pub options: Options,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<std::path::PathBuf>,
+}
+
+impl BenchArgs {
+    /// Runs `ww bench` with a progress bar on a terminal, and prints the report.
+    pub async fn run(self) -> anyhow::Result<()> {
+        use std::io::IsTerminal as _;
+        let options = self.options;
+        let bar = if std::io::stderr().is_terminal() {
+            let bar = match options.duration {
+                Some(_) => indicatif::ProgressBar::new_spinner(),
+                None => indicatif::ProgressBar::new(options.streams),
+            };
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {pos}/{len} streams  {per_sec}  {elapsed}",
+                )
+                .expect("a valid template"),
+            );
+            // Drawn only after a second, so quick runs stay plain.
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            Some(bar)
+        } else {
+            None
+        };
+        let started = Instant::now();
+        let progress = |done: u64| {
+            if let Some(bar) = &bar {
+                if started.elapsed().as_secs() >= 1 && bar.is_hidden() {
+                    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                }
+                bar.set_position(done);
+            }
+        };
+        let report = run(&options, &progress).await?;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        print!("{}", report.to_text());
+        if let Some(path) = self.json {
+            report.write_json(&path)?;
+        }
+        Ok(())
+    }
+}
+
+/// A size for a flag: bytes, or with a unit (see [`crate::limits::parse_size`]).
+fn parse_bytes(text: &str) -> anyhow::Result<usize> {
+    let bytes = crate::limits::parse_size(text)?;
+    usize::try_from(bytes).with_context(|| format!("{text} is too large for this machine"))
+}
+
+/// Seconds, possibly fractional, for `--duration`.
+fn parse_seconds(text: &str) -> Result<Duration, std::num::ParseFloatError> {
+    text.parse().map(Duration::from_secs_f64)
 }
 
 /// Latency percentiles, in microseconds.

@@ -1,4 +1,6 @@
-//! The node's configuration: a TOML file, overridden and extended by `ww run` flags.
+//! `ww run`'s settings: one type, [`Settings`], that clap reads from the flags and
+//! serde from a TOML file; [`Settings::over`] lays the flags over the file, and
+//! [`NodeConfig::merge`] fills in the defaults and checks the result. A file:
 //!
 //! ```toml
 //! listen = ["/ip4/0.0.0.0/tcp/2025", "/ip4/0.0.0.0/udp/2025/quic-v1"]
@@ -47,37 +49,94 @@ pub const DEFAULT_LISTEN: [&str; 2] = ["/ip4/0.0.0.0/tcp/2025", "/ip4/0.0.0.0/ud
 /// How long running guests may take to finish after a shutdown signal.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// The config file as written.
-#[derive(Debug, Default, Deserialize)]
+/// `ww run`'s settings: clap reads them from the flags, serde from the config file,
+/// and [`Settings::over`] lays the flags over the file. A field only one side can set
+/// is skipped by the other (`#[serde(skip)]`: a flag the file may not spell;
+/// `#[arg(skip)]`: a key with no flag).
+#[derive(Debug, Default, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
-pub struct File {
-    /// Addresses to listen on.
+pub struct Settings {
+    /// Address to listen on; repeatable [default: /ip4/0.0.0.0/tcp/2025 and
+    /// /ip4/0.0.0.0/udp/2025/quic-v1].
+    #[arg(long, value_name = "MULTIADDR")]
     #[serde(default)]
     pub listen: Vec<Multiaddr>,
-    /// The identity file.
+    /// Serve a component (FILE.wasm, or builtin:NAME for a cell compiled into ww) on a
+    /// protocol; repeatable.
+    #[arg(long, value_name = "PROTOCOL=FILE.wasm|builtin:NAME", value_parser = CellSpec::parse_flag)]
+    #[serde(skip)]
+    pub cell: Vec<CellSpec>,
+    /// A TOML config file (see the README).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// The identity file, created if missing [default: ~/.local/share/ww/identity.key].
+    #[arg(long, value_name = "FILE")]
     pub identity: Option<PathBuf>,
-    /// Seconds running guests get to finish on shutdown.
-    pub shutdown_grace_s: Option<u64>,
-    /// Where the admin HTTP endpoint listens; off if absent.
+    /// Only let this peer open streams on this cell (repeatable; the cell then
+    /// refuses everyone else).
+    #[arg(long, value_name = "PROTOCOL=PEERID", value_parser = parse_allow)]
+    #[serde(skip)]
+    pub allow: Vec<(StreamProtocol, PeerId)>,
+    /// Force how the cell on PROTOCOL reaches its stream (stdio or connection);
+    /// detected from its imports otherwise. Repeatable.
+    #[arg(long, value_name = "PROTOCOL=MODE", value_parser = parse_cell_mode)]
+    #[serde(skip)]
+    pub cell_mode: Vec<(StreamProtocol, Mode)>,
+    /// Let the cell on PROTOCOL open streams to other nodes (any protocol, or only
+    /// the listed ones); repeatable.
+    #[arg(long, value_name = "PROTOCOL[=TARGET,…]", value_parser = parse_dial_grant)]
+    #[serde(skip)]
+    pub grant_dial: Vec<(StreamProtocol, DialGrant)>,
+    /// Cache compiled cells here [default: ~/.cache/ww/cells]; the last one given wins.
+    #[arg(long, value_name = "DIR", overrides_with = "cache_dir")]
+    #[serde(skip)]
+    pub cache_dir: Option<PathBuf>,
+    /// Compile every cell at start-up; read and write no cache.
+    #[arg(long)]
+    #[serde(skip)]
+    pub no_cache: bool,
+    /// Serve /healthz, /metrics and /status over HTTP on this address (e.g.
+    /// 127.0.0.1:2026); off unless given.
+    #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
-    /// Where compiled cells are cached; `false` turns the cache off.
-    pub cache: Option<CacheSetting>,
-    /// Peers to join the network through.
+    /// Join the network (the DHT) through this peer, a full address ending in
+    /// /p2p/<peer-id>; repeatable.
+    #[arg(long, value_name = "MULTIADDR")]
     #[serde(default)]
     pub bootstrap: Vec<Multiaddr>,
-    /// Whether to find peers on the local network (default: yes).
-    pub mdns: Option<bool>,
-    /// Whether to answer DHT queries.
+    /// Do not look for peers on the local network with mDNS.
+    #[arg(long)]
+    #[serde(skip)]
+    pub no_mdns: bool,
+    /// Answer WAN DHT queries: auto (once reachable), server (always) or client
+    /// (never) [default: auto]. The LAN DHT (non-global addresses) is always answered.
+    #[arg(long = "dht-mode", value_enum, value_name = "MODE")]
     pub dht: Option<DhtMode>,
-    /// Whether to relay connections for other peers (default: no).
-    pub relay: Option<bool>,
-    /// Addresses others can reach this node at.
+    /// Relay connections for peers that cannot be reached directly (circuit relay v2).
+    #[arg(long)]
+    #[serde(default)]
+    pub relay: bool,
+    /// An address others can reach this node at (a public IP, a port forward);
+    /// repeatable. Makes the node a DHT server in auto mode and lets it relay.
+    #[arg(long = "external-address", value_name = "MULTIADDR")]
     #[serde(default)]
     pub external_addresses: Vec<Multiaddr>,
-    /// Node-wide limits.
+    /// Node-wide limits (`[limits]`; a flag per key).
+    #[command(flatten)]
     #[serde(default)]
     pub limits: LimitOverrides,
-    /// Cells by name.
+    /// Seconds running guests get to finish on shutdown.
+    #[arg(skip)]
+    pub shutdown_grace_s: Option<u64>,
+    /// Where compiled cells are cached; `false` turns the cache off.
+    #[arg(skip)]
+    pub cache: Option<CacheSetting>,
+    /// Whether to find peers on the local network (default: yes).
+    #[arg(skip)]
+    pub mdns: Option<bool>,
+    /// Cells by name (`[cells.<name>]`).
+    #[arg(skip)]
     #[serde(default)]
     pub cells: BTreeMap<String, CellEntry>,
 }
@@ -113,13 +172,13 @@ pub struct CellEntry {
     pub limits: LimitOverrides,
 }
 
-impl File {
+impl Settings {
     /// Reads and parses a config file. Relative cell paths are made relative to the
     /// file's directory.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        let mut file: File = toml::from_str(&text)
+        let mut file: Settings = toml::from_str(&text)
             .with_context(|| format!("invalid config file {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         for entry in file.cells.values_mut() {
@@ -129,6 +188,56 @@ impl File {
         }
         Ok(file)
     }
+
+    /// The node's configuration: these settings (the flags) over those of the
+    /// `--config` file, if one is given.
+    pub fn into_config(self) -> anyhow::Result<NodeConfig> {
+        let file = match &self.config {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
+        };
+        NodeConfig::merge(file, self)
+    }
+
+    /// These settings laid over `below`'s — the flags over the file — in one place:
+    /// `listen`, `identity`, `admin`, `dht` and the cache directory replace the
+    /// values below; cells, `allow`, `grant-dial`, `cell-mode`, `bootstrap` and
+    /// external addresses add to them; `--no-mdns`, `--relay` and `--no-cache` win;
+    /// limits set here override those set below, key by key.
+    pub fn over(self, below: Settings) -> Settings {
+        Settings {
+            listen: if self.listen.is_empty() {
+                below.listen
+            } else {
+                self.listen
+            },
+            cell: added(below.cell, self.cell),
+            config: self.config.or(below.config),
+            identity: self.identity.or(below.identity),
+            allow: added(below.allow, self.allow),
+            cell_mode: added(below.cell_mode, self.cell_mode),
+            grant_dial: added(below.grant_dial, self.grant_dial),
+            cache_dir: self.cache_dir.or(below.cache_dir),
+            no_cache: self.no_cache || below.no_cache,
+            admin: self.admin.or(below.admin),
+            bootstrap: added(below.bootstrap, self.bootstrap),
+            no_mdns: self.no_mdns || below.no_mdns,
+            dht: self.dht.or(below.dht),
+            relay: self.relay || below.relay,
+            external_addresses: added(below.external_addresses, self.external_addresses),
+            limits: self.limits.over(below.limits),
+            shutdown_grace_s: self.shutdown_grace_s.or(below.shutdown_grace_s),
+            cache: self.cache.or(below.cache),
+            mdns: self.mdns.or(below.mdns),
+            cells: below.cells.into_iter().chain(self.cells).collect(),
+        }
+    }
+}
+
+/// `below`, then `above`.
+fn added<T>(mut below: Vec<T>, above: Vec<T>) -> Vec<T> {
+    below.extend(above);
+    below
 }
 
 /// Where a cell's component comes from.
@@ -335,41 +444,6 @@ fn check_cell_protocol(protocol: &StreamProtocol) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What `ww run` was told on its command line.
-#[derive(Debug, Default)]
-pub struct Flags {
-    /// `--listen`: replaces the file's addresses.
-    pub listen: Vec<Multiaddr>,
-    /// `--identity`: replaces the file's.
-    pub identity: Option<PathBuf>,
-    /// `--cell`: added to the file's cells.
-    pub cells: Vec<CellSpec>,
-    /// `--cpu-ms` and friends: override the file's `[limits]`.
-    pub limits: LimitOverrides,
-    /// `--allow PROTOCOL=PEERID`: added to that cell's allowlist.
-    pub allow: Vec<(StreamProtocol, PeerId)>,
-    /// `--cell-mode PROTOCOL=MODE`: forces that cell's mode.
-    pub modes: Vec<(StreamProtocol, Mode)>,
-    /// `--grant-dial PROTOCOL[=TARGETS]`: replaces that cell's grant.
-    pub dial_grants: Vec<(StreamProtocol, DialGrant)>,
-    /// `--admin ADDR`: replaces the file's.
-    pub admin: Option<SocketAddr>,
-    /// `--cache-dir DIR`: replaces the file's.
-    pub cache_dir: Option<PathBuf>,
-    /// `--no-cache`: wins over everything.
-    pub no_cache: bool,
-    /// `--bootstrap`: added to the file's.
-    pub bootstrap: Vec<Multiaddr>,
-    /// `--no-mdns`: wins over the file.
-    pub no_mdns: bool,
-    /// `--dht-mode`: replaces the file's.
-    pub dht: Option<DhtMode>,
-    /// `--relay`: wins over the file.
-    pub relay: bool,
-    /// `--external-address`: added to the file's.
-    pub external: Vec<Multiaddr>,
-}
-
 /// Everything `ww run` needs, after merging the file and the flags.
 #[derive(Debug)]
 pub struct NodeConfig {
@@ -392,54 +466,74 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// Merges a config file (if any) with flags: `--listen` and `--identity` replace
-    /// the file's values, `--cell` and `--allow` add to its cells, limit flags override
-    /// its `[limits]` (a cell's own `limits` still win for that cell). With no cell
-    /// anywhere, the built-in cells are served.
-    pub fn merge(file: File, flags: Flags) -> anyhow::Result<Self> {
-        let listen = match (flags.listen.is_empty(), file.listen.is_empty()) {
-            (false, _) => flags.listen,
-            (true, false) => file.listen,
-            (true, true) => DEFAULT_LISTEN
+    /// Merges a config file's settings with the flags' (see [`Settings::over`]) and
+    /// fills in the defaults. With no cell anywhere, the built-in cells are served.
+    pub fn merge(file: Settings, flags: Settings) -> anyhow::Result<Self> {
+        let Settings {
+            listen,
+            cell,
+            config: _,
+            identity,
+            allow,
+            cell_mode,
+            grant_dial,
+            cache_dir,
+            no_cache,
+            admin,
+            bootstrap,
+            no_mdns,
+            dht,
+            relay,
+            external_addresses,
+            limits,
+            shutdown_grace_s,
+            cache,
+            mdns,
+            cells,
+        } = flags.over(file);
+        let listen = if listen.is_empty() {
+            DEFAULT_LISTEN
                 .iter()
                 .map(|a| a.parse().expect("valid"))
-                .collect(),
+                .collect()
+        } else {
+            listen
         };
         let twice = (1..listen.len()).find(|&i| listen[..i].contains(&listen[i]));
         if let Some(i) = twice {
             bail!("listen address {} is given twice", listen[i]);
         }
-        let identity = match flags.identity.or(file.identity) {
+        let identity = match identity {
             Some(path) => path,
             None => crate::identity::default_path()?,
         };
         let mut all = Vec::new();
-        for (name, entry) in &file.cells {
+        for (name, entry) in &cells {
             all.push(CellSpec::from_entry(name, entry).with_context(|| format!("[cells.{name}]"))?);
         }
-        all.extend(flags.cells);
+        all.extend(cell);
         if all.is_empty() {
             all = CellSpec::builtins();
         }
-        for (protocol, peer) in flags.allow {
+        for (protocol, peer) in allow {
             let Some(cell) = all.iter_mut().find(|cell| cell.protocol == protocol) else {
                 bail!("--allow {protocol}={peer}: no cell is served on {protocol}");
             };
             cell.allow.get_or_insert_with(Vec::new).push(peer);
         }
-        for (protocol, mode) in flags.modes {
+        for (protocol, mode) in cell_mode {
             let Some(cell) = all.iter_mut().find(|cell| cell.protocol == protocol) else {
                 bail!("--cell-mode {protocol}: no cell is served on {protocol}");
             };
             cell.mode = Some(mode);
         }
-        for (protocol, grant) in flags.dial_grants {
+        for (protocol, grant) in grant_dial {
             let Some(cell) = all.iter_mut().find(|cell| cell.protocol == protocol) else {
                 bail!("--grant-dial {protocol}: no cell is served on {protocol}");
             };
             cell.dial = grant;
         }
-        let limits = flags.limits.apply(file.limits.apply(Limits::default()));
+        let limits = limits.apply(Limits::DEFAULT);
         limits.check().context("[limits]")?;
         for (i, cell) in all.iter().enumerate() {
             check_cell_protocol(&cell.protocol).with_context(|| format!("cell `{}`", cell.name))?;
@@ -459,31 +553,27 @@ impl NodeConfig {
                 );
             }
         }
-        let bootstrap = [file.bootstrap, flags.bootstrap].concat();
         if let Some(addr) = bootstrap
             .iter()
             .find(|addr| crate::net::discovery::peer_of(addr).is_none())
         {
             bail!("bootstrap address {addr} does not end in /p2p/<peer-id>");
         }
-        let shutdown_grace = file
-            .shutdown_grace_s
-            .map_or(DEFAULT_SHUTDOWN_GRACE, Duration::from_secs);
         Ok(Self {
             listen,
             identity,
-            shutdown_grace,
+            shutdown_grace: shutdown_grace_s.map_or(DEFAULT_SHUTDOWN_GRACE, Duration::from_secs),
             limits,
             cells: all,
-            admin: flags.admin.or(file.admin),
-            cache: cache_dir(flags.no_cache, flags.cache_dir, file.cache),
+            admin,
+            cache: self::cache_dir(no_cache, cache_dir, cache),
             network: NetOptions {
                 bootstrap,
-                mdns: !flags.no_mdns && file.mdns.unwrap_or(true),
-                dht: flags.dht.or(file.dht).unwrap_or_default(),
+                mdns: !no_mdns && mdns.unwrap_or(true),
+                dht: dht.unwrap_or_default(),
                 client: false,
-                relay: flags.relay || file.relay.unwrap_or(false),
-                external: [file.external_addresses, flags.external].concat(),
+                relay,
+                external: external_addresses,
             },
         })
     }
@@ -507,18 +597,18 @@ impl NodeConfig {
 mod tests {
     use super::*;
 
-    fn flags(cells: Vec<CellSpec>) -> Flags {
-        Flags {
+    fn flags(cell: Vec<CellSpec>) -> Settings {
+        Settings {
             identity: Some("id".into()),
-            cells,
-            ..Flags::default()
+            cell,
+            ..Settings::default()
         }
     }
 
     #[test]
     fn limits_and_allowlists_merge() {
         let peer = PeerId::random();
-        let file: File = toml::from_str(&format!(
+        let file: Settings = toml::from_str(&format!(
             r#"
             limits = {{ cpu_ms = 100, idle_s = 5 }}
             [cells.e]
@@ -556,7 +646,7 @@ mod tests {
 
         let mut bad = flags(vec![]);
         bad.allow.push((StreamProtocol::new("/nobody/1"), other));
-        let error = NodeConfig::merge(File::default(), bad).unwrap_err();
+        let error = NodeConfig::merge(Settings::default(), bad).unwrap_err();
         assert!(
             error.to_string().contains("no cell is served on /nobody/1"),
             "{error}"
@@ -566,7 +656,7 @@ mod tests {
 
     #[test]
     fn file_cells_and_flags_merge() {
-        let file: File = toml::from_str(
+        let file: Settings = toml::from_str(
             r#"
             listen = ["/ip4/127.0.0.1/tcp/0"]
             [cells.e]
@@ -576,10 +666,10 @@ mod tests {
         )
         .unwrap();
         let flag = CellSpec::parse_flag("/x/mine/1=mine.wasm").unwrap();
-        let flags = Flags {
+        let flags = Settings {
             identity: Some("id".into()),
-            cells: vec![flag],
-            ..Flags::default()
+            cell: vec![flag],
+            ..Settings::default()
         };
         let config = NodeConfig::merge(file, flags).unwrap();
         assert_eq!(
@@ -596,7 +686,7 @@ mod tests {
 
     #[test]
     fn no_cells_means_builtins() {
-        let config = NodeConfig::merge(File::default(), flags(vec![])).unwrap();
+        let config = NodeConfig::merge(Settings::default(), flags(vec![])).unwrap();
         let defaults = builtin::BUILTINS.iter().filter(|b| b.default).count();
         assert_eq!(config.cells.len(), defaults);
         assert_eq!(config.listen.len(), 2);
@@ -611,10 +701,10 @@ mod tests {
             CellSpec::parse_flag("/a=x.wasm").unwrap(),
             CellSpec::parse_flag("/a=y.wasm").unwrap(),
         ];
-        let error = NodeConfig::merge(File::default(), flags(twice)).unwrap_err();
+        let error = NodeConfig::merge(Settings::default(), flags(twice)).unwrap_err();
         assert!(error.to_string().contains("both claim"), "{error}");
         let unknown =
-            toml::from_str::<File>("[cells.x]\nprotocol = \"/x\"\nbuiltin = \"nope\"").unwrap();
+            toml::from_str::<Settings>("[cells.x]\nprotocol = \"/x\"\nbuiltin = \"nope\"").unwrap();
         let error = NodeConfig::merge(unknown, flags(vec![])).unwrap_err();
         assert!(
             format!("{error:#}").contains("no built-in cell `nope`"),
@@ -635,19 +725,19 @@ mod tests {
             "/libp2p/dcutr",
         ] {
             let cell = CellSpec::parse_flag(&format!("{protocol}=builtin:echo")).unwrap();
-            let error = NodeConfig::merge(File::default(), flags(vec![cell])).unwrap_err();
+            let error = NodeConfig::merge(Settings::default(), flags(vec![cell])).unwrap_err();
             assert!(
                 format!("{error:#}").contains("is reserved"),
                 "{protocol}: {error:#}"
             );
         }
         let fine = CellSpec::parse_flag("/ww/kadabra/1=builtin:echo").unwrap();
-        NodeConfig::merge(File::default(), flags(vec![fine])).unwrap();
+        NodeConfig::merge(Settings::default(), flags(vec![fine])).unwrap();
     }
 
     #[test]
     fn dial_grants_and_network_settings_merge() {
-        let file: File = toml::from_str(
+        let file: Settings = toml::from_str(
             r#"
             bootstrap = ["/ip4/127.0.0.1/tcp/1/p2p/12D3KooWRBhwfeP2Y4TCx1SM6s9rUoHhR5STiGwxBhgFRcw3UERE"]
             dht = "server"
@@ -667,7 +757,7 @@ mod tests {
         .unwrap();
         let mut flags = flags(vec![]);
         flags.no_mdns = true;
-        flags.dial_grants = vec![parse_dial_grant("/c/1=/x/1,/y/1").unwrap()];
+        flags.grant_dial = vec![parse_dial_grant("/c/1=/x/1,/y/1").unwrap()];
         let config = NodeConfig::merge(file, flags).unwrap();
         let grant = |p: &str| {
             let cell = config.cells.iter().find(|c| c.protocol.as_ref() == p);
@@ -686,7 +776,7 @@ mod tests {
         assert_eq!(config.network.dht, DhtMode::Server);
         assert!(!config.network.mdns, "--no-mdns wins");
 
-        let bad: File = toml::from_str(r#"bootstrap = ["/ip4/127.0.0.1/tcp/1"]"#).unwrap();
+        let bad: Settings = toml::from_str(r#"bootstrap = ["/ip4/127.0.0.1/tcp/1"]"#).unwrap();
         let error = NodeConfig::merge(bad, flags_default()).unwrap_err();
         assert!(
             format!("{error:#}").contains("does not end in /p2p/"),
@@ -695,7 +785,213 @@ mod tests {
         assert!(parse_dial_grant("/c/1=notaprotocol").is_err());
     }
 
-    fn flags_default() -> Flags {
+    fn flags_default() -> Settings {
         flags(vec![])
+    }
+
+    /// Flags as `ww run` parses them.
+    fn parse_flags(args: &[&str]) -> Settings {
+        #[derive(clap::Parser)]
+        struct Run {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let argv = std::iter::once("run").chain(args.iter().copied());
+        <Run as clap::Parser>::try_parse_from(argv)
+            .unwrap()
+            .settings
+    }
+
+    #[test]
+    fn flags_override_the_file_field_by_field() {
+        let peer = "12D3KooWRBhwfeP2Y4TCx1SM6s9rUoHhR5STiGwxBhgFRcw3UERE";
+        let other = "12D3KooWLGhcp8wj3zMXSsyBzGjG8SViuQLpSy4b8m7JBMGfTtHn";
+        let (first, second) = (
+            format!("/ip4/127.0.0.1/tcp/1/p2p/{peer}"),
+            format!("/ip4/127.0.0.1/tcp/2/p2p/{peer}"),
+        );
+        let cell = "[cells.e]\nprotocol = \"/x/e/1\"\nbuiltin = \"echo\"\n";
+        let the_cell = |c: &NodeConfig| c.cells[0].clone();
+        let network = |c: &NodeConfig| c.network.clone();
+        let join = |addrs: Vec<Multiaddr>| {
+            let addrs: Vec<_> = addrs.iter().map(ToString::to_string).collect();
+            addrs.join(" ")
+        };
+        type View = Box<dyn Fn(&NodeConfig) -> String>;
+        // The file alone, then the file with the flags: what the node gets.
+        let cases: Vec<(String, Vec<String>, View, String, String)> = vec![
+            (
+                "listen = [\"/ip4/127.0.0.1/tcp/1\"]".into(),
+                vec!["--listen".into(), "/ip4/127.0.0.1/tcp/2".into()],
+                Box::new(move |c| join(c.listen.clone())),
+                "/ip4/127.0.0.1/tcp/1".into(),
+                "/ip4/127.0.0.1/tcp/2".into(),
+            ),
+            (
+                "identity = \"file.key\"".into(),
+                vec!["--identity".into(), "flag.key".into()],
+                Box::new(|c| c.identity.display().to_string()),
+                "file.key".into(),
+                "flag.key".into(),
+            ),
+            (
+                "admin = \"127.0.0.1:1\"".into(),
+                vec!["--admin".into(), "127.0.0.1:2".into()],
+                Box::new(|c| format!("{:?}", c.admin)),
+                "Some(127.0.0.1:1)".into(),
+                "Some(127.0.0.1:2)".into(),
+            ),
+            (
+                "cache = \"/file-cache\"".into(),
+                vec!["--cache-dir".into(), "/flag-cache".into()],
+                Box::new(|c| format!("{:?}", c.cache)),
+                "Some(\"/file-cache\")".into(),
+                "Some(\"/flag-cache\")".into(),
+            ),
+            (
+                "cache = \"/file-cache\"".into(),
+                vec!["--no-cache".into()],
+                Box::new(|c| format!("{:?}", c.cache)),
+                "Some(\"/file-cache\")".into(),
+                "None".into(),
+            ),
+            (
+                "dht = \"server\"".into(),
+                vec!["--dht-mode".into(), "client".into()],
+                Box::new(move |c| format!("{:?}", network(c).dht)),
+                "Server".into(),
+                "Client".into(),
+            ),
+            (
+                format!("bootstrap = [\"{first}\"]"),
+                vec!["--bootstrap".into(), second.clone()],
+                Box::new(move |c| join(network(c).bootstrap)),
+                first.clone(),
+                format!("{first} {second}"),
+            ),
+            (
+                "external_addresses = [\"/ip4/192.0.2.1/tcp/1\"]".into(),
+                vec!["--external-address".into(), "/ip4/192.0.2.2/tcp/2".into()],
+                Box::new(move |c| join(network(c).external)),
+                "/ip4/192.0.2.1/tcp/1".into(),
+                "/ip4/192.0.2.1/tcp/1 /ip4/192.0.2.2/tcp/2".into(),
+            ),
+            (
+                "mdns = true".into(),
+                vec!["--no-mdns".into()],
+                Box::new(move |c| network(c).mdns.to_string()),
+                "true".into(),
+                "false".into(),
+            ),
+            (
+                "relay = false".into(),
+                vec!["--relay".into()],
+                Box::new(move |c| network(c).relay.to_string()),
+                "false".into(),
+                "true".into(),
+            ),
+            (
+                "limits = { cpu_ms = 5, idle_s = 6 }".into(),
+                vec!["--cpu-ms".into(), "7".into()],
+                Box::new(|c| format!("{} {}", c.limits.cpu_ms, c.limits.idle_s)),
+                "5 6".into(),
+                "7 6".into(),
+            ),
+            (
+                format!("{cell}limits = {{ cpu_ms = 3 }}"),
+                vec!["--cpu-ms".into(), "7".into()],
+                Box::new(move |c| {
+                    let node = c.limits.cpu_ms;
+                    format!("{node} {}", c.cell_limits(&the_cell(c)).cpu_ms)
+                }),
+                "10000 3".into(),
+                "7 3".into(),
+            ),
+            (
+                cell.into(),
+                vec!["--cell".into(), "/x/f/1=builtin:echo".into()],
+                Box::new(|c| {
+                    let protocols: Vec<_> =
+                        c.cells.iter().map(|c| c.protocol.to_string()).collect();
+                    protocols.join(" ")
+                }),
+                "/x/e/1".into(),
+                "/x/e/1 /x/f/1".into(),
+            ),
+            (
+                format!("{cell}allow = [\"{peer}\"]"),
+                vec!["--allow".into(), format!("/x/e/1={other}")],
+                Box::new(move |c| format!("{:?}", the_cell(c).allow.unwrap_or_default().len())),
+                "1".into(),
+                "2".into(),
+            ),
+            (
+                format!("{cell}dial = true"),
+                vec!["--grant-dial".into(), "/x/e/1=/y/1".into()],
+                Box::new(move |c| format!("{:?}", the_cell(c).dial)),
+                "Any".into(),
+                "Only([\"/y/1\"])".into(),
+            ),
+            (
+                format!("{cell}mode = \"stdio\""),
+                vec!["--cell-mode".into(), "/x/e/1=connection".into()],
+                Box::new(move |c| format!("{:?}", the_cell(c).mode)),
+                "Some(Stdio)".into(),
+                "Some(Connection)".into(),
+            ),
+        ];
+        for (file, args, view, alone, overridden) in cases {
+            let merged = |args: &[String]| {
+                let file: Settings = toml::from_str(&file).unwrap();
+                let mut flags = parse_flags(&args.iter().map(String::as_str).collect::<Vec<_>>());
+                if file.identity.is_none() {
+                    flags.identity.get_or_insert("id".into());
+                }
+                NodeConfig::merge(file, flags).unwrap()
+            };
+            assert_eq!(view(&merged(&[])), alone, "{file} alone");
+            assert_eq!(view(&merged(&args)), overridden, "{file} with {args:?}");
+        }
+    }
+
+    #[test]
+    fn the_config_flag_reads_a_file_whose_paths_are_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ww.toml");
+        let text = "identity = \"id\"\n[cells.x]\nprotocol = \"/x/1\"\nwasm = \"cells/x.wasm\"\n";
+        std::fs::write(&path, text).unwrap();
+        let config = path.to_str().unwrap();
+        let flags = parse_flags(&["--config", config, "--cell", "/y/1=y.wasm"]);
+        let config = flags.into_config().unwrap();
+        let sources: Vec<_> = config
+            .cells
+            .iter()
+            .map(|cell| match &cell.source {
+                CellSource::File(path) => path.clone(),
+                CellSource::Builtin(_) => panic!("a file cell"),
+            })
+            .collect();
+        assert_eq!(sources, [dir.path().join("cells/x.wasm"), "y.wasm".into()]);
+
+        std::fs::write(&path, "bogus = 1\n").unwrap();
+        let flags = parse_flags(&["--config", path.to_str().unwrap()]);
+        let error = format!("{:#}", flags.into_config().unwrap_err());
+        assert!(
+            error.contains("invalid config file") && error.contains("bogus"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_flag_is_not_a_file_key() {
+        for key in [
+            "config = \"x\"",
+            "no_mdns = true",
+            "cache_dir = \"x\"",
+            "cell = []",
+        ] {
+            let error = toml::from_str::<Settings>(key).unwrap_err().to_string();
+            assert!(error.contains("unknown field"), "{key}: {error}");
+        }
     }
 }

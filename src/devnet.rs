@@ -18,17 +18,23 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, Command};
 
-/// What `ww devnet` was asked for.
-#[derive(Debug, Clone)]
+/// What `ww devnet` was asked for: its arguments.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
     /// How many nodes.
     pub nodes: u16,
-    /// Node *i* listens on TCP and UDP port `base_port + i`.
+    /// Node i listens on TCP and UDP port BASE_PORT + i.
+    #[arg(long, default_value_t = 4100)]
     pub base_port: u16,
-    /// Where identities and logs go; a new directory under the system's temp dir if
-    /// `None`. Kept after the devnet stops, so logs can be read.
+    /// Where identities and logs go [default: a new directory in the temp dir].
+    #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
-    /// Extra `ww run` arguments for every node (e.g. `--cell P=F.wasm`).
+    /// Serve a component on a protocol on every node (instead of the built-in
+    /// cells); repeatable.
+    #[arg(long, value_name = "PROTOCOL=FILE.wasm|builtin:NAME")]
+    pub cell: Vec<String>,
+    /// More `ww run` arguments for every node, after `--`.
+    #[arg(last = true)]
     pub node_args: Vec<String>,
 }
 
@@ -143,6 +149,9 @@ async fn start(exe: &Path, options: &Options, dir: &Path) -> anyhow::Result<Vec<
         bootstrap.dedup();
         for earlier in bootstrap.into_iter().filter(|&b| b < i) {
             args.extend(["--bootstrap".into(), full(earlier).to_string()]);
+        }
+        for cell in &options.cell {
+            args.extend(["--cell".into(), cell.clone()]);
         }
         args.extend(options.node_args.iter().cloned());
         let child = spawn(exe, &args, node_dir)

@@ -1,5 +1,6 @@
-//! `ww dial` and `ww find`: a stream between local bytes (this terminal) and a remote
-//! cell, and the peers that serve a cell.
+//! `ww dial`, `ww find` and `ww stats`: a stream between local bytes (this terminal)
+//! and a remote cell, the peers that serve a cell, and a node's counters — each with
+//! its arguments.
 
 use std::str::FromStr;
 
@@ -13,6 +14,75 @@ use crate::net::client::Client;
 use crate::net::discovery;
 use crate::net::router::OpenStreamError;
 use crate::net::status::{self, Caller, Outcome};
+
+/// `ww dial`'s arguments: NODE PROTOCOL, or `--any PROTOCOL` (the one-of rule is on
+/// the subcommand, as clap groups need).
+#[derive(Debug, clap::Args)]
+pub struct DialArgs {
+    /// The node: a full address ending in /p2p/<peer-id>, or a peer ID alone
+    /// (found in the DHT through --bootstrap).
+    #[arg(requires = "protocol")]
+    pub target: Option<Target>,
+    /// The cell's protocol, e.g. /ww/echo/0.1.0.
+    #[arg(value_parser = crate::config::parse_protocol)]
+    pub protocol: Option<StreamProtocol>,
+    /// Dial any node that serves this protocol (found in the DHT through
+    /// --bootstrap), trying the next when one fails.
+    #[arg(long, value_name = "PROTOCOL", value_parser = crate::config::parse_protocol, conflicts_with = "protocol")]
+    pub any: Option<StreamProtocol>,
+    /// A peer to search the DHT through (full address); repeatable.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub bootstrap: Vec<Multiaddr>,
+}
+
+impl DialArgs {
+    /// Runs `ww dial` between this terminal's stdin and stdout and the cell.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let (target, protocol) = match (self.target, self.protocol, self.any) {
+            (Some(target), Some(protocol), None) => (target, protocol),
+            (None, None, Some(protocol)) => (Target::Any, protocol),
+            _ => bail!("give NODE PROTOCOL, or --any PROTOCOL"),
+        };
+        let (stdin, stdout) = (tokio::io::stdin(), tokio::io::stdout());
+        dial(&target, protocol, self.bootstrap, stdin, stdout).await
+    }
+}
+
+/// `ww find`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct FindArgs {
+    /// The cell's protocol, e.g. /ww/echo/0.1.0.
+    #[arg(value_parser = crate::config::parse_protocol)]
+    pub protocol: StreamProtocol,
+    /// A peer to search the DHT through (full address); repeatable, at least one.
+    #[arg(long, value_name = "MULTIADDR", required = true)]
+    pub bootstrap: Vec<Multiaddr>,
+}
+
+impl FindArgs {
+    /// Runs `ww find`: prints every reachable provider's address on stdout, one per
+    /// line, and fails if there is none.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let (found, unreachable) = find(&self.protocol, self.bootstrap).await?;
+        for provider in &unreachable {
+            tracing::warn!("provider unreachable: {provider}");
+        }
+        if found.is_empty() {
+            bail!("no reachable node serves {}", self.protocol);
+        }
+        for addr in found {
+            println!("{addr}");
+        }
+        Ok(())
+    }
+}
+
+/// Runs `ww stats`: copies a node's counters ([`crate::net::STATS_PROTOCOL`]) to stdout.
+pub async fn stats(addr: Multiaddr) -> anyhow::Result<()> {
+    let (input, output) = (tokio::io::empty(), tokio::io::stdout());
+    let protocol = crate::net::STATS_PROTOCOL;
+    dial(&Target::Addr(addr), protocol, Vec::new(), input, output).await
+}
 
 /// Which node `ww dial` opens its stream on.
 #[derive(Debug, Clone)]

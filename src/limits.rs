@@ -1,25 +1,15 @@
-//! What one guest or one peer may use. Defaults here; `[limits]` in the config and
-//! `ww run` flags change them for the node, `[cells.<name>.limits]` for one cell.
-//!
-//! | key | default | meaning |
-//! |---|---|---|
-//! | `cpu_ms` | 10000 | time one instance may spend executing wasm (not waiting for I/O); 0 = no limit |
-//! | `wall_s` | 0 | wall-clock time one stream may take; 0 = no limit |
-//! | `idle_s` | 300 | a stream with no bytes either way for this long is ended; 0 = never |
-//! | `memory_mb` | 64 | linear memory of one instance, all its memories together (MiB, or a size: `1GiB`) |
-//! | `max_instances` | 1000 | live instances (node-wide; per cell when set on a cell) |
-//! | `max_per_peer` | 64 | live instances one peer may hold (likewise) |
-//! | `backlog` | 256 | streams of one peer that may wait for a slot (beyond them: refused at once) |
-//! | `queue_ms` | 10000 | how long a stream waits for a free slot before it is refused |
-//! | `max_dials` | 16 | streams one instance may open to other nodes (`wetware:streams/dialer`) |
-//! | `max_hops` | 8 | how deep a chain of cells calling cells may go from a stream this node serves: an instance at the end of the budget gets `hop-limit-reached` when it dials |
+//! What one guest or one peer may use. Defaults here ([`Limits::DEFAULT`]); `[limits]`
+//! in the config and `ww run` flags change them for the node, `[cells.<name>.limits]`
+//! for one cell. Each key means what its [`Limits`] field says; the README's table is
+//! the reference for users, and a test keeps its defaults equal to these.
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-/// Effective limits: every value set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Effective limits: every value set. Serialized as `key = value`, the keys of the
+/// config file and the ids of the flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Limits {
     /// CPU time per instance in wasm, in milliseconds; 0 = none.
     pub cpu_ms: u64,
@@ -44,24 +34,36 @@ pub struct Limits {
     pub max_hops: u8,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            cpu_ms: 10_000,
-            wall_s: 0,
-            idle_s: 300,
-            memory_mb: 64,
-            max_instances: 1000,
-            max_per_peer: 64,
-            backlog: 256,
-            queue_ms: 10_000,
-            max_dials: 16,
-            max_hops: 8,
-        }
-    }
-}
-
 impl Limits {
+    /// The limits nobody changed: the one place their numbers are written.
+    pub const DEFAULT: Limits = Limits {
+        cpu_ms: 10_000,
+        wall_s: 0,
+        idle_s: 300,
+        memory_mb: 64,
+        max_instances: 1000,
+        max_per_peer: 64,
+        backlog: 256,
+        queue_ms: 10_000,
+        max_dials: 16,
+        max_hops: 8,
+    };
+
+    /// Each limit's default after its flag's help text (`[default: N]`), in every
+    /// subcommand of `command`, so the numbers are written only in [`Limits::DEFAULT`].
+    pub fn show_defaults(command: clap::Command) -> clap::Command {
+        let defaults = serde_json::to_value(Self::DEFAULT).expect("a struct of numbers");
+        command
+            .mut_subcommands(Self::show_defaults)
+            .mut_args(|arg| match defaults.get(arg.get_id().as_str()) {
+                Some(default) => {
+                    let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                    arg.help(format!("{help} [default: {default}]"))
+                }
+                None => arg,
+            })
+    }
+
     /// CPU budget per instance, if any.
     pub fn cpu(&self) -> Option<Duration> {
         (self.cpu_ms > 0).then(|| Duration::from_millis(self.cpu_ms))
@@ -118,6 +120,12 @@ impl Limits {
     }
 }
 
+impl Default for Limits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
 /// Longest time limit, in seconds (a year): longer ones are "never" in disguise, and
 /// would overflow deadlines.
 pub const MAX_SECONDS: u64 = 365 * 24 * 3600;
@@ -169,44 +177,42 @@ fn deserialize_mib<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>
     }
 }
 
-/// Limits as written in a config table or given as flags: only what is set.
+/// Limits as written in a config table or given as flags: only what is set. Their
+/// flags' help shows the defaults through [`Limits::show_defaults`].
 #[derive(Debug, Clone, Copy, Default, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct LimitOverrides {
-    /// CPU time one instance may spend executing wasm, in ms; 0 = no limit [default: 10000].
+    /// CPU time one instance may spend executing wasm, in ms; 0 = no limit.
     #[arg(long, value_name = "MS")]
     pub cpu_ms: Option<u64>,
-    /// Wall-clock limit per stream, in seconds; 0 = none [default: 0].
+    /// Wall-clock limit per stream, in seconds; 0 = none.
     #[arg(long, value_name = "S")]
     pub wall_s: Option<u64>,
-    /// End a stream with no bytes either way for this long, in seconds; 0 = never [default: 300].
+    /// End a stream with no bytes either way for this long, in seconds; 0 = never.
     #[arg(long, value_name = "S")]
     pub idle_s: Option<u64>,
     /// Linear memory per instance, all memories together, in MiB or with a unit
-    /// (`1GiB`) [default: 64].
+    /// (`1GiB`).
     #[arg(long, value_name = "MIB", value_parser = parse_mib)]
     #[serde(default, deserialize_with = "deserialize_mib")]
     pub memory_mb: Option<u64>,
-    /// Live instances in the node [default: 1000].
+    /// Live instances in the node.
     #[arg(long, value_name = "N")]
     pub max_instances: Option<u32>,
-    /// Live instances one peer may hold [default: 64].
+    /// Live instances one peer may hold.
     #[arg(long, value_name = "N")]
     pub max_per_peer: Option<u32>,
-    /// Streams of one peer that may wait for a free slot; more are refused at once
-    /// [default: 256].
+    /// Streams of one peer that may wait for a free slot; more are refused at once.
     #[arg(long, value_name = "N")]
     pub backlog: Option<u32>,
-    /// How long a stream may wait for a free slot before it is refused, in ms
-    /// [default: 10000].
+    /// How long a stream may wait for a free slot before it is refused, in ms.
     #[arg(long, value_name = "MS")]
     pub queue_ms: Option<u64>,
-    /// Streams one instance may open to other nodes through `wetware:streams/dialer`
-    /// [default: 16].
+    /// Streams one instance may open to other nodes through `wetware:streams/dialer`.
     #[arg(long, value_name = "N")]
     pub max_dials: Option<u32>,
     /// How deep a chain of cells calling cells may go from a stream this node
-    /// serves, in dials; at most 255 [default: 8].
+    /// serves, in dials; at most 255.
     #[arg(long, value_name = "N")]
     pub max_hops: Option<u8>,
 }
@@ -225,6 +231,23 @@ impl LimitOverrides {
             queue_ms: self.queue_ms.unwrap_or(base.queue_ms),
             max_dials: self.max_dials.unwrap_or(base.max_dials),
             max_hops: self.max_hops.unwrap_or(base.max_hops),
+        }
+    }
+
+    /// These overrides laid over `below`'s: a value set here wins, one set only
+    /// there stays.
+    pub fn over(self, below: LimitOverrides) -> LimitOverrides {
+        LimitOverrides {
+            cpu_ms: self.cpu_ms.or(below.cpu_ms),
+            wall_s: self.wall_s.or(below.wall_s),
+            idle_s: self.idle_s.or(below.idle_s),
+            memory_mb: self.memory_mb.or(below.memory_mb),
+            max_instances: self.max_instances.or(below.max_instances),
+            max_per_peer: self.max_per_peer.or(below.max_per_peer),
+            backlog: self.backlog.or(below.backlog),
+            queue_ms: self.queue_ms.or(below.queue_ms),
+            max_dials: self.max_dials.or(below.max_dials),
+            max_hops: self.max_hops.or(below.max_hops),
         }
     }
 
@@ -259,6 +282,46 @@ mod tests {
             .check()
             .is_err()
         );
+    }
+
+    #[test]
+    fn flag_help_shows_the_defaults() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            limits: LimitOverrides,
+        }
+        let command = Limits::show_defaults(<Cli as clap::CommandFactory>::command());
+        let help = |id: &str| {
+            let arg = command.get_arguments().find(|arg| arg.get_id() == id);
+            arg.unwrap().get_help().unwrap().to_string()
+        };
+        assert_eq!(
+            help("cpu_ms"),
+            "CPU time one instance may spend executing wasm, in ms; 0 = no limit [default: 10000]"
+        );
+        assert!(help("max_hops").ends_with("at most 255 [default: 8]"));
+    }
+
+    #[test]
+    fn the_readme_table_shows_these_defaults() {
+        let defaults = serde_json::to_value(Limits::DEFAULT).unwrap();
+        let defaults = defaults.as_object().unwrap();
+        let mut rows = 0;
+        for line in include_str!("../README.md").lines() {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let [_, key, flag, default, ..] = cells[..] else {
+                continue;
+            };
+            let key = key.trim_matches('`');
+            let Some(value) = defaults.get(key) else {
+                continue;
+            };
+            assert_eq!(flag, format!("`--{}`", key.replace('_', "-")), "{key}");
+            assert_eq!(default, value.to_string(), "{key}");
+            rows += 1;
+        }
+        assert_eq!(rows, defaults.len(), "one README row per limit");
     }
 
     #[test]

@@ -41,10 +41,7 @@ use crate::net::router::InboundStream;
 use crate::net::status::{self, AnswerWriter, CallHeader, Outcome, Variant};
 use crate::net::{self, Behaviour, BehaviourEvent, discovery};
 
-/// A native protocol every node serves: a plain-text snapshot of its counters, one
-/// `name value` pair per line (`live`, `succeeded`, `failed`, `refused`), then the
-/// stream closes.
-pub const STATS_PROTOCOL: StreamProtocol = StreamProtocol::new("/ww/stats/0.1.0");
+pub use crate::net::STATS_PROTOCOL;
 
 /// How long streams still running when the grace period ends get to send their
 /// `node shutting down` trailers.

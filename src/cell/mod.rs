@@ -11,6 +11,7 @@ pub mod cache;
 pub mod dialer;
 mod host;
 mod io;
+pub mod local;
 pub mod meter;
 mod streams;
 

@@ -199,6 +199,11 @@ pub fn check_port_free(addr: &Multiaddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A native protocol every node serves: a plain-text snapshot of its counters, one
+/// `name value` pair per line (`live`, `succeeded`, `failed`, `refused`), then the
+/// stream closes.
+pub const STATS_PROTOCOL: StreamProtocol = StreamProtocol::new("/ww/stats/0.1.0");
+
 /// Protocol families a node speaks itself, by prefix, with what speaks them. A cell on
 /// one of them would be shadowed by (or shadow) the node's own handler, so
 /// [`reserved_by`] refuses them at start-up.

@@ -183,6 +183,36 @@ fn workloads(quick: bool) -> Vec<Workload> {
     ]
 }
 
+/// `ww bench-suite`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct SuiteArgs {
+    /// Small workloads (seconds instead of minutes).
+    #[arg(long)]
+    pub quick: bool,
+    /// Run every measurement this many times and report the median run.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Also write every figure and ratio as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<std::path::PathBuf>,
+}
+
+impl SuiteArgs {
+    /// Runs `ww bench-suite` with this binary providing the servers, and prints the
+    /// table.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("cannot find the ww binary")?;
+        let report = run_suite(&exe, self.quick, self.repeat).await?;
+        print!("{}", report.to_table());
+        if let Some(path) = self.json {
+            let text = serde_json::to_string_pretty(&report)? + "\n";
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
 /// Runs the suite with `exe` (the `ww` binary) providing the servers, each
 /// measurement `repeat` times (the median run is reported, since these machines are
 /// noisy). `quick` shrinks every workload (for tests).
