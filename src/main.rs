@@ -82,10 +82,15 @@ fn main() -> ExitCode {
 /// credit, an unexpected pong) is a verdict on what the peer sent, and the peer
 /// chooses when to trigger it; yamux then closes that connection, which ww logs at
 /// debug with the cause. So it is off by default; `RUST_LOG=yamux=debug` shows it.
+///
+/// libp2p-kad's behaviour warns when an automatic bootstrap finds no peer — which a
+/// first node always does, twice (one per DHT), moments after it starts — and when a
+/// record's replication finds no peer; neither is anything an operator can act on, so
+/// only its errors are shown by default (ww logs its own bootstrap failures).
 fn default_log_filter(command: &Command) -> &'static str {
     match command {
-        Command::Run { .. } => "info,yamux=off",
-        _ => "warn,yamux=off",
+        Command::Run { .. } => "info,yamux=off,libp2p_kad::behaviour=error",
+        _ => "warn,yamux=off,libp2p_kad::behaviour=error",
     }
 }
 

@@ -267,3 +267,16 @@ async fn a_tampered_cache_entry_is_recompiled_not_run() {
     assert!(ok, "{err}");
     assert_eq!(out, b"safe");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_node_starts_without_warnings() {
+    // The default log filter, as a newcomer gets it.
+    let node = crate::support::Node::start_with_log(&[], None).await;
+    // libp2p-kad's automatic bootstrap fires 500 ms after the first listen address.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let log = node.log();
+    assert!(
+        !log.lines().any(|l| l.contains(" WARN ") || l.contains(" ERROR ")),
+        "{log}"
+    );
+}
