@@ -14,7 +14,8 @@
 //!   [`net::discovery`] joins the DHTs and announces the node's cells;
 //!   [`net::status`] is the `+status`/`+call` wire that tells a peer how a cell ended;
 //!   [`net::client`] is a peer that only asks.
-//! - [`node`]: wiring — loads cells, runs the swarm, gives each stream its own task;
+//! - [`node`]: wiring — runs the swarm and routes each stream, in a task of its own, to
+//!   its protocol's handler (the cells, or the stats protocol);
 //!   [`admission`] decides whether and when a stream may start an instance.
 //! - [`cell`]: the wasmtime engine, the `wetware:streams` host, one instance per stream.
 //! - [`config`], [`limits`], [`identity`]: the node's settings, what guests and

@@ -276,7 +276,8 @@ async fn a_first_node_starts_without_warnings() {
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let log = node.log();
     assert!(
-        !log.lines().any(|l| l.contains(" WARN ") || l.contains(" ERROR ")),
+        !log.lines()
+            .any(|l| l.contains(" WARN ") || l.contains(" ERROR ")),
         "{log}"
     );
 }

@@ -1,5 +1,10 @@
 //! A running node: loads the cells, builds the swarm, listens, and routes every
-//! inbound stream to a fresh instance of its cell in a task of its own.
+//! inbound stream, by its protocol, to the [`Handler`] that serves it — [`cells`] (a
+//! fresh instance of the stream's cell) or [`stats`] — in a task of its own.
+//!
+//! A byte from a peer travels: `net::router` (negotiated on a connection) → this
+//! module (`accept`, a task per stream) → `cells` (allowlist, admission) →
+//! `cell` (the instance's `wasi:io` streams) → the guest; and back the same way.
 //!
 //! # Shutdown
 //! At the first signal the node stops listening, withdraws its provider records and
@@ -10,35 +15,35 @@
 //! and the node returns once those trailers are out, or after [`FINAL_FLUSH`]. A
 //! second signal skips the wait and stops at once.
 
-use std::collections::{HashMap, HashSet};
+mod cells;
+mod stats;
+
+use std::collections::HashMap;
 use std::io::Write as _;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::channel::mpsc;
-use futures::{AsyncWriteExt as _, FutureExt as _, Stream, StreamExt as _};
+use futures::future::BoxFuture;
+use futures::{Stream, StreamExt as _};
 use libp2p::core::transport::ListenerId;
 use libp2p::metrics::Recorder as _;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, autonat, identify, relay};
-use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::admin::{self, CellInfo, NetworkView};
-use crate::admission::{Caps, Gate, Refusal, Scope};
-use crate::cell::{self, Cache, Cell, CellOptions, PeerWriter, PoolSize, Runtime};
-use crate::config::{CellSource, NodeConfig};
-use crate::metrics::{CellLabel, Metrics};
+use crate::cell::{Cache, PoolSize, Runtime};
+use crate::config::NodeConfig;
+use crate::metrics::Metrics;
 use crate::net::control::Control;
 use crate::net::discovery::Announcements;
 use crate::net::network::{Network, Request};
 use crate::net::relays::Relays;
 use crate::net::router::InboundStream;
-use crate::net::status::{self, AnswerWriter, CallHeader, Outcome, Variant};
 use crate::net::{self, Behaviour, BehaviourEvent, discovery};
 
 pub use crate::net::STATS_PROTOCOL;
@@ -46,6 +51,16 @@ pub use crate::net::STATS_PROTOCOL;
 /// How long streams still running when the grace period ends get to send their
 /// `node shutting down` trailers.
 pub const FINAL_FLUSH: Duration = Duration::from_secs(1);
+
+/// What serves the streams of some of the node's protocols.
+trait Handler: Send + Sync {
+    /// The work of serving `inbound`, to run in the stream's own task; nothing is
+    /// done inline. `closing` is true once shutdown has begun: new work is refused.
+    fn accept(&self, inbound: InboundStream, closing: bool) -> BoxFuture<'static, ()>;
+}
+
+/// Handlers by the exact protocol they answer.
+type Handlers = HashMap<StreamProtocol, Arc<dyn Handler>>;
 
 /// Runs a node until the first of `signals` (Ctrl-C, SIGTERM), then shuts down
 /// gracefully; a second signal stops it at once (see the module docs). Listen
@@ -64,13 +79,22 @@ pub async fn run(
     let cache = config.cache.clone().map(Cache::open).transpose()?;
     let runtime = Runtime::new(Some(pool), metrics.clone(), cache)?;
     let (network_handle, requests) = Network::new(keypair.public().to_peer_id());
-    let cells = load_cells(&runtime, &config, &network_handle)?;
-    let mut protocols = vec![STATS_PROTOCOL];
-    for cell in &config.cells {
-        protocols.push(cell.protocol.clone());
-        protocols.push(status::status_variant(&cell.protocol));
-        protocols.push(status::call_variant(&cell.protocol));
+    let stop = CancellationToken::new();
+    let cells = cells::Cells::load(
+        &runtime,
+        &config,
+        &network_handle,
+        metrics.clone(),
+        stop.clone(),
+    )?;
+    let cell_count = cells.len();
+    let mut handlers = Handlers::new();
+    handlers.insert(STATS_PROTOCOL, Arc::new(stats::Stats(metrics.clone())));
+    let cells: Arc<dyn Handler> = Arc::new(cells);
+    for protocol in cells::Cells::protocols(&config) {
+        handlers.insert(protocol, cells.clone());
     }
+    let protocols = handlers.keys().cloned().collect();
     let mut swarm = net::build_swarm(keypair, protocols, &config.network)?;
     let mut listeners = Vec::new();
     for addr in &config.listen {
@@ -92,25 +116,23 @@ pub async fn run(
         }
         None => None,
     };
-    tracing::info!(peer = %swarm.local_peer_id(), pooling = runtime.pooling, cells = cells.len(), "node starting");
+    tracing::info!(peer = %swarm.local_peer_id(), pooling = runtime.pooling, cells = cell_count, "node starting");
 
     discovery::join(&mut swarm, &config.network.bootstrap);
     let mut announcements = Announcements::default();
     let served: Vec<StreamProtocol> = config.cells.iter().map(|c| c.protocol.clone()).collect();
     announcements.provide(&mut swarm, &served);
 
-    let limits = config.limits;
     let mut node = Node {
         swarm,
         listeners,
-        cells,
-        gate: Arc::new(Gate::new(Scope::Node, caps(&limits))),
+        handlers,
         metrics,
         network,
         tasks: TaskTracker::new(),
         next_stream: 0,
         accepting: true,
-        stop: CancellationToken::new(),
+        stop,
         control: Control::default(),
         announcements,
         requests,
@@ -131,81 +153,12 @@ pub async fn run(
     Ok(())
 }
 
-/// A cell as the node serves it: compiled, with its access rules and caps.
-struct ServedCell {
-    cell: Cell,
-    label: CellLabel,
-    /// Peers allowed to open streams; everyone if `None`.
-    allow: Option<HashSet<PeerId>>,
-    /// The cell's own caps, if it has any beyond the node's.
-    gate: Option<Gate>,
-    /// How long its streams may wait for a slot.
-    queue: Duration,
-}
-
-/// The admission caps that `limits` set.
-fn caps(limits: &crate::limits::Limits) -> Caps {
-    Caps {
-        instances: limits.max_instances,
-        per_peer: limits.max_per_peer,
-        backlog: limits.backlog,
-    }
-}
-
-/// Cells by the protocol ID they are served on.
-type Cells = HashMap<String, Arc<ServedCell>>;
-
-fn load_cells(
-    runtime: &Arc<Runtime>,
-    config: &NodeConfig,
-    network: &Network,
-) -> anyhow::Result<Cells> {
-    let mut cells = HashMap::new();
-    for spec in &config.cells {
-        let started = std::time::Instant::now();
-        let limits = config.cell_limits(spec);
-        let options = CellOptions {
-            name: spec.name.clone(),
-            limits,
-            mode: spec.mode,
-            dial: spec.dial.clone(),
-            network: Some(network.clone()),
-        };
-        let cell = match &spec.source {
-            CellSource::Builtin(builtin) => {
-                let source = format!("built-in cell `{}`", builtin.name);
-                runtime.load(&source, builtin.wasm, &options)?
-            }
-            CellSource::File(path) => cell::load_file(runtime, path, &options)?,
-        };
-        tracing::info!(cell = %spec.name, protocol = %spec.protocol, mode = cell.mode(), cached = cell.cached(), elapsed = ?started.elapsed(), ?limits, "cell loaded");
-        let served = ServedCell {
-            cell,
-            label: CellLabel {
-                cell: spec.name.clone(),
-            },
-            allow: spec
-                .allow
-                .as_ref()
-                .map(|peers| peers.iter().copied().collect()),
-            gate: spec
-                .limits
-                .caps_admission()
-                .then(|| Gate::new(Scope::Cell, caps(&limits))),
-            queue: limits.queue(),
-        };
-        cells.insert(spec.protocol.to_string(), Arc::new(served));
-    }
-    Ok(cells)
-}
-
 struct Node {
     swarm: Swarm<Behaviour>,
     /// Our listeners, closed first on shutdown.
     listeners: Vec<ListenerId>,
-    cells: Cells,
-    /// Node-wide instance slots.
-    gate: Arc<Gate>,
+    /// What serves each protocol the router accepts.
+    handlers: Handlers,
     metrics: Arc<Metrics>,
     /// What `/status` shows about the network, updated here.
     network: Arc<RwLock<NetworkView>>,
@@ -328,65 +281,19 @@ impl Node {
         self.network.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Hands an inbound stream to a task of its own; never does work inline.
+    /// Hands an inbound stream to its protocol's handler, in a task of its own (with
+    /// a span naming the peer, the protocol and the stream); never does work inline.
     fn accept(&mut self, inbound: InboundStream) {
-        let InboundStream {
-            peer,
-            connection,
-            protocol,
-            stream,
-        } = inbound;
         let id = self.next_stream;
         self.next_stream += 1;
-        let span = tracing::info_span!("stream", %peer, %protocol, id, %connection);
-        if protocol == STATS_PROTOCOL {
-            let stats = self.stats();
-            self.tasks.spawn(send_stats(stream, stats).instrument(span));
-            return;
-        }
-        let (base, variant) = status::parse(&protocol);
-        let served = self
-            .cells
-            .get(base)
-            .expect("the router only accepts served protocols")
+        let span = tracing::info_span!("stream", peer = %inbound.peer, protocol = %inbound.protocol, id, connection = %inbound.connection);
+        let handler = self
+            .handlers
+            .get(&inbound.protocol)
+            .expect("the router only accepts protocols with a handler")
             .clone();
-        let refusal = if !self.accepting {
-            Some(Refusal::ShuttingDown)
-        } else if served
-            .allow
-            .as_ref()
-            .is_some_and(|allow| !allow.contains(&peer))
-        {
-            Some(Refusal::NotAllowed)
-        } else {
-            None
-        };
-        let metrics = self.metrics.clone();
-        let task = match refusal {
-            Some(refusal) => refuse(stream, variant, refusal, metrics, served).boxed(),
-            None => {
-                let admission = Admission {
-                    node_gate: self.gate.clone(),
-                    peer,
-                    metrics,
-                    stop: self.stop.clone(),
-                };
-                let args = [base.to_string(), peer.to_string()];
-                serve(served, admission, args, variant, stream).boxed()
-            }
-        };
+        let task = handler.accept(inbound, !self.accepting);
         self.tasks.spawn(task.instrument(span));
-    }
-
-    fn stats(&self) -> String {
-        let totals = self.metrics.totals();
-        format!(
-            "live {}\nsucceeded {}\nfailed {}\nrefused {}\n",
-            totals.live.load(Ordering::Relaxed),
-            totals.succeeded.load(Ordering::Relaxed),
-            totals.failed.load(Ordering::Relaxed),
-            totals.refused.load(Ordering::Relaxed),
-        )
     }
 
     /// Remembers (or forgets) a peer that offers circuit relay; an unreachable node
@@ -510,117 +417,4 @@ enum Ending {
     Deadline,
     /// Another signal: stop at once.
     Signal,
-}
-
-/// What a stream needs to be admitted, besides its cell.
-struct Admission {
-    node_gate: Arc<Gate>,
-    peer: PeerId,
-    metrics: Arc<Metrics>,
-    /// Cancelled when the node stops serving.
-    stop: CancellationToken,
-}
-
-/// How long a `+call` stream's header may take to arrive.
-const CALL_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Serves one stream: reads its call header if a cell dialed it (`+call`), waits for
-/// slots (the cell's own, then the node's), then runs a fresh instance of the cell.
-/// `args` are the guest's arguments (protocol, peer), `variant` what the peer asked for.
-async fn serve(
-    served: Arc<ServedCell>,
-    admission: Admission,
-    args: [String; 2],
-    variant: Variant,
-    mut stream: libp2p::Stream,
-) {
-    let Admission {
-        node_gate,
-        peer,
-        metrics,
-        stop,
-    } = admission;
-    let call = if variant == Variant::Call {
-        let mut reader = (&mut stream).compat();
-        let read = CallHeader::read(&mut reader);
-        match tokio::time::timeout(CALL_HEADER_TIMEOUT, read).await {
-            Ok(Ok(header)) => {
-                tracing::debug!(hops = header.hops, deadline = ?header.deadline, "called by a cell");
-                Some(header)
-            }
-            failed => {
-                let error = match failed {
-                    Ok(Err(error)) => error.to_string(),
-                    _ => "timed out".to_string(),
-                };
-                tracing::info!(%error, "no call header; stream dropped");
-                let outcome = Outcome::Failure(format!("no call header: {error}"));
-                let _ = AnswerWriter::new(stream.compat(), true)
-                    .finish(&outcome)
-                    .await;
-                return;
-            }
-        }
-    } else {
-        None
-    };
-    let deadline = tokio::time::Instant::now() + served.queue;
-    let admitted = async {
-        let cell_pass = match &served.gate {
-            Some(cell_gate) => Some(cell_gate.enter(peer, deadline).await?),
-            None => None,
-        };
-        Ok::<_, Refusal>((cell_pass, node_gate.enter(peer, deadline).await?))
-    };
-    let admitted = tokio::select! {
-        admitted = admitted => admitted,
-        () = stop.cancelled() => Err(Refusal::ShuttingDown),
-    };
-    let _passes = match admitted {
-        Ok(passes) => passes,
-        Err(refusal) => return refuse(stream, variant, refusal, metrics, served).await,
-    };
-    let (reader, writer) = tokio::io::split(stream.compat());
-    let args = [args[0].as_str(), args[1].as_str()];
-    let writer = PeerWriter::new(writer, variant.is_framed());
-    match served
-        .cell
-        .serve_call(&args, reader, writer, call, &stop)
-        .await
-    {
-        Ok(()) => tracing::debug!("cell finished"),
-        Err(failure) => tracing::warn!(failure = %format!("{failure:#}"), "cell failed"),
-    }
-}
-
-/// Refuses a stream visibly: a `+status` stream gets the reason in its trailer, a
-/// plain one is reset.
-async fn refuse(
-    stream: libp2p::Stream,
-    variant: Variant,
-    refusal: Refusal,
-    metrics: Arc<Metrics>,
-    served: Arc<ServedCell>,
-) {
-    metrics.refused(&served.label, refusal.kind());
-    tracing::info!(%refusal, "stream refused");
-    if variant.is_framed() {
-        let outcome = Outcome::Failure(refusal.to_string());
-        if let Err(error) = AnswerWriter::new(stream.compat(), true)
-            .finish(&outcome)
-            .await
-        {
-            tracing::debug!(%error, "refusal not delivered");
-        }
-    }
-}
-
-async fn send_stats(mut stream: libp2p::Stream, stats: String) {
-    let sent = async {
-        stream.write_all(stats.as_bytes()).await?;
-        stream.close().await
-    };
-    if let Err(error) = sent.await {
-        tracing::debug!(%error, "stats not delivered");
-    }
 }
