@@ -1,6 +1,6 @@
 //! A running node: loads the cells, builds the swarm, listens, and routes every
-//! inbound stream, by its protocol, to the [`Handler`] that serves it — [`cells`] (a
-//! fresh instance of the stream's cell) or [`stats`] — in a task of its own.
+//! inbound stream, by its protocol, to the handler that serves it — `cells` (a fresh
+//! instance of the stream's cell) or `stats` — in a task of its own.
 //!
 //! A byte from a peer travels: `net::router` (negotiated on a connection) → this
 //! module (`accept`, a task per stream) → `cells` (allowlist, admission) →
