@@ -113,22 +113,25 @@ async fn a_grant_for_other_protocols_makes_the_dial_not_allowed() {
     );
 }
 
-#[tokio::test]
-async fn dials_past_max_dials_are_refused_and_bad_targets_are_clean_errors() {
-    let hub = dht_node(None, &[]).await;
+/// A node bootstrapped to `hub` serving the `dial-many` test cell, granted any dial,
+/// with `--max-dials 3`.
+async fn dial_many_node(hub: &Node) -> Node {
     let cell = format!("{DIAL_MANY}={}", test_cell("dial-many").display());
-    let hub_addr = hub.tcp.to_string();
-    let node = Node::start(&[
-        "--bootstrap",
-        &hub_addr,
+    let args = [
         "--cell",
         &cell,
         "--grant-dial",
         DIAL_MANY,
         "--max-dials",
         "3",
-    ])
-    .await;
+    ];
+    dht_node(Some(hub), &args).await
+}
+
+#[tokio::test]
+async fn dials_past_max_dials_are_refused_and_bad_targets_are_clean_errors() {
+    let hub = dht_node(None, &[]).await;
+    let node = dial_many_node(&hub).await;
     let line = format!("{} /ww/echo/0.1.0 5", hub.peer);
     let answer = through(&node, DIAL_MANY, &line, b"").await;
     let lines: Vec<String> = String::from_utf8(answer)
@@ -399,19 +402,7 @@ async fn a_dialed_instance_ends_with_its_callers_deadline() {
 #[tokio::test]
 async fn providers_count_against_max_dials_and_malformed_peers_do_not() {
     let hub = dht_node(None, &[]).await;
-    let cell = format!("{DIAL_MANY}={}", test_cell("dial-many").display());
-    let node = dht_node(
-        Some(&hub),
-        &[
-            "--cell",
-            &cell,
-            "--grant-dial",
-            DIAL_MANY,
-            "--max-dials",
-            "3",
-        ],
-    )
-    .await;
+    let node = dial_many_node(&hub).await;
     let lines = |answer: Vec<u8>| -> Vec<String> {
         String::from_utf8(answer)
             .unwrap()

@@ -9,8 +9,8 @@ use ww::net::client::Client;
 use ww::net::status::{self, Outcome};
 
 use crate::support::{
-    ECHO, Node, assert_failed, cell_flag, eventually, free_local_addr, http_get, open_status,
-    outcome_of, pattern, request, rss_kib,
+    ECHO, Node, assert_failed, cell_flag, eventually, free_local_addr, http_get, open_fds,
+    open_status, outcome_of, pattern, request, rss_kib,
 };
 
 /// A node serving the built-in echo plus the named test cells, with `extra` flags.
@@ -306,13 +306,6 @@ async fn an_allowlist_refuses_other_peers_before_instantiating() {
 
     let peer = allowed.connect(&node.tcp).await.unwrap();
     assert_eq!(request(&allowed, peer, ECHO, b"hi").await.unwrap(), b"hi");
-}
-
-/// Open file descriptors of a process (Linux).
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
 }
 
 #[tokio::test(flavor = "multi_thread")]

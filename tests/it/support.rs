@@ -363,6 +363,13 @@ pub fn cell_flag(name: &str) -> String {
     format!("/test/{name}/1={}", test_cell(name).display())
 }
 
+/// Open file descriptors of a process, from /proc (Linux).
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
 /// Resident memory of a process, from /proc (Linux).
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
