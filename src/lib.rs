@@ -21,21 +21,21 @@
 //! - [`config`], [`limits`], [`identity`]: the node's settings, what guests and
 //!   peers may use, and the node's persistent peer ID.
 //! - [`dial`]: `ww dial` and `ww find`, a stream between this terminal and a remote
-//!   cell, and the nodes that serve a cell; [`devnet`]: a local multi-node cluster.
+//!   cell, and the nodes that serve a cell.
 //! - [`metrics`], [`admin`]: what the node counts, and the HTTP endpoint showing it.
-//! - [`bench`], [`suite`]: `ww bench`, a load generator for any node, and the
-//!   side-by-side suite against raw TCP and native rust-libp2p.
+//!
+//! The tooling that drives nodes rather than being one — `ww bench` (a load
+//! generator), `ww bench-suite` (the side-by-side suite against raw TCP and native
+//! rust-libp2p) and `ww devnet` (a local multi-node cluster) — lives in the binary,
+//! under `src/tools/`, behind the default `cli` feature.
 
 pub mod admin;
 pub mod admission;
-pub mod bench;
 pub mod cell;
 pub mod config;
-pub mod devnet;
 pub mod dial;
 pub mod identity;
 pub mod limits;
 pub mod metrics;
 pub mod net;
 pub mod node;
-pub mod suite;

@@ -1,5 +1,8 @@
 //! The `ww` command line: parses arguments, sets up logging and hands each command to
-//! the library, where its arguments live beside its code.
+//! the library, where its arguments live beside its code — or, for the tooling that
+//! drives nodes (bench, bench-suite, devnet), to [`tools`].
+
+mod tools;
 
 use std::process::ExitCode;
 
@@ -26,22 +29,22 @@ enum Command {
     #[command(group = clap::ArgGroup::new("where").required(true).args(["target", "any"]))]
     Dial(ww::dial::DialArgs),
     /// Run N nodes on 127.0.0.1, bootstrapped to one another, until Ctrl-C.
-    Devnet(ww::devnet::Options),
+    Devnet(tools::devnet::Options),
     /// Print the nodes that serve a cell, one address (ending in /p2p/<peer-id>) per line.
     Find(ww::dial::FindArgs),
     /// Run a cell locally with its connection on this terminal's stdin and stdout.
     Cell(ww::cell::local::CellArgs),
     /// Load a node: open streams on a protocol, send bytes, read the answers, and
     /// report streams/s, throughput, latency percentiles and errors.
-    Bench(ww::bench::BenchArgs),
+    Bench(tools::bench::BenchArgs),
     /// Run the side-by-side suite: the same echo workloads against raw TCP, a native
     /// rust-libp2p echo and a ww node, all started here on 127.0.0.1.
-    BenchSuite(ww::suite::SuiteArgs),
+    BenchSuite(tools::suite::SuiteArgs),
     /// A baseline echo server for the suite (prints its addresses; runs until killed).
     #[command(hide = true)]
     BenchServer {
         #[arg(value_enum)]
-        kind: ww::suite::Baseline,
+        kind: tools::suite::Baseline,
     },
     /// Print a node's counters (live, succeeded and failed instances).
     Stats {
@@ -100,13 +103,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Dial(args) => args.run().await,
         Command::Devnet(options) => {
             let exe = std::env::current_exe().context("cannot find the ww binary")?;
-            ww::devnet::run(&exe, options, shutdown_signal()).await
+            tools::devnet::run(&exe, options, shutdown_signal()).await
         }
         Command::Find(args) => args.run().await,
         Command::Cell(args) => args.run().await,
         Command::Bench(args) => args.run().await,
         Command::BenchSuite(args) => args.run().await,
-        Command::BenchServer { kind } => ww::suite::serve_baseline(kind).await,
+        Command::BenchServer { kind } => tools::suite::serve_baseline(kind).await,
         Command::Stats { multiaddr } => ww::dial::stats(multiaddr).await,
     }
 }

@@ -1,64 +1,66 @@
 //! `ww bench` against real nodes: counts, verification, the JSON report.
 
-use std::time::Duration;
-
-use libp2p::StreamProtocol;
-use ww::bench::{Options, run};
-
 use crate::support::{ECHO, Node, cell_flag, ww};
 
-fn options(node: &Node, protocol: StreamProtocol) -> Options {
-    Options {
-        addr: node.tcp.clone(),
+/// Runs `ww bench` against `node` (50 streams of 3000 bytes, 8 in flight over 2
+/// connections, answers verified) and returns its JSON report.
+async fn bench(node: &Node, protocol: &str, extra: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let tcp = node.tcp.to_string();
+    let args = [
+        "bench",
+        &tcp,
         protocol,
-        streams: 50,
-        concurrency: 8,
-        bytes: 3000,
-        connections: 2,
-        duration: None,
-        verify_echo: true,
-    }
+        "--streams",
+        "50",
+        "--concurrency",
+        "8",
+        "--bytes",
+        "3000",
+        "--connections",
+        "2",
+        "--verify-echo",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    let (ok, _, err) = ww(&[&args[..], extra].concat(), b"").await;
+    assert!(ok, "{err}");
+    serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn counts_every_stream_and_byte() {
     let node = Node::start(&[]).await;
-    let report = run(&options(&node, ECHO), &|_| {}).await.unwrap();
-    assert_eq!(report.streams_ok, 50);
-    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let report = bench(&node, ECHO.as_ref(), &[]).await;
+    assert_eq!(report["streams_ok"], 50);
+    assert_eq!(report["errors"], serde_json::json!({}));
     assert_eq!(
-        (report.bytes_sent, report.bytes_received),
-        (150_000, 150_000)
+        (&report["bytes_sent"], &report["bytes_received"]),
+        (&serde_json::json!(150_000), &serde_json::json!(150_000))
     );
-    assert!(report.first_byte.p50_us <= report.done.p50_us);
-    assert!(report.done.p50_us <= report.done.max_us);
+    let us = |phase: &str, percentile: &str| report[phase][percentile].as_u64().unwrap();
+    assert!(us("first_byte", "p50_us") <= us("done", "p50_us"));
+    assert!(us("done", "p50_us") <= us("done", "max_us"));
     let stats = node
         .wait_idle(&ww::net::client::Client::new().unwrap())
         .await;
     assert_eq!(stats.succeeded, 50, "each stream ran one instance");
 
-    let mut timed = options(&node, ECHO);
-    timed.duration = Some(Duration::from_millis(300));
-    let report = run(&timed, &|_| {}).await.unwrap();
-    assert!(report.streams_ok > 0 && report.errors.is_empty());
+    let report = bench(&node, ECHO.as_ref(), &["--duration", "0.3"]).await;
+    assert!(report["streams_ok"].as_u64().unwrap() > 0);
+    assert_eq!(report["errors"], serde_json::json!({}));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verification_catches_a_corrupted_reply() {
     // `fresh` echoes, but prefixes its answer with a counter line.
     let node = Node::start(&["--cell", &cell_flag("fresh")]).await;
-    let report = run(
-        &options(&node, StreamProtocol::new("/test/fresh/1")),
-        &|_| {},
-    )
-    .await
-    .unwrap();
-    assert_eq!(report.streams_ok, 0);
-    assert_eq!(report.errors.get("mismatch"), Some(&50));
-    let report = run(&options(&node, StreamProtocol::new("/no/such/1")), &|_| {})
-        .await
-        .unwrap();
-    assert_eq!(report.errors.get("open"), Some(&50));
+    let report = bench(&node, "/test/fresh/1", &[]).await;
+    assert_eq!(report["streams_ok"], 0);
+    assert_eq!(report["errors"]["mismatch"], 50);
+    let report = bench(&node, "/no/such/1", &[]).await;
+    assert_eq!(report["errors"]["open"], 50);
 }
 
 #[tokio::test(flavor = "multi_thread")]

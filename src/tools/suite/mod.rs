@@ -5,7 +5,7 @@
 //!    the echo a plain Rust stream handler, no wasm;
 //! 3. a real `ww run` node serving the built-in `echo` cell.
 //!
-//! The client is this process, using [`crate::bench`] for every server. Workload (f),
+//! The client is this process, using [`crate::tools::bench`] for every server. Workload (f),
 //! memory per live cell, runs against nodes of its own ([`memory`]).
 
 mod memory;
@@ -24,8 +24,8 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 
-use crate::bench::{self, Options, Report};
-use crate::net::{self, BehaviourEvent};
+use crate::tools::bench::{self, Options, Report};
+use ww::net::{self, BehaviourEvent};
 pub use memory::MemoryRow;
 
 /// The protocol the native rust-libp2p echo server answers.

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 
-use crate::net::client::Client;
+use ww::net::client::Client;
 
 /// What to run: `ww bench`'s arguments but `--json`.
 #[derive(Debug, Clone, clap::Args)]
@@ -23,7 +23,7 @@ pub struct Options {
     #[arg(value_name = "MULTIADDR")]
     pub addr: Multiaddr,
     /// The protocol to load, e.g. /ww/echo/0.1.0.
-    #[arg(value_parser = crate::config::parse_protocol)]
+    #[arg(value_parser = ww::config::parse_protocol)]
     pub protocol: StreamProtocol,
     /// Streams in all (unless --duration is given).
     #[arg(long, default_value_t = 1000)]
@@ -99,9 +99,9 @@ impl BenchArgs {
     }
 }
 
-/// A size for a flag: bytes, or with a unit (see [`crate::limits::parse_size`]).
+/// A size for a flag: bytes, or with a unit (see [`ww::limits::parse_size`]).
 fn parse_bytes(text: &str) -> anyhow::Result<usize> {
-    let bytes = crate::limits::parse_size(text)?;
+    let bytes = ww::limits::parse_size(text)?;
     usize::try_from(bytes).with_context(|| format!("{text} is too large for this machine"))
 }
 

@@ -97,7 +97,7 @@ pub async fn run(
     outcome
 }
 
-/// Fails if a port the devnet needs is taken (see [`crate::net::check_port_free`]).
+/// Fails if a port the devnet needs is taken (see [`ww::net::check_port_free`]).
 fn check_ports_free(base: u16, nodes: u16) -> anyhow::Result<()> {
     for port in (0..nodes).map(|i| base + i) {
         for addr in [
@@ -105,7 +105,7 @@ fn check_ports_free(base: u16, nodes: u16) -> anyhow::Result<()> {
             format!("/ip4/127.0.0.1/udp/{port}/quic-v1"),
         ] {
             let addr = addr.parse().expect("a valid multiaddr");
-            crate::net::check_port_free(&addr).context("pick another --base-port")?;
+            ww::net::check_port_free(&addr).context("pick another --base-port")?;
         }
     }
     Ok(())
@@ -117,7 +117,7 @@ async fn start(exe: &Path, options: &Options, dir: &Path) -> anyhow::Result<Vec<
         let node_dir = dir.join(format!("node{index}"));
         std::fs::create_dir_all(&node_dir)
             .with_context(|| format!("cannot create {}", node_dir.display()))?;
-        let keypair = crate::identity::load_or_create(&node_dir.join("identity.key"))?;
+        let keypair = ww::identity::load_or_create(&node_dir.join("identity.key"))?;
         let port = options.base_port + index;
         let tcp: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse()?;
         let peer = keypair.public().to_peer_id();
@@ -240,12 +240,18 @@ async fn watch(nodes: &mut [DevNode], shutdown: impl Future<Output = ()>) -> any
         let exits = nodes
             .iter_mut()
             .filter(|node| running.contains(&node.index))
-            .map(|node| Box::pin(async move { (node.index, node.child.wait().await) }));
+            .map(|node| {
+                let log = node.dir.join("ww.log");
+                Box::pin(async move { (node.index, log, node.child.wait().await) })
+            });
         tokio::select! {
             () = &mut shutdown => return Ok(()),
-            ((i, status), _, _) = futures::future::select_all(exits) => {
+            ((i, log, status), _, _) = futures::future::select_all(exits) => {
                 let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
-                eprintln!("node {i} exited ({status}); the others keep running");
+                eprintln!(
+                    "node {i} exited ({status}; its log: {}); the others keep running",
+                    log.display()
+                );
                 running.retain(|&r| r != i);
             }
         }

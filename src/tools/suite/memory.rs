@@ -15,8 +15,8 @@ use libp2p::{PeerId, Stream};
 use serde::Serialize;
 
 use super::{WW_ECHO, start};
-use crate::net::STATS_PROTOCOL;
-use crate::net::client::Client;
+use ww::net::STATS_PROTOCOL;
+use ww::net::client::Client;
 
 /// Streams one client connection carries (yamux allows 512 per connection).
 const STREAMS_PER_CONNECTION: usize = 500;
