@@ -12,7 +12,8 @@
 //!   protocols without losing any; a [`net::network::Network`] handle asks a swarm to
 //!   dial, look up and open, and [`net::control`] answers on the swarm's side;
 //!   [`net::discovery`] joins the DHTs and announces the node's cells;
-//!   [`net::status`] is the `+status`/`+call` wire that tells a peer how a cell ended;
+//!   [`net::status`] is the `+status`/`+call` wire that tells a peer how a cell ended
+//!   (its codec, the node's writer, the peer's readers, the call header);
 //!   [`net::client`] is a peer that only asks.
 //! - [`node`]: wiring — runs the swarm and routes each stream, in a task of its own, to
 //!   its protocol's handler (the cells, or the stats protocol);
