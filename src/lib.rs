@@ -19,8 +19,9 @@
 //!   its protocol's handler (the cells, or the stats protocol);
 //!   [`admission`] decides whether and when a stream may start an instance.
 //! - [`cell`]: the wasmtime engine, the `wetware:streams` host, one instance per stream.
-//! - [`config`], [`limits`], [`identity`]: the node's settings, what guests and
-//!   peers may use, and the node's persistent peer ID.
+//! - [`config`], [`limits`], [`identity`]: the node's settings (the schema flags and
+//!   file share, the cells to serve, the merged config), what guests and peers may
+//!   use, and the node's persistent peer ID.
 //! - [`dial`]: `ww dial` and `ww find`, a stream between this terminal and a remote
 //!   cell, and the nodes that serve a cell; [`devnet`]: a local multi-node cluster.
 //! - [`metrics`], [`admin`]: what the node counts, and the HTTP endpoint showing it.
