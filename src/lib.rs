@@ -18,7 +18,8 @@
 //! - [`node`]: wiring — runs the swarm and routes each stream, in a task of its own, to
 //!   its protocol's handler (the cells, or the stats protocol);
 //!   [`admission`] decides whether and when a stream may start an instance.
-//! - [`cell`]: the wasmtime engine, the `wetware:streams` host, one instance per stream.
+//! - [`cell`]: the wasmtime runtime (engine, linker, loading, the world check), one
+//!   instance per stream, the `wetware:streams` host and its `wasi:io` adapters.
 //! - [`config`], [`limits`], [`identity`]: the node's settings (the schema flags and
 //!   file share, the cells to serve, the merged config), what guests and peers may
 //!   use, and the node's persistent peer ID.

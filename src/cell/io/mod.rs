@@ -2,7 +2,7 @@
 //! half that closes gracefully, and the guest's stdout/stderr turned into log lines.
 //! What goes on the wire around the guest's bytes (`+status` frames, the outcome
 //! trailer) is `net::status`'s business: [`PeerWriter`] writes through its
-//! [`AnswerWriter`].
+//! [`AnswerWriter`](crate::net::status::AnswerWriter).
 //!
 //! The input half ([`PeerInputStream`]) reads the peer stream in the guest's own task,
 //! only when the guest asks, so a guest that stops reading stops the reads from the
