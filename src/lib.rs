@@ -12,14 +12,17 @@
 //!   protocols without losing any; a [`net::network::Network`] handle asks a swarm to
 //!   dial, look up and open, and [`net::control`] answers on the swarm's side;
 //!   [`net::discovery`] joins the DHTs and announces the node's cells;
-//!   [`net::status`] is the `+status`/`+call` wire that tells a peer how a cell ended;
+//!   [`net::status`] is the `+status`/`+call` wire that tells a peer how a cell ended
+//!   (its codec, the node's writer, the peer's readers, the call header);
 //!   [`net::client`] is a peer that only asks.
 //! - [`node`]: wiring — runs the swarm and routes each stream, in a task of its own, to
 //!   its protocol's handler (the cells, or the stats protocol);
 //!   [`admission`] decides whether and when a stream may start an instance.
-//! - [`cell`]: the wasmtime engine, the `wetware:streams` host, one instance per stream.
-//! - [`config`], [`limits`], [`identity`]: the node's settings, what guests and
-//!   peers may use, and the node's persistent peer ID.
+//! - [`cell`]: the wasmtime runtime (engine, linker, loading, the world check), one
+//!   instance per stream, the `wetware:streams` host and its `wasi:io` adapters.
+//! - [`config`], [`limits`], [`identity`]: the node's settings (the schema flags and
+//!   file share, the cells to serve, the merged config), what guests and peers may
+//!   use, and the node's persistent peer ID.
 //! - [`dial`]: `ww dial` and `ww find`, a stream between this terminal and a remote
 //!   cell, and the nodes that serve a cell.
 //! - [`metrics`], [`admin`]: what the node counts, and the HTTP endpoint showing it.

@@ -1,0 +1,200 @@
+//! The process-wide wasmtime state ([`Runtime`]): one engine (pooling when the machine
+//! allows it) and one linker, an epoch ticker, and loading a cell — compile (or take
+//! it from the cache), check its world, pre-instantiate — into a [`Cell`].
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::world::{DIALER_INTERFACE, Mode, check_header, check_world};
+use super::{Cache, Cell, CellPre, DialGrant, Host, dialer, streams};
+use crate::limits::Limits;
+use crate::metrics::{CellLabel, Metrics};
+use crate::net::network::Network;
+
+/// How often the engine's epoch advances. A guest in a busy loop yields its worker
+/// thread to other tasks once per tick.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Deepest wasm stack a guest may use; deeper recursion traps (the host's stack is
+/// never at risk: each instance runs on a fiber stack of its own, larger than this).
+pub const MAX_WASM_STACK: usize = 512 << 10;
+
+/// How many instances of what size the engine must be able to hold at once.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSize {
+    /// Live instances at once.
+    pub instances: u32,
+    /// The largest linear memory of any one instance, in bytes.
+    pub memory_bytes: usize,
+}
+
+/// The process-wide wasmtime state that cells are compiled and run with.
+pub struct Runtime {
+    pub(super) engine: Engine,
+    linker: Linker<Host>,
+    pub(super) metrics: Arc<Metrics>,
+    cache: Option<Cache>,
+    /// Whether instances come from the pooling allocator.
+    pub pooling: bool,
+}
+
+impl Runtime {
+    /// Creates the engine (pooling allocator if this machine allows it, on-demand
+    /// otherwise), its linker with WASI and `wetware:streams`, and the epoch ticker.
+    pub fn new(
+        pool: Option<PoolSize>,
+        metrics: Arc<Metrics>,
+        cache: Option<Cache>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let (engine, pooling) = match Engine::new(&engine_config(pool)) {
+            Ok(engine) => (engine, pool.is_some()),
+            Err(error) if pool.is_some() => {
+                tracing::warn!(%error, "pooling allocator unavailable; allocating instances on demand");
+                (
+                    Engine::new(&engine_config(None)).map_err(anyhow::Error::from)?,
+                    false,
+                )
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        streams::add_to_linker(&mut linker, Host::streams)?;
+        dialer::add_to_linker(&mut linker, Host::dialer)?;
+        spawn_epoch_ticker(&engine)?;
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            metrics,
+            cache,
+            pooling,
+        }))
+    }
+
+    /// What this runtime's instances did.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Compiles and validates a cell and prepares its instantiation; its instances
+    /// will run within `options.limits` and be counted as `options.name`. `source`
+    /// names the bytes in error messages (a file path, or `built-in echo`).
+    pub fn load(
+        self: &Arc<Self>,
+        source: &str,
+        wasm: &[u8],
+        options: &CellOptions,
+    ) -> anyhow::Result<Cell> {
+        check_header(wasm).with_context(|| format!("{source}: not a WebAssembly component"))?;
+        let compiled = match &self.cache {
+            Some(cache) => cache.load_or_compile(&self.engine, wasm),
+            None => Component::new(&self.engine, wasm).map(|component| (component, false)),
+        };
+        let (component, cached) = compiled
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("{source}: invalid component"))?;
+        let world = check_world(&self.engine, &component, options.mode).with_context(|| {
+            format!("{source}: is neither a `wetware:streams/cell` nor a WASI command component")
+        })?;
+        if world.dials && !options.dial.is_granted() {
+            bail!(
+                "{source}: imports `{DIALER_INTERFACE}`, but cell `{}` is not granted dialing \
+                 (set `dial = true` or `dial = [\"/protocol\", …]` in its config table, or \
+                 pass --grant-dial PROTOCOL)",
+                options.name
+            );
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("{source}: cannot be linked"))?;
+        let pre = CellPre::new(pre)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("{source}: does not export `wasi:cli/run`"))?;
+        Ok(Cell {
+            runtime: self.clone(),
+            pre,
+            limits: options.limits,
+            mode: world.mode,
+            grant: Arc::new(options.dial.clone()),
+            network: options.network.clone(),
+            cached,
+            label: CellLabel {
+                cell: options.name.clone(),
+            },
+        })
+    }
+}
+
+/// How to load a cell.
+#[derive(Debug, Clone)]
+pub struct CellOptions {
+    /// Its name in logs and metrics.
+    pub name: String,
+    /// The limits its instances run within.
+    pub limits: Limits,
+    /// Force a mode instead of detecting it from the component's imports.
+    pub mode: Option<Mode>,
+    /// What its instances may dial (`wetware:streams/dialer`).
+    pub dial: DialGrant,
+    /// The network they dial through; `None` runs them offline (`ww cell`).
+    pub network: Option<Network>,
+}
+
+fn engine_config(pool: Option<PoolSize>) -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config.wasm_component_model(true);
+    config.max_wasm_stack(MAX_WASM_STACK);
+    if let Some(size) = pool {
+        let mut pool = PoolingAllocationConfig::default();
+        let n = size.instances;
+        // A small Rust cell is one component instance made of a few core instances,
+        // one memory and a few tables; leave room for larger guests.
+        pool.total_component_instances(n)
+            .total_core_instances(n.saturating_mul(8))
+            .total_memories(n.saturating_mul(2))
+            .total_tables(n.saturating_mul(8))
+            .total_stacks(n)
+            .max_memory_size(size.memory_bytes);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] for as long as the engine lives,
+/// on a thread of its own (as wasmtime's docs suggest): a guest in a busy loop only
+/// yields when the epoch moves, so the ticker must never wait for a tokio worker that
+/// such a guest occupies. An increment is one atomic add; it wakes no task.
+fn spawn_epoch_ticker(engine: &Engine) -> anyhow::Result<()> {
+    let engine = engine.weak();
+    std::thread::Builder::new()
+        .name("ww-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match engine.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            }
+        })
+        .context("cannot start the epoch thread")?;
+    Ok(())
+}
+
+/// Loads a cell from a file, naming the file in every error.
+pub fn load_file(
+    runtime: &Arc<Runtime>,
+    path: &Path,
+    options: &CellOptions,
+) -> anyhow::Result<Cell> {
+    let wasm = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    runtime.load(&path.display().to_string(), &wasm, options)
+}
