@@ -124,31 +124,7 @@ pub fn build_swarm(
         )?
         .with_quic()
         .with_relay_client(noise::Config::new, yamux_config)?
-        .with_behaviour(|key, relay_client| Behaviour {
-            pending_limits: pending::Behaviour::default(),
-            connection_limits: connection_limits::Behaviour::new(
-                ConnectionLimits::default()
-                    .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
-                    .with_max_established_incoming(Some(MAX_ESTABLISHED_INCOMING))
-                    .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
-            ),
-            memory_limits: memory_connection_limits::Behaviour::with_max_percentage(
-                MAX_MEMORY_SHARE,
-            ),
-            relay_client,
-            relay: Toggle::from(options.relay.then(|| discovery::relay_server(key))),
-            identify: identify::Behaviour::new(
-                identify::Config::new(PROTOCOL_VERSION.to_string(), key.public())
-                    .with_push_listen_addr_updates(true),
-            ),
-            ping: ping::Behaviour::default(),
-            kad: discovery::kademlia(Dht::Wan, options, key),
-            lan_kad: discovery::kademlia(Dht::Lan, options, key),
-            mdns: Toggle::from(options.mdns.then(|| discovery::mdns(key)).flatten()),
-            autonat: autonat::Behaviour::new(key.public().to_peer_id(), Default::default()),
-            dcutr: dcutr::Behaviour::new(key.public().to_peer_id()),
-            router: router::Behaviour::new(protocols),
-        })?
+        .with_behaviour(|key, relay_client| behaviour(key, relay_client, protocols, options))?
         .with_swarm_config(|config| {
             config
                 .with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT)
@@ -160,6 +136,39 @@ pub fn build_swarm(
         swarm.add_external_address(addr.clone());
     }
     Ok(swarm)
+}
+
+/// The behaviour of a swarm serving `protocols`, with discovery as `options` say:
+/// what [`build_swarm`] puts on its transports (tests put it on others).
+pub fn behaviour(
+    key: &Keypair,
+    relay_client: relay::client::Behaviour,
+    protocols: Vec<StreamProtocol>,
+    options: &NetOptions,
+) -> Behaviour {
+    Behaviour {
+        pending_limits: pending::Behaviour::default(),
+        connection_limits: connection_limits::Behaviour::new(
+            ConnectionLimits::default()
+                .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                .with_max_established_incoming(Some(MAX_ESTABLISHED_INCOMING))
+                .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
+        ),
+        memory_limits: memory_connection_limits::Behaviour::with_max_percentage(MAX_MEMORY_SHARE),
+        relay_client,
+        relay: Toggle::from(options.relay.then(|| discovery::relay_server(key))),
+        identify: identify::Behaviour::new(
+            identify::Config::new(PROTOCOL_VERSION.to_string(), key.public())
+                .with_push_listen_addr_updates(true),
+        ),
+        ping: ping::Behaviour::default(),
+        kad: discovery::kademlia(Dht::Wan, options, key),
+        lan_kad: discovery::kademlia(Dht::Lan, options, key),
+        mdns: Toggle::from(options.mdns.then(|| discovery::mdns(key)).flatten()),
+        autonat: autonat::Behaviour::new(key.public().to_peer_id(), Default::default()),
+        dcutr: dcutr::Behaviour::new(key.public().to_peer_id()),
+        router: router::Behaviour::new(protocols),
+    }
 }
 
 /// Fails, naming the port, if a TCP or UDP port in `addr` is already taken by a live

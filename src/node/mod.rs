@@ -7,16 +7,27 @@
 //! `cell` (the instance's `wasi:io` streams) → the guest; and back the same way.
 //!
 //! # Shutdown
-//! At the first signal the node stops listening, withdraws its provider records and
-//! refuses new streams, then gives running guests up to the grace period to finish:
-//! the swarm and the guests' own dials keep working, so their bytes still flow. When
-//! the grace period ends, every stream still running (or waiting for a slot) is ended
-//! with the reason `node shutting down` — a `+status` peer reads it in the trailer —
-//! and the node returns once those trailers are out, or after [`FINAL_FLUSH`]. A
-//! second signal skips the wait and stops at once.
+//! At the first signal the node shuts down in five steps, in this order, each a
+//! function of its own in `node/shutdown.rs`:
+//! 1. stop accepting: listeners closed, provider records withdrawn, new streams
+//!    refused;
+//! 2. give the running streams up to the grace period to finish, while the swarm and
+//!    the guests' own dials keep working;
+//! 3. cancel the handlers' token: every stream still running (or waiting for a slot)
+//!    ends with the reason `node shutting down` (a `+status` peer reads it in the
+//!    trailer);
+//! 4. close the connections gracefully, so those trailers reach the peers, until
+//!    [`FINAL_FLUSH`] has passed;
+//! 5. abort whatever stream task is left.
+//!
+//! A second signal skips to step 5. Exit takes at most the grace period +
+//! [`FINAL_FLUSH`] (and the abort, which takes no time unless a task never yields).
 
 mod cells;
+mod shutdown;
 mod stats;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -31,8 +42,8 @@ use libp2p::core::transport::ListenerId;
 use libp2p::metrics::Recorder as _;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, autonat, identify, relay};
+use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::admin::{self, CellInfo, NetworkView};
@@ -47,10 +58,7 @@ use crate::net::router::InboundStream;
 use crate::net::{self, Behaviour, BehaviourEvent, discovery};
 
 pub use crate::net::STATS_PROTOCOL;
-
-/// How long streams still running when the grace period ends get to send their
-/// `node shutting down` trailers.
-pub const FINAL_FLUSH: Duration = Duration::from_secs(1);
+pub use shutdown::FINAL_FLUSH;
 
 /// What serves the streams of some of the node's protocols.
 trait Handler: Send + Sync {
@@ -68,7 +76,7 @@ type Handlers = HashMap<StreamProtocol, Arc<dyn Handler>>;
 /// per line, as soon as they are bound.
 pub async fn run(
     config: NodeConfig,
-    mut signals: impl Stream<Item = ()> + Unpin,
+    signals: impl Stream<Item = ()> + Unpin,
 ) -> anyhow::Result<()> {
     let keypair = crate::identity::load_or_create(&config.identity)?;
     let metrics = Arc::new(Metrics::new());
@@ -95,58 +103,35 @@ pub async fn run(
         handlers.insert(protocol, cells.clone());
     }
     let protocols = handlers.keys().cloned().collect();
-    let mut swarm = net::build_swarm(keypair, protocols, &config.network)?;
-    let mut listeners = Vec::new();
+    let swarm = net::build_swarm(keypair, protocols, &config.network)?;
+    let mut node = Node::new(
+        swarm,
+        handlers,
+        metrics.clone(),
+        stop,
+        network_handle,
+        requests,
+    );
     for addr in &config.listen {
-        net::check_port_free(addr)?;
-        let listener = swarm.listen_on(addr.clone());
-        listeners.push(listener.with_context(|| format!("cannot listen on {addr}"))?);
+        node.listen(addr)?;
     }
-    let network = Arc::new(RwLock::new(NetworkView {
-        peer_id: swarm.local_peer_id().to_string(),
-        ..NetworkView::default()
-    }));
     let admin = match config.admin {
         Some(addr) => {
             let infos = config.cells.iter().map(|cell| CellInfo {
                 name: cell.name.clone(),
                 protocol: cell.protocol.to_string(),
             });
-            Some(admin::spawn(addr, metrics.clone(), network.clone(), infos.collect()).await?)
+            let network = node.network.clone();
+            Some(admin::spawn(addr, metrics, network, infos.collect()).await?)
         }
         None => None,
     };
-    tracing::info!(peer = %swarm.local_peer_id(), pooling = runtime.pooling, cells = cell_count, "node starting");
+    tracing::info!(peer = %node.swarm.local_peer_id(), pooling = runtime.pooling, cells = cell_count, "node starting");
 
-    discovery::join(&mut swarm, &config.network.bootstrap);
-    let mut announcements = Announcements::default();
+    discovery::join(&mut node.swarm, &config.network.bootstrap);
     let served: Vec<StreamProtocol> = config.cells.iter().map(|c| c.protocol.clone()).collect();
-    announcements.provide(&mut swarm, &served);
-
-    let mut node = Node {
-        swarm,
-        listeners,
-        handlers,
-        metrics,
-        network,
-        tasks: TaskTracker::new(),
-        next_stream: 0,
-        accepting: true,
-        stop,
-        control: Control::default(),
-        announcements,
-        requests,
-        _network: network_handle,
-        relays: Relays::default(),
-    };
-    loop {
-        tokio::select! {
-            Some(()) = signals.next() => break,
-            event = node.swarm.select_next_some() => node.on_event(event),
-            Some(request) = node.requests.next() => node.control.handle(&mut node.swarm, request),
-        }
-    }
-    node.shut_down(config.shutdown_grace, signals).await;
+    node.announcements.provide(&mut node.swarm, &served);
+    node.serve(config.shutdown_grace, signals).await;
     if let Some(admin) = admin {
         admin.abort();
     }
@@ -162,13 +147,14 @@ struct Node {
     metrics: Arc<Metrics>,
     /// What `/status` shows about the network, updated here.
     network: Arc<RwLock<NetworkView>>,
-    /// Every stream's task, so shutdown can wait for them.
-    tasks: TaskTracker,
+    /// Every stream's task, so shutdown can wait for them and, at the end, abort them.
+    tasks: JoinSet<()>,
     /// Numbers streams for logs.
     next_stream: u64,
     /// False once shutdown began: new streams are refused.
     accepting: bool,
-    /// Cancelled when the grace period ends: streams still running are ended.
+    /// The handlers' token, cancelled when the grace period ends: streams still
+    /// running are ended.
     stop: CancellationToken,
     /// Dials, lookups and announcements in progress.
     control: Control,
@@ -183,6 +169,63 @@ struct Node {
 }
 
 impl Node {
+    /// A node that runs `swarm` and routes its inbound streams to `handlers`, which
+    /// end their streams when `stop` is cancelled; `requests` come from `network`'s
+    /// clones (the guests' dials and lookups).
+    fn new(
+        swarm: Swarm<Behaviour>,
+        handlers: Handlers,
+        metrics: Arc<Metrics>,
+        stop: CancellationToken,
+        network: Network,
+        requests: mpsc::Receiver<Request>,
+    ) -> Self {
+        let view = NetworkView {
+            peer_id: swarm.local_peer_id().to_string(),
+            ..NetworkView::default()
+        };
+        Node {
+            swarm,
+            listeners: Vec::new(),
+            handlers,
+            metrics,
+            network: Arc::new(RwLock::new(view)),
+            tasks: JoinSet::new(),
+            next_stream: 0,
+            accepting: true,
+            stop,
+            control: Control::default(),
+            announcements: Announcements::default(),
+            requests,
+            _network: network,
+            relays: Relays::default(),
+        }
+    }
+
+    /// Listens on `addr` (its address is printed once bound, see [`run`]).
+    fn listen(&mut self, addr: &Multiaddr) -> anyhow::Result<()> {
+        net::check_port_free(addr)?;
+        let listener = self.swarm.listen_on(addr.clone());
+        let listener = listener.with_context(|| format!("cannot listen on {addr}"))?;
+        self.listeners.push(listener);
+        Ok(())
+    }
+
+    /// Runs the node until the first of `signals`, then shuts it down (see
+    /// [`shutdown`]); returns when the shutdown is over.
+    async fn serve(mut self, grace: Duration, mut signals: impl Stream<Item = ()> + Unpin) {
+        loop {
+            tokio::select! {
+                Some(()) = signals.next() => break,
+                event = self.swarm.select_next_some() => self.on_event(event),
+                Some(request) = self.requests.next() => self.control.handle(&mut self.swarm, request),
+                // Reaped as they end: a JoinSet keeps every finished task until joined.
+                Some(ended) = self.tasks.join_next() => on_task_end(ended),
+            }
+        }
+        self.shut_down(grace, signals).await;
+    }
+
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         self.metrics.libp2p.record(&event);
         self.control.on_event(&mut self.swarm, &event);
@@ -325,96 +368,14 @@ impl Node {
             Err(error) => tracing::warn!(%circuit, %error, "cannot listen through relay"),
         }
     }
-
-    async fn shut_down(mut self, grace: Duration, mut signals: impl Stream<Item = ()> + Unpin) {
-        self.accepting = false;
-        self.announcements.withdraw(&mut self.swarm);
-        tracing::info!(running = self.tasks.len(), ?grace, "shutting down");
-        for listener in self.listeners.drain(..) {
-            self.swarm.remove_listener(listener);
-        }
-        self.tasks.close();
-        let grace_ends = tokio::time::Instant::now() + grace;
-        let last = match self.serve_until(grace_ends, &mut signals).await {
-            Ending::Finished => tokio::time::Instant::now() + FINAL_FLUSH,
-            Ending::Deadline => {
-                tracing::warn!(
-                    running = self.tasks.len(),
-                    "grace period over; ending the remaining streams"
-                );
-                self.stop.cancel();
-                let last = tokio::time::Instant::now() + FINAL_FLUSH;
-                if let Ending::Signal = self.serve_until(last, &mut signals).await {
-                    return self.stop_now();
-                }
-                last
-            }
-            Ending::Signal => return self.stop_now(),
-        };
-        // One second after the streams ended (or were told to), whatever the peers
-        // have not taken is left behind: exit never takes longer than grace + 1 s.
-        self.close_connections(last, &mut signals).await;
-    }
-
-    /// A second signal: whatever still runs is dropped, which aborts its stream.
-    fn stop_now(&self) {
-        tracing::warn!(
-            running = self.tasks.len(),
-            "stopping now; the remaining streams are aborted"
-        );
-        self.stop.cancel();
-    }
-
-    /// Closes every connection gracefully, so that what the streams wrote last (their
-    /// answers, trailers and FINs, queued in the muxers) reaches the peers before the
-    /// process exits; gives up at `deadline` or at a signal.
-    async fn close_connections(
-        &mut self,
-        deadline: tokio::time::Instant,
-        signals: &mut (impl Stream<Item = ()> + Unpin),
-    ) {
-        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
-        for peer in peers {
-            let _ = self.swarm.disconnect_peer_id(peer);
-        }
-        let deadline = tokio::time::sleep_until(deadline);
-        tokio::pin!(deadline);
-        while self.swarm.connected_peers().next().is_some() {
-            tokio::select! {
-                () = &mut deadline => return,
-                Some(()) = signals.next() => return,
-                event = self.swarm.select_next_some() => self.on_event(event),
-            }
-        }
-    }
-
-    /// Keeps the swarm and the guests' requests going until every stream task has
-    /// finished, `deadline` has passed, or a signal comes.
-    async fn serve_until(
-        &mut self,
-        deadline: tokio::time::Instant,
-        signals: &mut (impl Stream<Item = ()> + Unpin),
-    ) -> Ending {
-        let deadline = tokio::time::sleep_until(deadline);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                () = self.tasks.wait() => return Ending::Finished,
-                () = &mut deadline => return Ending::Deadline,
-                Some(()) = signals.next() => return Ending::Signal,
-                event = self.swarm.select_next_some() => self.on_event(event),
-                Some(request) = self.requests.next() => self.control.handle(&mut self.swarm, request),
-            }
-        }
-    }
 }
 
-/// Why [`Node::serve_until`] returned.
-enum Ending {
-    /// Every stream task is done.
-    Finished,
-    /// The time given ran out.
-    Deadline,
-    /// Another signal: stop at once.
-    Signal,
+/// Notes how a stream's task ended: a panic is logged (the task's stream is gone
+/// with it); an abort is shutdown's doing.
+fn on_task_end(ended: Result<(), JoinError>) {
+    if let Err(error) = ended
+        && error.is_panic()
+    {
+        tracing::error!(%error, "a stream's task panicked");
+    }
 }
