@@ -31,6 +31,7 @@ pub mod admission;
 pub mod bench;
 pub mod cell;
 pub mod config;
+pub mod content;
 pub mod devnet;
 pub mod dial;
 pub mod identity;
