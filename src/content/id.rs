@@ -23,17 +23,20 @@ const DIGEST_LEN: usize = 32;
 /// The name of a component: CIDv1, raw codec, SHA-256 of its bytes (`bafkrei…`).
 ///
 /// Only that form can be built or parsed, so two names are equal exactly when they
-/// name the same bytes. Serialized (serde) as its string form.
+/// name the same bytes. Holds just the 32-byte digest (the rest of the CID is fixed).
+/// Serialized (serde) as its string form.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ContentId(Cid);
+pub struct ContentId([u8; DIGEST_LEN]);
 
 impl ContentId {
     /// The name of `bytes`.
     pub fn of(bytes: &[u8]) -> Self {
-        let digest = Sha256::digest(bytes);
-        let hash = Multihash::wrap(SHA2_256, &digest)
-            .expect("a 32-byte digest fits a 64-byte multihash");
-        Self(Cid::new_v1(RAW_CODEC, hash))
+        Self(Sha256::digest(bytes).into())
+    }
+
+    /// The SHA-256 of the bytes.
+    pub fn digest(&self) -> &[u8; DIGEST_LEN] {
+        &self.0
     }
 
     /// Whether `bytes` are the bytes this names.
@@ -56,13 +59,15 @@ impl ContentId {
     }
 
     /// The CID itself.
-    pub fn cid(&self) -> &Cid {
-        &self.0
+    pub fn cid(&self) -> Cid {
+        let hash =
+            Multihash::wrap(SHA2_256, &self.0).expect("a 32-byte digest fits a 64-byte multihash");
+        Cid::new_v1(RAW_CODEC, hash)
     }
 
     /// The binary form (as on the wire): version, codec, multihash.
     pub fn to_bytes(&self) -> Vec<u8> {
-        self.0.to_bytes()
+        self.cid().to_bytes()
     }
 
     /// Parses the binary form, accepting only a raw SHA-256 CIDv1.
@@ -98,26 +103,27 @@ impl TryFrom<Cid> for ContentId {
                 size: hash.size(),
             });
         }
-        Ok(Self(cid))
+        let digest = hash.digest().try_into().expect("the length was checked");
+        Ok(Self(digest))
     }
 }
 
 impl From<ContentId> for Cid {
     fn from(id: ContentId) -> Self {
-        id.0
+        id.cid()
     }
 }
 
 impl fmt::Display for ContentId {
     /// Base32 lower case, the usual IPFS form: `bafkrei…`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
+        fmt::Display::fmt(&self.cid(), f)
     }
 }
 
 impl fmt::Debug for ContentId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ContentId({})", self.0)
+        write!(f, "ContentId({self})")
     }
 }
 
@@ -176,9 +182,7 @@ pub enum ParseContentIdError {
         codec: u64,
     },
     /// A CID of raw bytes, but not by their SHA-256.
-    #[error(
-        "the CID's hash is multihash {code:#x} of {size} bytes, not SHA-256 (0x12, 32 bytes)"
-    )]
+    #[error("the CID's hash is multihash {code:#x} of {size} bytes, not SHA-256 (0x12, 32 bytes)")]
     WrongHash {
         /// The multihash code.
         code: u64,
@@ -293,7 +297,10 @@ mod tests {
         // a SHA-256 of anything we asked for; must not parse as HELLO_WORLD.
         let mut altered = HELLO_WORLD.to_owned();
         altered.replace_range(10..11, "a");
-        assert_ne!(altered.parse::<ContentId>().ok(), Some(ContentId::of(b"hello world")));
+        assert_ne!(
+            altered.parse::<ContentId>().ok(),
+            Some(ContentId::of(b"hello world"))
+        );
         // Trailing bytes after a binary CID.
         let mut bytes = ContentId::of(b"x").to_bytes();
         bytes.push(0);
