@@ -12,4 +12,4 @@ pub mod id;
 pub mod store;
 
 pub use id::{ContentId, ContentMismatch, ParseContentIdError};
-pub use store::{Store, StoreError};
+pub use store::{Corruption, Store, StoreError};

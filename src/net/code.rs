@@ -130,7 +130,10 @@ pub enum ServeError {
     /// The request is not the CID of a component.
     #[error("the request is not a component's CID: {0}")]
     BadRequest(#[from] ParseContentIdError),
-    /// The stream failed (a request over 128 bytes is an error of this kind too).
+    /// The request is longer than any CID of a component.
+    #[error("a request over {MAX_REQUEST} bytes")]
+    RequestTooLong,
+    /// The stream failed.
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -211,7 +214,14 @@ where
 {
     let mut framed = framed(stream);
     framed.codec_mut().set_max_len(MAX_REQUEST);
-    let request = framed.next().await.ok_or(ServeError::NoRequest)??;
+    let request = match framed.next().await {
+        None => return Err(ServeError::NoRequest),
+        // `UviBytes` refuses a frame over its maximum with `PermissionDenied`.
+        Some(Err(error)) if error.kind() == io::ErrorKind::PermissionDenied => {
+            return Err(ServeError::RequestTooLong);
+        }
+        Some(frame) => frame?,
+    };
     Ok(ContentId::from_bytes(&request)?)
 }
 
@@ -670,7 +680,7 @@ mod tests {
         let error = serve(far.compat(), |_| async { Some(Vec::new()) })
             .await
             .unwrap_err();
-        assert!(matches!(error, ServeError::Io(_)), "{error}");
+        assert!(matches!(error, ServeError::RequestTooLong), "{error}");
 
         let (near, far) = tokio::io::duplex(1024);
         drop(near);
