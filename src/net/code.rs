@@ -205,9 +205,9 @@ fn framed<S: AsyncRead + AsyncWrite>(stream: S) -> Framed<S, UviBytes<Bytes>> {
 
 /// Reads the CID a requester asks for.
 ///
-/// Reads only the request frame's worth of meaningful bytes (the requester sends
-/// nothing after it), so `stream` can then go to [`send_answer`]. Put a deadline
-/// around it: a peer that never asks would hold the stream.
+/// Bytes read past the request are dropped (a requester sends none before the
+/// answer), so `stream` can then go to [`send_answer`]. Put a deadline around it: a
+/// peer that never asks would hold the stream.
 pub async fn read_request<S>(stream: &mut S) -> Result<ContentId, ServeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
