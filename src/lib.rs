@@ -14,6 +14,7 @@
 //!   [`net::discovery`] joins the DHTs and announces the node's cells;
 //!   [`net::status`] is the `+status`/`+call` wire that tells a peer how a cell ended
 //!   (its codec, the node's writer, the peer's readers, the call header);
+//!   [`net::code`] is the `/ww/code/1.0.0` wire on which nodes exchange components;
 //!   [`net::client`] is a peer that only asks.
 //! - [`node`]: wiring — runs the swarm and routes each stream, in a task of its own, to
 //!   its protocol's handler (the cells, or the stats protocol);
@@ -23,6 +24,8 @@
 //! - [`config`], [`limits`], [`identity`]: the node's settings (the schema flags and
 //!   file share, the cells to serve, the merged config), what guests and peers may
 //!   use, and the node's persistent peer ID.
+//! - [`content`]: a component's name is its content ([`content::ContentId`], a CIDv1
+//!   `bafkrei…`), and the store that keeps components by that name.
 //! - [`dial`]: `ww dial` and `ww find`, a stream between this terminal and a remote
 //!   cell, and the nodes that serve a cell.
 //! - [`metrics`], [`admin`]: what the node counts, and the HTTP endpoint showing it.
@@ -36,6 +39,7 @@ pub mod admin;
 pub mod admission;
 pub mod cell;
 pub mod config;
+pub mod content;
 pub mod dial;
 pub mod identity;
 pub mod limits;

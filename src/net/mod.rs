@@ -4,6 +4,7 @@
 //! dialing [`client`].
 
 pub mod client;
+pub mod code;
 pub mod control;
 pub mod discovery;
 mod lookup;
