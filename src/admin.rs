@@ -52,19 +52,30 @@ pub struct NetworkView {
 }
 
 /// A served cell, as `/status` lists it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct CellInfo {
     /// Its name (the metrics label).
     pub name: String,
     /// Its protocol ID.
     pub protocol: String,
+    /// Its component's CID.
+    pub content: String,
+    /// How it reaches its stream: `connection` or `stdio`.
+    pub kind: &'static str,
+    /// Where its component came from: `builtin`, `file`, `content` or `deployed`.
+    pub source: &'static str,
+    /// When this version began to be served, in seconds since the Unix epoch.
+    pub since_unix_s: u64,
 }
+
+/// The cells served now; the set changes while the node runs.
+pub type CellsView = Arc<dyn Fn() -> Vec<CellInfo> + Send + Sync>;
 
 #[derive(Clone)]
 struct AppState {
     metrics: Arc<Metrics>,
     network: Arc<RwLock<NetworkView>>,
-    cells: Arc<[CellInfo]>,
+    cells: CellsView,
 }
 
 /// Binds `addr` and serves the endpoint in a background task until the process ends
@@ -73,7 +84,7 @@ pub async fn spawn(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     network: Arc<RwLock<NetworkView>>,
-    cells: Vec<CellInfo>,
+    cells: CellsView,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr)
         .await
@@ -81,7 +92,7 @@ pub async fn spawn(
     let state = AppState {
         metrics,
         network,
-        cells: cells.into(),
+        cells,
     };
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -144,8 +155,9 @@ struct Status {
 
 #[derive(Serialize)]
 struct CellStatus {
-    name: String,
-    protocol: String,
+    #[serde(flatten)]
+    cell: CellInfo,
+    /// Live instances of every version of the cell.
     live_instances: i64,
 }
 
@@ -155,15 +167,13 @@ async fn status(State(state): State<AppState>) -> axum::Json<Status> {
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    let cells = state
-        .cells
-        .iter()
+    let cells = (state.cells)()
+        .into_iter()
         .map(|cell| CellStatus {
-            name: cell.name.clone(),
-            protocol: cell.protocol.clone(),
             live_instances: state.metrics.live(&CellLabel {
                 cell: cell.name.clone(),
             }),
+            cell,
         })
         .collect();
     let live_instances = state

@@ -160,6 +160,25 @@ pub fn parse_size(text: &str) -> anyhow::Result<u64> {
         })
 }
 
+/// A size in bytes in a config file: a number of bytes or a size string (`64MiB`).
+pub fn deserialize_size<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Number(u64),
+        Text(String),
+    }
+    match Option::<Size>::deserialize(d)? {
+        None => Ok(None),
+        Some(Size::Number(bytes)) => Ok(Some(bytes)),
+        Some(Size::Text(text)) => parse_size(&text)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("{e:#}"))),
+    }
+}
+
 /// `memory_mb` in a config file: a number of MiB or a size string.
 fn deserialize_mib<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     #[derive(Deserialize)]

@@ -20,6 +20,19 @@ pub struct CellLabel {
     pub cell: String,
 }
 
+/// Labels naming what a cell serves now: its protocol and its component's CID. The
+/// counters stay labelled by cell name alone, so a new version continues their series;
+/// join on `cell` to see them by CID.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CellInfoLabel {
+    /// The cell's name, as in [`CellLabel`].
+    pub cell: String,
+    /// The protocol it is served on.
+    pub protocol: String,
+    /// Its component's CID.
+    pub content: String,
+}
+
 /// Labels naming a cell and why a stream was refused or failed.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
@@ -66,6 +79,7 @@ pub struct Metrics {
     stream_seconds: Family<CellLabel, Histogram, Buckets>,
     bytes_in: Family<CellLabel, Counter>,
     bytes_out: Family<CellLabel, Counter>,
+    cells: Family<CellInfoLabel, Gauge>,
     /// libp2p's swarm, identify and ping metrics.
     pub libp2p: libp2p::metrics::Metrics,
 }
@@ -99,6 +113,7 @@ impl Metrics {
             }),
             bytes_in: Family::default(),
             bytes_out: Family::default(),
+            cells: Family::default(),
             libp2p,
             registry,
         };
@@ -144,7 +159,22 @@ impl Metrics {
             self.bytes_in.clone(),
         );
         ww.register("bytes_out", "Bytes sent to peers", self.bytes_out.clone());
+        ww.register(
+            "cell_info",
+            "1 for each cell served now, by protocol and component CID",
+            self.cells.clone(),
+        );
         self
+    }
+
+    /// Records that `cell` is served now (as `ww_cell_info`).
+    pub fn cell_served(&self, cell: CellInfoLabel) {
+        self.cells.get_or_create(&cell).set(1);
+    }
+
+    /// Records that `cell` is no longer served.
+    pub fn cell_withdrawn(&self, cell: &CellInfoLabel) {
+        self.cells.remove(cell);
     }
 
     /// Node-wide totals.

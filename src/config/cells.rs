@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::parse::{parse_peer, parse_protocol};
 use crate::cell::builtin::{self, Builtin};
+use crate::content::ContentId;
 use crate::cell::{DialGrant, DialSetting, Mode};
 use crate::limits::LimitOverrides;
 
@@ -22,6 +23,9 @@ pub struct CellEntry {
     pub wasm: Option<PathBuf>,
     /// The name of a cell compiled into ww.
     pub builtin: Option<String>,
+    /// A component by its CID (`bafkrei…`), from the node's store or, if it is not
+    /// there, from a node that provides it.
+    pub content: Option<String>,
     /// Peers allowed to open streams; everyone if absent.
     pub allow: Option<Vec<String>>,
     /// `"stdio"` or `"connection"`; detected from the component if absent.
@@ -40,6 +44,8 @@ pub enum CellSource {
     Builtin(&'static Builtin),
     /// A component file.
     File(PathBuf),
+    /// A component by its content: from the node's store, or fetched from a provider.
+    Content(ContentId),
 }
 
 /// A cell to serve.
@@ -62,12 +68,18 @@ pub struct CellSpec {
 }
 
 impl CellSpec {
-    /// Parses `--cell PROTOCOL=FILE.wasm`, or `--cell PROTOCOL=builtin:NAME` for a
-    /// cell compiled into ww.
+    /// Parses `--cell PROTOCOL=FILE.wasm`, `--cell PROTOCOL=builtin:NAME` for a cell
+    /// compiled into ww, or `--cell PROTOCOL=CID` (`bafkrei…`) for a component by its
+    /// content (a file named like a CID is given as `./bafkrei…`).
     pub fn parse_flag(flag: &str) -> anyhow::Result<Self> {
         let Some((protocol, file)) = flag.split_once('=') else {
-            bail!("--cell wants PROTOCOL=FILE.wasm or PROTOCOL=builtin:NAME, got `{flag}`");
+            bail!(
+                "--cell wants PROTOCOL=FILE.wasm, PROTOCOL=builtin:NAME or PROTOCOL=CID, got `{flag}`"
+            );
         };
+        if let Ok(content) = file.parse::<ContentId>() {
+            return Ok(Self::content(parse_protocol(protocol)?, content));
+        }
         if let Some(name) = file.strip_prefix("builtin:") {
             return Ok(Self {
                 name: name.to_string(),
@@ -94,6 +106,19 @@ impl CellSpec {
         })
     }
 
+    /// The component `content` on `protocol`, with no options.
+    pub fn content(protocol: StreamProtocol, content: ContentId) -> Self {
+        Self {
+            name: content.to_string(),
+            protocol,
+            source: CellSource::Content(content),
+            allow: None,
+            limits: LimitOverrides::default(),
+            mode: None,
+            dial: DialGrant::Denied,
+        }
+    }
+
     /// Every default built-in cell on its default protocol.
     pub fn builtins() -> Vec<Self> {
         builtin::BUILTINS
@@ -112,10 +137,15 @@ impl CellSpec {
     }
 
     pub(super) fn from_entry(name: &str, entry: &CellEntry) -> anyhow::Result<Self> {
-        let source = match (&entry.wasm, &entry.builtin) {
-            (Some(path), None) => CellSource::File(path.clone()),
-            (None, Some(builtin)) => CellSource::Builtin(find_builtin(builtin)?),
-            _ => bail!("give exactly one of `wasm = \"FILE\"` or `builtin = \"NAME\"`"),
+        let source = match (&entry.wasm, &entry.builtin, &entry.content) {
+            (Some(path), None, None) => CellSource::File(path.clone()),
+            (None, Some(builtin), None) => CellSource::Builtin(find_builtin(builtin)?),
+            (None, None, Some(content)) => {
+                CellSource::Content(content.parse().context("content")?)
+            }
+            _ => bail!(
+                "give exactly one of `wasm = \"FILE\"`, `builtin = \"NAME\"` or `content = \"CID\"`"
+            ),
         };
         let allow = match &entry.allow {
             None => None,

@@ -2,11 +2,11 @@
 //! the defaults filled in and the result checked.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use libp2p::Multiaddr;
+use libp2p::{Multiaddr, PeerId};
 
 use super::cells::check_cell_protocol;
 use super::{CacheSetting, CellSpec, Settings};
@@ -15,6 +15,8 @@ use crate::net::NetOptions;
 
 /// Where the node listens unless told otherwise.
 pub const DEFAULT_LISTEN: [&str; 2] = ["/ip4/0.0.0.0/tcp/2025", "/ip4/0.0.0.0/udp/2025/quic-v1"];
+/// The largest component a node stores, fetches or accepts unless told otherwise.
+pub const DEFAULT_MAX_COMPONENT: u64 = crate::content::store::DEFAULT_MAX_COMPONENT;
 /// How long running guests may take to finish after a shutdown signal.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -35,6 +37,12 @@ pub struct NodeConfig {
     pub admin: Option<SocketAddr>,
     /// Where compiled cells are cached, if anywhere.
     pub cache: Option<PathBuf>,
+    /// Where components (`content/`) and deployed cells (`deployed.json`) are kept.
+    pub data_dir: PathBuf,
+    /// Peers allowed to deploy and undeploy cells.
+    pub deployers: Vec<PeerId>,
+    /// The largest component stored, fetched or deployed, in bytes.
+    pub max_component: u64,
     /// Discovery, DHT, relaying.
     pub network: NetOptions,
 }
@@ -53,6 +61,9 @@ impl NodeConfig {
             grant_dial,
             cache_dir,
             no_cache,
+            data_dir,
+            deployers,
+            max_component,
             admin,
             bootstrap,
             no_mdns,
@@ -80,6 +91,14 @@ impl NodeConfig {
         let identity = match identity {
             Some(path) => path,
             None => crate::identity::default_path()?,
+        };
+        let data_dir = match data_dir {
+            Some(dir) => dir,
+            None => identity
+                .parent()
+                .map(|dir| if dir.as_os_str().is_empty() { Path::new(".") } else { dir })
+                .context("the identity file has no directory; pass --data-dir")?
+                .to_path_buf(),
         };
         let mut all = Vec::new();
         for (name, entry) in &cells {
@@ -140,6 +159,9 @@ impl NodeConfig {
             limits,
             cells: all,
             admin,
+            data_dir,
+            deployers,
+            max_component: max_component.unwrap_or(DEFAULT_MAX_COMPONENT),
             cache: self::cache_dir(no_cache, cache_dir, cache),
             network: NetOptions {
                 bootstrap,
@@ -157,11 +179,13 @@ impl NodeConfig {
         cell.limits.apply(self.limits)
     }
 
-    /// The largest memory any cell may use, which sizes the instance pool.
+    /// The largest memory any cell may use — a configured one, or one deployed
+    /// within the node's limits — which sizes the instance pool.
     pub fn max_memory_bytes(&self) -> usize {
         self.cells
             .iter()
             .map(|cell| self.cell_limits(cell).memory_bytes())
+            .chain([self.limits.memory_bytes()])
             .max()
             .unwrap_or(0)
     }

@@ -53,3 +53,15 @@ pub fn parse_cell_mode(flag: &str) -> anyhow::Result<(StreamProtocol, Mode)> {
     };
     Ok((parse_protocol(protocol)?, mode))
 }
+
+/// A list of peer IDs in a config file (`deployers = ["12D3KooW…"]`).
+pub fn deserialize_peers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PeerId>, D::Error> {
+    use serde::Deserialize as _;
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|peer| {
+            peer.parse()
+                .map_err(|e| serde::de::Error::custom(format!("`{peer}` is not a peer ID: {e}")))
+        })
+        .collect()
+}

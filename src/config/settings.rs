@@ -63,6 +63,20 @@ pub struct Settings {
     #[arg(long)]
     #[serde(skip)]
     pub no_cache: bool,
+    /// Where the node keeps its components and deployed cells [default: the identity
+    /// file's directory].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Accept cells deployed (`ww deploy`) by this peer; repeatable. Nobody may deploy
+    /// unless given.
+    #[arg(long = "deployer", value_name = "PEERID")]
+    #[serde(default, deserialize_with = "super::parse::deserialize_peers")]
+    pub deployers: Vec<PeerId>,
+    /// The largest component this node stores, fetches or accepts in a deployment (a
+    /// size: 64MiB, 512k) [default: 64MiB].
+    #[arg(long, value_name = "SIZE", value_parser = crate::limits::parse_size)]
+    #[serde(default, deserialize_with = "crate::limits::deserialize_size")]
+    pub max_component: Option<u64>,
     /// Serve /healthz, /metrics and /status over HTTP on this address (e.g.
     /// 127.0.0.1:2026); off unless given.
     #[arg(long, value_name = "ADDR")]
@@ -146,9 +160,9 @@ impl Settings {
     }
 
     /// These settings laid over `below`'s — the flags over the file — in one place:
-    /// `listen`, `identity`, `admin`, `dht` and the cache directory replace the
-    /// values below; cells, `allow`, `grant-dial`, `cell-mode`, `bootstrap` and
-    /// external addresses add to them; `--no-mdns`, `--relay` and `--no-cache` win;
+    /// `listen`, `identity`, `admin`, `dht`, the data and cache directories and
+    /// `max_component` replace the values below; cells, `allow`, `grant-dial`,
+    /// `cell-mode`, `bootstrap`, deployers and external addresses add to them; `--no-mdns`, `--relay` and `--no-cache` win;
     /// limits set here override those set below, key by key.
     pub fn over(self, below: Settings) -> Settings {
         Settings {
@@ -165,6 +179,9 @@ impl Settings {
             grant_dial: added(below.grant_dial, self.grant_dial),
             cache_dir: self.cache_dir.or(below.cache_dir),
             no_cache: self.no_cache || below.no_cache,
+            data_dir: self.data_dir.or(below.data_dir),
+            deployers: added(below.deployers, self.deployers),
+            max_component: self.max_component.or(below.max_component),
             admin: self.admin.or(below.admin),
             bootstrap: added(below.bootstrap, self.bootstrap),
             no_mdns: self.no_mdns || below.no_mdns,
@@ -370,7 +387,7 @@ mod tests {
             .iter()
             .map(|cell| match &cell.source {
                 CellSource::File(path) => path.clone(),
-                CellSource::Builtin(_) => panic!("a file cell"),
+                _ => panic!("a file cell"),
             })
             .collect();
         assert_eq!(sources, [dir.path().join("cells/x.wasm"), "y.wasm".into()]);

@@ -118,8 +118,7 @@ impl Control {
             } => {
                 let _ = reply.send(swarm.behaviour_mut().router.open_stream(peer, protocols));
             }
-            Request::Providers { protocol, reply } => {
-                let key = discovery::provider_key(&protocol);
+            Request::Providers { key, reply } => {
                 let queries = Dht::BOTH.map(|which| {
                     (
                         which,
@@ -436,7 +435,8 @@ mod tests {
             }
         };
         let mut announcements = discovery::Announcements::default();
-        announcements.provide(&mut swarm, &protocols);
+        let keys = protocols.iter().map(discovery::provider_key).collect();
+        announcements.provide(&mut swarm, keys);
         let task = tokio::spawn(async move {
             loop {
                 let event = swarm.select_next_some().await;
@@ -566,7 +566,7 @@ mod tests {
         // client's routing table fills in as the bootstrap dial completes.
         for attempt in 0.. {
             let found = ask(&mut swarm, &mut control, |reply| Request::Providers {
-                protocol: served.clone(),
+                key: discovery::provider_key(&served),
                 reply,
             })
             .await;

@@ -27,6 +27,7 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use super::{Behaviour, BehaviourEvent};
+use crate::content::ContentId;
 
 /// The WAN DHT's protocol: ww's own, not IPFS's `/ipfs/kad/1.0.0`.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ww/kad/1.0.0");
@@ -163,6 +164,12 @@ pub fn provider_key(protocol: &StreamProtocol) -> kad::RecordKey {
     kad::RecordKey::new(&digest)
 }
 
+/// The DHT key under which nodes holding a component announce it: the multihash of
+/// its CID, as IPFS does.
+pub fn content_key(content: &ContentId) -> kad::RecordKey {
+    kad::RecordKey::new(&content.cid().hash().to_bytes())
+}
+
 /// The peer ID an address ends in, if it ends in `/p2p/<peer-id>`.
 pub fn peer_of(addr: &Multiaddr) -> Option<libp2p::PeerId> {
     match addr.iter().last() {
@@ -214,23 +221,35 @@ pub fn join(swarm: &mut Swarm<Behaviour>, bootstrap: &[Multiaddr]) {
     }
 }
 
-/// The cells a swarm announces as their provider, in both DHTs: announced at once,
+/// What a swarm announces as their provider, in both DHTs (its cells' protocols and
+/// components, see [`provider_key`] and [`content_key`]): announced at once,
 /// again whenever a bootstrap fills a routing table in (at most every
 /// `REANNOUNCE_AFTER`, 10 s), refreshed by the DHTs every [`PROVIDER_REFRESH`], and
 /// withdrawn on shutdown.
 #[derive(Debug, Default)]
 pub struct Announcements {
-    /// Keys of the cells served.
+    /// Keys provided.
     keys: Vec<kad::RecordKey>,
     /// When they were last announced.
     announced: Option<Instant>,
 }
 
 impl Announcements {
-    /// Announces `protocols` as served by this swarm.
-    pub fn provide(&mut self, swarm: &mut Swarm<Behaviour>, protocols: &[StreamProtocol]) {
-        self.keys = protocols.iter().map(provider_key).collect();
-        self.announce(swarm);
+    /// Provides exactly `keys` from now on: announces the new ones, withdraws those
+    /// no longer given.
+    pub fn provide(&mut self, swarm: &mut Swarm<Behaviour>, keys: Vec<kad::RecordKey>) {
+        for gone in self.keys.iter().filter(|key| !keys.contains(key)) {
+            for which in Dht::BOTH {
+                swarm.behaviour_mut().dht(which).stop_providing(gone);
+            }
+        }
+        let new: Vec<_> = keys
+            .iter()
+            .filter(|key| !self.keys.contains(key))
+            .cloned()
+            .collect();
+        self.keys = keys;
+        Self::start_providing(swarm, &new);
     }
 
     /// Withdraws every announcement (this node's own store; other nodes' copies
@@ -271,7 +290,12 @@ impl Announcements {
     }
 
     fn announce(&mut self, swarm: &mut Swarm<Behaviour>) {
-        for key in &self.keys {
+        Self::start_providing(swarm, &self.keys);
+        self.announced = Some(Instant::now());
+    }
+
+    fn start_providing(swarm: &mut Swarm<Behaviour>, keys: &[kad::RecordKey]) {
+        for key in keys {
             for which in Dht::BOTH {
                 let dht = swarm.behaviour_mut().dht(which);
                 if let Err(error) = dht.start_providing(key.clone()) {
@@ -279,7 +303,6 @@ impl Announcements {
                 }
             }
         }
-        self.announced = Some(Instant::now());
     }
 }
 

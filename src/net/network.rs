@@ -9,9 +9,11 @@
 //! and cells that dial all go through here.
 
 use futures::channel::{mpsc, oneshot};
-use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
+use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, kad};
 
+use super::discovery;
 use super::router::{OpenStream, OpenStreamError};
+use crate::content::ContentId;
 
 /// Why a peer could not be reached.
 #[derive(Debug, thiserror::Error)]
@@ -100,10 +102,11 @@ pub enum Request {
         /// Answered with what to wait on for the stream.
         reply: oneshot::Sender<OpenStream>,
     },
-    /// Find the providers of a protocol and connect to each.
+    /// Find the providers of a key (a cell protocol's, or a component's) and connect
+    /// to each.
     Providers {
-        /// The cell protocol.
-        protocol: StreamProtocol,
+        /// What is provided: [`discovery::provider_key`] or [`discovery::content_key`].
+        key: kad::RecordKey,
         /// Answered when the lookup and every dial it started have finished.
         reply: oneshot::Sender<Vec<Provider>>,
     },
@@ -185,9 +188,21 @@ impl Network {
         &self,
         protocol: &StreamProtocol,
     ) -> Result<Vec<Provider>, ConnectError> {
+        self.providers_of(discovery::provider_key(protocol)).await
+    }
+
+    /// Finds the nodes that hold the component `content` (to fetch it on
+    /// [`crate::net::code`]) and connects to each, like [`Network::providers`].
+    pub async fn content_providers(
+        &self,
+        content: &ContentId,
+    ) -> Result<Vec<Provider>, ConnectError> {
+        self.providers_of(discovery::content_key(content)).await
+    }
+
+    async fn providers_of(&self, key: kad::RecordKey) -> Result<Vec<Provider>, ConnectError> {
         let (reply, answer) = oneshot::channel();
-        let protocol = protocol.clone();
-        self.send(Request::Providers { protocol, reply }).await?;
+        self.send(Request::Providers { key, reply }).await?;
         answer.await.map_err(|_| ConnectError::Closed)
     }
 

@@ -17,7 +17,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::future::{Ready, ready};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll, Waker};
 use std::{fmt, io};
 
@@ -84,9 +84,26 @@ pub enum OpenStreamError {
 /// the peer accepted.
 pub type OpenStream = oneshot::Receiver<Result<(Stream, StreamProtocol), OpenStreamError>>;
 
+/// The protocols a router accepts, shared with every connection: a change applies to
+/// every stream negotiated after it, on connections old and new. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Protocols(Arc<RwLock<Arc<[StreamProtocol]>>>);
+
+impl Protocols {
+    /// The protocols accepted now.
+    pub fn get(&self) -> Arc<[StreamProtocol]> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Accepts `protocols` from now on (and no others).
+    pub fn set(&self, protocols: Vec<StreamProtocol>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = protocols.into();
+    }
+}
+
 /// Accepts streams on the served protocols and opens streams on request.
 pub struct Behaviour {
-    protocols: Arc<[StreamProtocol]>,
+    protocols: Protocols,
     pending: VecDeque<ToSwarm<InboundStream, OpenRequest>>,
     waker: Option<Waker>,
     /// Each peer's direct (not relayed) connections: streams prefer them, since a relay
@@ -97,12 +114,19 @@ pub struct Behaviour {
 impl Behaviour {
     /// A router serving `protocols` (may be empty: a pure client).
     pub fn new(protocols: Vec<StreamProtocol>) -> Self {
+        let served = Protocols::default();
+        served.set(protocols);
         Self {
-            protocols: protocols.into(),
+            protocols: served,
             pending: VecDeque::new(),
             waker: None,
             direct: HashMap::new(),
         }
+    }
+
+    /// The protocols this router accepts, to change them while it runs.
+    pub fn protocols(&self) -> Protocols {
+        self.protocols.clone()
     }
 
     /// Opens a stream to `peer` over any established connection, on the first of
@@ -224,7 +248,7 @@ impl fmt::Debug for OpenRequest {
 pub struct Handler {
     peer: PeerId,
     connection: ConnectionId,
-    protocols: Arc<[StreamProtocol]>,
+    protocols: Protocols,
     /// Negotiated inbound streams not yet handed to the behaviour. Bounded by the
     /// muxer's limit on concurrent streams.
     inbound: VecDeque<InboundStream>,
@@ -243,7 +267,7 @@ impl ConnectionHandler for Handler {
     type OutboundOpenInfo = OpenRequest;
 
     fn listen_protocol(&self) -> SubstreamProtocol<ServedProtocols> {
-        SubstreamProtocol::new(ServedProtocols(self.protocols.clone()), ())
+        SubstreamProtocol::new(ServedProtocols(self.protocols.get()), ())
     }
 
     fn connection_keep_alive(&self) -> bool {

@@ -1,69 +1,137 @@
-//! The cells handler: every stream on a cell's protocol (plain, `+status` or `+call`)
-//! is checked against the cell's allowlist, waits for instance slots (see
-//! [`crate::admission`]) and runs a fresh instance of its cell.
+//! The cells handler and the set of cells a node serves. Every stream on a cell's
+//! protocol (plain, `+status` or `+call`) is checked against the cell's allowlist,
+//! waits for instance slots (see [`crate::admission`]) and runs a fresh instance of
+//! its cell.
+//!
+//! # Versions
+//! The set changes while the node runs (a deployment, a swap, an undeploy):
+//! [`Cells::install`] puts a protocol's new version in place for the streams that
+//! arrive from then on. A stream holds the version it started with (an
+//! `Arc<ServedCell>`) until it ends, so streams in flight finish on it, and a
+//! replaced version is freed when its last stream ends. Each change also updates the
+//! protocols the router accepts and the keys the node provides in the DHTs.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
-use libp2p::{PeerId, StreamProtocol};
+use libp2p::{PeerId, StreamProtocol, kad};
+use tokio::sync::watch;
 use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 use tokio_util::sync::CancellationToken;
 
 use super::Handler;
 use crate::admission::{Caps, Gate, Refusal, Scope};
-use crate::cell::{self, Cell, CellOptions, PeerWriter, Runtime};
-use crate::config::{CellSource, NodeConfig};
-use crate::metrics::{CellLabel, Metrics};
-use crate::net::network::Network;
-use crate::net::router::InboundStream;
+use crate::cell::{Cell, PeerWriter};
+use crate::config::CellSpec;
+use crate::content::ContentId;
+use crate::limits::Limits;
+use crate::metrics::{CellInfoLabel, CellLabel, Metrics};
+use crate::net::discovery;
+use crate::net::router::{self, InboundStream};
 use crate::net::status::{self, AnswerWriter, CallHeader, Outcome, Variant};
 
-/// Serves the node's cells.
+/// The cells a node serves, by protocol, and the handler of their streams.
 pub(super) struct Cells {
-    /// Cells by the protocol ID they are served on.
-    cells: HashMap<String, Arc<ServedCell>>,
+    /// The version of each cell served now, by the protocol it is served on.
+    served: RwLock<HashMap<String, Arc<ServedCell>>>,
     /// Node-wide instance slots.
     gate: Arc<Gate>,
     metrics: Arc<Metrics>,
     /// Cancelled when the grace period ends: streams still running are ended.
     stop: CancellationToken,
+    /// What the router accepts: `fixed`, and each cell's protocols.
+    router: router::Protocols,
+    /// The protocols of the node's other handlers.
+    fixed: Vec<StreamProtocol>,
+    /// What the node provides in the DHTs: each cell's protocol and component.
+    keys: watch::Sender<Vec<kad::RecordKey>>,
 }
 
 impl Cells {
-    /// Loads and compiles every cell `config` names.
-    pub(super) fn load(
-        runtime: &Arc<Runtime>,
-        config: &NodeConfig,
-        network: &Network,
+    /// An empty set: the router accepts only `fixed` until cells are installed.
+    pub(super) fn new(
+        limits: &Limits,
         metrics: Arc<Metrics>,
         stop: CancellationToken,
-    ) -> anyhow::Result<Self> {
-        Ok(Self {
-            cells: load_cells(runtime, config, network)?,
-            gate: Arc::new(Gate::new(Scope::Node, caps(&config.limits))),
+        router: router::Protocols,
+        fixed: Vec<StreamProtocol>,
+    ) -> (Self, watch::Receiver<Vec<kad::RecordKey>>) {
+        let (keys, announced) = watch::channel(Vec::new());
+        let cells = Self {
+            served: RwLock::default(),
+            gate: Arc::new(Gate::new(Scope::Node, caps(limits))),
             metrics,
             stop,
-        })
+            router,
+            fixed,
+            keys,
+        };
+        cells.publish();
+        (cells, announced)
     }
 
-    /// How many cells are served.
-    pub(super) fn len(&self) -> usize {
-        self.cells.len()
+    /// Serves `cell` on its protocol from now on; returns the version it replaces,
+    /// whose streams in flight run on.
+    pub(super) fn install(&self, cell: ServedCell) -> Option<Arc<ServedCell>> {
+        let cell = Arc::new(cell);
+        let previous = self.write().insert(cell.protocol.to_string(), cell.clone());
+        if let Some(previous) = &previous
+            && previous.info_label() != cell.info_label()
+        {
+            self.metrics.cell_withdrawn(&previous.info_label());
+        }
+        self.metrics.cell_served(cell.info_label());
+        self.publish();
+        previous
     }
 
-    /// Every protocol the cells are reached on: each cell's, its `+status` and its
-    /// `+call` variant.
-    pub(super) fn protocols(config: &NodeConfig) -> Vec<StreamProtocol> {
-        let mut protocols = Vec::new();
-        for cell in &config.cells {
+    /// Stops serving `protocol`: new streams on it are refused; those in flight run
+    /// on. Returns the cell removed.
+    pub(super) fn remove(&self, protocol: &str) -> Option<Arc<ServedCell>> {
+        let removed = self.write().remove(protocol)?;
+        self.metrics.cell_withdrawn(&removed.info_label());
+        self.publish();
+        Some(removed)
+    }
+
+    /// The cell served on `protocol` now.
+    pub(super) fn get(&self, protocol: &str) -> Option<Arc<ServedCell>> {
+        self.read().get(protocol).cloned()
+    }
+
+    /// Every cell served now, by protocol.
+    pub(super) fn list(&self) -> Vec<Arc<ServedCell>> {
+        let mut cells: Vec<_> = self.read().values().cloned().collect();
+        cells.sort_by(|a, b| a.protocol.as_ref().cmp(b.protocol.as_ref()));
+        cells
+    }
+
+    /// Tells the router and the DHT announcements what is served now.
+    fn publish(&self) {
+        let served = self.read();
+        let mut protocols = self.fixed.clone();
+        let mut keys = Vec::new();
+        for cell in served.values() {
             protocols.push(cell.protocol.clone());
             protocols.push(status::status_variant(&cell.protocol));
             protocols.push(status::call_variant(&cell.protocol));
+            keys.push(discovery::provider_key(&cell.protocol));
+            keys.push(discovery::content_key(&cell.content));
         }
-        protocols
+        self.router.set(protocols);
+        self.keys.send_replace(keys);
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<ServedCell>>> {
+        self.served.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<ServedCell>>> {
+        self.served.write().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -76,11 +144,11 @@ impl Handler for Cells {
             ..
         } = inbound;
         let (base, variant) = status::parse(&protocol);
-        let served = self
-            .cells
-            .get(base)
-            .expect("the router only accepts served protocols")
-            .clone();
+        // Removed between the negotiation and now: as if it had never been served.
+        let Some(served) = self.get(base) else {
+            tracing::debug!("cell removed while its stream was negotiated; stream dropped");
+            return futures::future::ready(()).boxed();
+        };
         let refusal = if closing {
             Some(Refusal::ShuttingDown)
         } else if served
@@ -109,10 +177,48 @@ impl Handler for Cells {
     }
 }
 
-/// A cell as the node serves it: compiled, with its access rules and caps.
-struct ServedCell {
+/// Where a served cell's component came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// Compiled into ww.
+    Builtin,
+    /// A file named in the config or a flag.
+    File,
+    /// Named by its CID in the config or a flag (from the store, or fetched).
+    Content,
+    /// Deployed by a peer while the node runs.
+    Deployed,
+}
+
+impl Origin {
+    /// How `ww cells` and `/status` name it.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Origin::Builtin => "builtin",
+            Origin::File => "file",
+            Origin::Content => "content",
+            Origin::Deployed => "deployed",
+        }
+    }
+}
+
+/// One version of a cell as the node serves it: compiled, named by its component's
+/// CID, with its access rules and caps.
+pub(super) struct ServedCell {
     cell: Cell,
     label: CellLabel,
+    /// The protocol it is served on.
+    pub(super) protocol: StreamProtocol,
+    /// Its component's CID.
+    pub(super) content: ContentId,
+    /// Where its component came from.
+    pub(super) origin: Origin,
+    /// When it was installed.
+    pub(super) since: SystemTime,
+    /// The limits its instances run within.
+    pub(super) limits: Limits,
+    /// Instances of this version alive now.
+    live: AtomicU64,
     /// Peers allowed to open streams; everyone if `None`.
     allow: Option<HashSet<PeerId>>,
     /// The cell's own caps, if it has any beyond the node's.
@@ -121,44 +227,26 @@ struct ServedCell {
     queue: Duration,
 }
 
-/// The admission caps that `limits` set.
-fn caps(limits: &crate::limits::Limits) -> Caps {
-    Caps {
-        instances: limits.max_instances,
-        per_peer: limits.max_per_peer,
-        backlog: limits.backlog,
-    }
-}
-
-fn load_cells(
-    runtime: &Arc<Runtime>,
-    config: &NodeConfig,
-    network: &Network,
-) -> anyhow::Result<HashMap<String, Arc<ServedCell>>> {
-    let mut cells = HashMap::new();
-    for spec in &config.cells {
-        let started = std::time::Instant::now();
-        let limits = config.cell_limits(spec);
-        let options = CellOptions {
-            name: spec.name.clone(),
-            limits,
-            mode: spec.mode,
-            dial: spec.dial.clone(),
-            network: Some(network.clone()),
-        };
-        let cell = match &spec.source {
-            CellSource::Builtin(builtin) => {
-                let source = format!("built-in cell `{}`", builtin.name);
-                runtime.load(&source, builtin.wasm, &options)?
-            }
-            CellSource::File(path) => cell::load_file(runtime, path, &options)?,
-        };
-        tracing::info!(cell = %spec.name, protocol = %spec.protocol, mode = cell.mode(), cached = cell.cached(), elapsed = ?started.elapsed(), ?limits, "cell loaded");
-        let served = ServedCell {
+impl ServedCell {
+    /// `cell`, compiled from `spec`'s component `content` to run within `limits`.
+    pub(super) fn new(
+        spec: &CellSpec,
+        cell: Cell,
+        content: ContentId,
+        origin: Origin,
+        limits: Limits,
+    ) -> Self {
+        Self {
             cell,
             label: CellLabel {
                 cell: spec.name.clone(),
             },
+            protocol: spec.protocol.clone(),
+            content,
+            origin,
+            since: SystemTime::now(),
+            limits,
+            live: AtomicU64::new(0),
             allow: spec
                 .allow
                 .as_ref()
@@ -168,10 +256,71 @@ fn load_cells(
                 .caps_admission()
                 .then(|| Gate::new(Scope::Cell, caps(&limits))),
             queue: limits.queue(),
-        };
-        cells.insert(spec.protocol.to_string(), Arc::new(served));
+        }
     }
-    Ok(cells)
+
+    /// Its name in logs and metrics.
+    pub(super) fn name(&self) -> &str {
+        &self.label.cell
+    }
+
+    /// How it reaches its stream: `connection` or `stdio`.
+    pub(super) fn mode(&self) -> &'static str {
+        self.cell.mode()
+    }
+
+    /// Instances of this version alive now.
+    pub(super) fn live(&self) -> u64 {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// How `/status` shows it.
+    pub(super) fn info(&self) -> crate::admin::CellInfo {
+        crate::admin::CellInfo {
+            name: self.label.cell.clone(),
+            protocol: self.protocol.to_string(),
+            content: self.content.to_string(),
+            kind: self.mode(),
+            source: self.origin.name(),
+            since_unix_s: self
+                .since
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs()),
+        }
+    }
+
+    fn info_label(&self) -> CellInfoLabel {
+        CellInfoLabel {
+            cell: self.label.cell.clone(),
+            protocol: self.protocol.to_string(),
+            content: self.content.to_string(),
+        }
+    }
+}
+
+/// Counts a live instance of a version while it is held.
+struct LiveInstance(Arc<ServedCell>);
+
+impl LiveInstance {
+    fn new(served: &Arc<ServedCell>) -> Self {
+        served.live.fetch_add(1, Ordering::Relaxed);
+        Self(served.clone())
+    }
+}
+
+impl Drop for LiveInstance {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The admission caps that `limits` set.
+fn caps(limits: &Limits) -> Caps {
+    Caps {
+        instances: limits.max_instances,
+        per_peer: limits.max_per_peer,
+        backlog: limits.backlog,
+    }
 }
 
 /// What a stream needs to be admitted, besides its cell.
@@ -242,6 +391,7 @@ async fn serve(
         Ok(passes) => passes,
         Err(refusal) => return refuse(stream, variant, refusal, metrics, served).await,
     };
+    let _live = LiveInstance::new(&served);
     let (reader, writer) = tokio::io::split(stream.compat());
     let args = [args[0].as_str(), args[1].as_str()];
     let writer = PeerWriter::new(writer, variant.is_framed());
@@ -276,3 +426,6 @@ async fn refuse(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

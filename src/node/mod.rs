@@ -24,6 +24,8 @@
 //! [`FINAL_FLUSH`] (and the abort, which takes no time unless a task never yields).
 
 mod cells;
+mod code;
+mod loading;
 mod shutdown;
 mod stats;
 #[cfg(test)]
@@ -41,14 +43,16 @@ use futures::{Stream, StreamExt as _};
 use libp2p::core::transport::ListenerId;
 use libp2p::metrics::Recorder as _;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, autonat, identify, relay};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, autonat, identify, kad, relay};
+use tokio::sync::watch;
 use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::admin::{self, CellInfo, NetworkView};
+use crate::admin::{self, NetworkView};
 use crate::cell::{Cache, PoolSize, Runtime};
-use crate::config::NodeConfig;
+use crate::config::{CellSpec, NodeConfig};
+use crate::content::store::Store;
 use crate::metrics::Metrics;
 use crate::net::control::Control;
 use crate::net::discovery::Announcements;
@@ -56,6 +60,8 @@ use crate::net::network::{Network, Request};
 use crate::net::relays::Relays;
 use crate::net::router::InboundStream;
 use crate::net::{self, Behaviour, BehaviourEvent, discovery};
+use cells::Cells;
+use loading::Loader;
 
 pub use crate::net::STATS_PROTOCOL;
 pub use shutdown::FINAL_FLUSH;
@@ -86,24 +92,40 @@ pub async fn run(
     };
     let cache = config.cache.clone().map(Cache::open).transpose()?;
     let runtime = Runtime::new(Some(pool), metrics.clone(), cache)?;
+    let content_dir = config.data_dir.join("content");
+    let store = Store::open(&content_dir, config.max_component)
+        .with_context(|| format!("cannot open the content store in {}", content_dir.display()))?;
     let (network_handle, requests) = Network::new(keypair.public().to_peer_id());
+    let loader = Loader {
+        runtime: runtime.clone(),
+        store: store.clone(),
+        network: network_handle.clone(),
+    };
+    // Every cell whose component is here is compiled before the node listens: a bad
+    // one stops the start. Components named by a CID the node lacks come later.
+    let mut loaded = Vec::new();
+    let mut to_fetch = Vec::new();
+    for spec in &config.cells {
+        let limits = config.cell_limits(spec);
+        match loader.local(spec)? {
+            Some((bytes, content, origin)) => {
+                loaded.push(loader.compile(spec, limits, &bytes, content, origin)?)
+            }
+            None => to_fetch.push((spec.clone(), limits)),
+        }
+    }
     let stop = CancellationToken::new();
-    let cells = cells::Cells::load(
-        &runtime,
-        &config,
-        &network_handle,
-        metrics.clone(),
-        stop.clone(),
-    )?;
-    let cell_count = cells.len();
     let mut handlers = Handlers::new();
     handlers.insert(STATS_PROTOCOL, Arc::new(stats::Stats(metrics.clone())));
-    let cells: Arc<dyn Handler> = Arc::new(cells);
-    for protocol in cells::Cells::protocols(&config) {
-        handlers.insert(protocol, cells.clone());
+    handlers.insert(net::code::PROTOCOL, Arc::new(code::Code::new(store)));
+    let fixed: Vec<StreamProtocol> = handlers.keys().cloned().collect();
+    let swarm = net::build_swarm(keypair, fixed.clone(), &config.network)?;
+    let router = swarm.behaviour().router.protocols();
+    let (cells, announced) = Cells::new(&config.limits, metrics.clone(), stop.clone(), router, fixed);
+    let cells = Arc::new(cells);
+    for cell in loaded {
+        cells.install(cell);
     }
-    let protocols = handlers.keys().cloned().collect();
-    let swarm = net::build_swarm(keypair, protocols, &config.network)?;
     let mut node = Node::new(
         swarm,
         handlers,
@@ -112,29 +134,71 @@ pub async fn run(
         network_handle,
         requests,
     );
+    node.serve_cells(cells.clone(), announced);
     for addr in &config.listen {
         node.listen(addr)?;
     }
     let admin = match config.admin {
         Some(addr) => {
-            let infos = config.cells.iter().map(|cell| CellInfo {
-                name: cell.name.clone(),
-                protocol: cell.protocol.to_string(),
-            });
+            let view = cells.clone();
+            let view: admin::CellsView = Arc::new(move || view.list().iter().map(|c| c.info()).collect());
             let network = node.network.clone();
-            Some(admin::spawn(addr, metrics, network, infos.collect()).await?)
+            Some(admin::spawn(addr, metrics, network, view).await?)
         }
         None => None,
     };
-    tracing::info!(peer = %node.swarm.local_peer_id(), pooling = runtime.pooling, cells = cell_count, "node starting");
+    tracing::info!(peer = %node.swarm.local_peer_id(), pooling = runtime.pooling, cells = config.cells.len(), "node starting");
 
     discovery::join(&mut node.swarm, &config.network.bootstrap);
-    let served: Vec<StreamProtocol> = config.cells.iter().map(|c| c.protocol.clone()).collect();
-    node.announcements.provide(&mut node.swarm, &served);
+    // A component that cannot be fetched stops the node, as a bad file would have.
+    let (failed, failures) = mpsc::unbounded();
+    for (spec, limits) in to_fetch {
+        let (loader, cells, failed) = (loader.clone(), cells.clone(), failed.clone());
+        let span = tracing::info_span!("fetch", cell = %spec.name, protocol = %spec.protocol);
+        tokio::spawn(
+            async move {
+                if let Err(error) = fetch_and_install(&loader, &cells, spec, limits).await {
+                    let _ = failed.unbounded_send(error);
+                }
+            }
+            .instrument(span),
+        );
+    }
+    let failure = Arc::new(std::sync::Mutex::new(None));
+    let noted = failure.clone();
+    let failures = failures.map(move |error: anyhow::Error| {
+        tracing::error!(error = %format!("{error:#}"), "stopping");
+        noted.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(error);
+    });
+    let signals = futures::stream::select(signals, failures);
     node.serve(config.shutdown_grace, signals).await;
     if let Some(admin) = admin {
         admin.abort();
     }
+    match failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// Fetches the component `spec` names by its CID, compiles it and serves it.
+async fn fetch_and_install(
+    loader: &Loader,
+    cells: &Cells,
+    spec: CellSpec,
+    limits: crate::limits::Limits,
+) -> anyhow::Result<()> {
+    let crate::config::CellSource::Content(content) = &spec.source else {
+        unreachable!("only components named by their CID are fetched");
+    };
+    let content = *content;
+    let name = spec.name.clone();
+    let bytes = loader.fetch(&content).await?;
+    let cell = loader
+        .compile_off_task(spec, limits, bytes, cells::Origin::Content)
+        .await
+        .with_context(|| format!("cell `{name}`"))?;
+    cells.install(cell);
     Ok(())
 }
 
@@ -166,6 +230,10 @@ struct Node {
     _network: Network,
     /// Relays we know of, and those we listen through.
     relays: Relays,
+    /// Serves every protocol without a handler of its own: the cells'.
+    cells: Option<Arc<dyn Handler>>,
+    /// What the cells want provided in the DHTs, as it changes.
+    announced: Option<watch::Receiver<Vec<kad::RecordKey>>>,
 }
 
 impl Node {
@@ -199,7 +267,20 @@ impl Node {
             requests,
             _network: network,
             relays: Relays::default(),
+            cells: None,
+            announced: None,
         }
+    }
+
+    /// Routes every stream on a protocol without a handler of its own to `cells`,
+    /// and provides in the DHTs what `announced` says, as it changes.
+    fn serve_cells(
+        &mut self,
+        cells: Arc<dyn Handler>,
+        announced: watch::Receiver<Vec<kad::RecordKey>>,
+    ) {
+        self.cells = Some(cells);
+        self.announced = Some(announced);
     }
 
     /// Listens on `addr` (its address is printed once bound, see [`run`]).
@@ -219,6 +300,7 @@ impl Node {
                 Some(()) = signals.next() => break,
                 event = self.swarm.select_next_some() => self.on_event(event),
                 Some(request) = self.requests.next() => self.control.handle(&mut self.swarm, request),
+                keys = changed(&mut self.announced) => self.announcements.provide(&mut self.swarm, keys),
                 // Reaped as they end: a JoinSet keeps every finished task until joined.
                 Some(ended) = self.tasks.join_next() => on_task_end(ended),
             }
@@ -330,11 +412,11 @@ impl Node {
         let id = self.next_stream;
         self.next_stream += 1;
         let span = tracing::info_span!("stream", peer = %inbound.peer, protocol = %inbound.protocol, id, connection = %inbound.connection);
-        let handler = self
-            .handlers
-            .get(&inbound.protocol)
-            .expect("the router only accepts protocols with a handler")
-            .clone();
+        let Some(handler) = self.handlers.get(&inbound.protocol).or(self.cells.as_ref()) else {
+            tracing::debug!(protocol = %inbound.protocol, "no handler; stream dropped");
+            return;
+        };
+        let handler = handler.clone();
         let task = handler.accept(inbound, !self.accepting);
         self.tasks.spawn(task.instrument(span));
     }
@@ -368,6 +450,18 @@ impl Node {
             Err(error) => tracing::warn!(%circuit, %error, "cannot listen through relay"),
         }
     }
+}
+
+/// The next set of keys `announced` gives; never, if there is none.
+async fn changed(
+    announced: &mut Option<watch::Receiver<Vec<kad::RecordKey>>>,
+) -> Vec<kad::RecordKey> {
+    if let Some(keys) = announced
+        && keys.changed().await.is_ok()
+    {
+        return keys.borrow_and_update().clone();
+    }
+    std::future::pending().await
 }
 
 /// Notes how a stream's task ended: a panic is logged (the task's stream is gone

@@ -3,6 +3,7 @@
 mod admin;
 mod bench;
 mod cluster;
+mod content;
 mod dialer;
 mod echo;
 mod failures;

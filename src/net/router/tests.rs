@@ -130,3 +130,40 @@ async fn a_protocol_not_served_is_refused_with_a_typed_error_and_the_connection_
         1
     );
 }
+
+#[tokio::test]
+async fn protocols_changed_while_connected_apply_to_the_next_stream() {
+    let first = StreamProtocol::new("/test/first/1");
+    let second = StreamProtocol::new("/test/second/1");
+    let mut server = testing::memory_swarm(|_, _| Behaviour::new(vec![first.clone()]));
+    let served = server.behaviour().protocols();
+    let (_, addr) = testing::listen(&mut server).await;
+    tokio::spawn(async move {
+        loop {
+            server.select_next_some().await;
+        }
+    });
+    let mut client = testing::memory_swarm(|_, _| Behaviour::new(Vec::new()));
+    let peer = testing::connect(&mut client, addr).await;
+    let open = |client: &mut libp2p::Swarm<Behaviour>, protocol: &StreamProtocol| {
+        client.behaviour_mut().open_stream(peer, vec![protocol.clone()])
+    };
+
+    let refused = open(&mut client, &second);
+    let refused = testing::run_until(&mut client, refused).await.unwrap();
+    assert!(matches!(refused, Err(OpenStreamError::UnsupportedProtocol(_))));
+
+    served.set(vec![second.clone()]);
+    let opened = open(&mut client, &second);
+    let (_stream, chosen) = testing::run_until(&mut client, opened)
+        .await
+        .unwrap()
+        .expect("a protocol added is served on the open connection");
+    assert_eq!(chosen, second);
+    let refused = open(&mut client, &first);
+    let refused = testing::run_until(&mut client, refused).await.unwrap();
+    assert!(
+        matches!(refused, Err(OpenStreamError::UnsupportedProtocol(_))),
+        "a protocol removed is refused"
+    );
+}
