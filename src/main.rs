@@ -99,7 +99,12 @@ fn default_log_filter(command: &Command) -> &'static str {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run(settings) => ww::node::run(settings.into_config()?, shutdown_signals()).await,
+        Command::Run(settings) => {
+            let config = settings.clone().into_config()?;
+            let reloads =
+                futures::StreamExt::map(hangups(), move |()| settings.clone().into_config());
+            ww::node::run(config, shutdown_signals(), reloads).await
+        }
         Command::Dial(args) => args.run().await,
         Command::Devnet(options) => {
             let exe = std::env::current_exe().context("cannot find the ww binary")?;
@@ -141,6 +146,26 @@ fn shutdown_signals() -> impl futures::Stream<Item = ()> + Send + Unpin {
     #[cfg(not(unix))]
     let term = futures::stream::empty::<()>().boxed();
     futures::stream::select(ctrl_c.boxed(), term)
+}
+
+/// Every SIGHUP, as they come: the signal to read the configuration again.
+fn hangups() -> futures::stream::BoxStream<'static, ()> {
+    use futures::StreamExt as _;
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangup) => futures::stream::unfold(hangup, |mut hangup| async move {
+            hangup.recv().await?;
+            tracing::info!("SIGHUP: reading the configuration again");
+            Some(((), hangup))
+        })
+        .boxed(),
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch for SIGHUP; the configuration is read once");
+            futures::stream::empty().boxed()
+        }
+    }
+    #[cfg(not(unix))]
+    futures::stream::empty().boxed()
 }
 
 /// A stream that yields each time `next_signal` resolves with `Ok`, and ends (never

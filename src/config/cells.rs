@@ -14,7 +14,7 @@ use crate::cell::{DialGrant, DialSetting, Mode};
 use crate::limits::LimitOverrides;
 
 /// One `[cells.<name>]` table.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CellEntry {
     /// The libp2p protocol the cell is served on.

@@ -20,7 +20,7 @@ use crate::net::DhtMode;
 /// and [`Settings::over`] lays the flags over the file. A field only one side can set
 /// is skipped by the other (`#[serde(skip)]`: a flag the file may not spell;
 /// `#[arg(skip)]`: a key with no flag).
-#[derive(Debug, Default, Deserialize, clap::Args)]
+#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Address to listen on; repeatable [default: /ip4/0.0.0.0/tcp/2025 and

@@ -298,6 +298,12 @@ impl ServedCell {
     }
 }
 
+impl Drop for ServedCell {
+    fn drop(&mut self) {
+        tracing::debug!(cell = %self.label.cell, protocol = %self.protocol, content = %self.content, "cell version freed");
+    }
+}
+
 /// Counts a live instance of a version while it is held.
 struct LiveInstance(Arc<ServedCell>);
 

@@ -26,6 +26,7 @@
 mod cells;
 mod code;
 mod loading;
+mod reload;
 mod shutdown;
 mod stats;
 #[cfg(test)]
@@ -80,9 +81,13 @@ type Handlers = HashMap<StreamProtocol, Arc<dyn Handler>>;
 /// gracefully; a second signal stops it at once (see the module docs). Listen
 /// addresses are printed on stdout, one full multiaddr (ending in `/p2p/<peer-id>`)
 /// per line, as soon as they are bound.
+///
+/// Each configuration `reloads` gives (read again at SIGHUP) updates the cells served
+/// (see [`reload`]).
 pub async fn run(
     config: NodeConfig,
     signals: impl Stream<Item = ()> + Unpin,
+    reloads: impl Stream<Item = anyhow::Result<NodeConfig>> + Send + Unpin + 'static,
 ) -> anyhow::Result<()> {
     let keypair = crate::identity::load_or_create(&config.identity)?;
     let metrics = Arc::new(Metrics::new());
@@ -105,11 +110,13 @@ pub async fn run(
     // one stops the start. Components named by a CID the node lacks come later.
     let mut loaded = Vec::new();
     let mut to_fetch = Vec::new();
+    let mut configured = reload::Configured::default();
     for spec in &config.cells {
         let limits = config.cell_limits(spec);
         match loader.local(spec)? {
             Some((bytes, content, origin)) => {
-                loaded.push(loader.compile(spec, limits, &bytes, content, origin)?)
+                loaded.push(loader.compile(spec, limits, &bytes, content, origin)?);
+                configured.note(spec, &limits, &content);
             }
             None => to_fetch.push((spec.clone(), limits)),
         }
@@ -164,6 +171,14 @@ pub async fn run(
             .instrument(span),
         );
     }
+    let reloading = {
+        let (loader, cells) = (loader.clone(), cells.clone());
+        let span = tracing::info_span!("reload");
+        tokio::spawn(
+            async move { reload::apply_reloads(loader, &cells, configured, reloads).await }
+                .instrument(span),
+        )
+    };
     let failure = Arc::new(std::sync::Mutex::new(None));
     let noted = failure.clone();
     let failures = failures.map(move |error: anyhow::Error| {
@@ -172,6 +187,7 @@ pub async fn run(
     });
     let signals = futures::stream::select(signals, failures);
     node.serve(config.shutdown_grace, signals).await;
+    reloading.abort();
     if let Some(admin) = admin {
         admin.abort();
     }

@@ -14,3 +14,4 @@ mod python;
 mod startup;
 mod stdio;
 mod support;
+mod swap;
