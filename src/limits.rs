@@ -270,6 +270,35 @@ impl LimitOverrides {
         }
     }
 
+    /// What a deployment that asks for these limits is granted under `ceiling`: each
+    /// value asked for, cut to the ceiling's (for the time limits, where 0 means
+    /// none, "none" is the most); only the keys asked for are set.
+    pub fn granted_under(&self, ceiling: &Limits) -> LimitOverrides {
+        /// The lesser of two time limits where 0 is no limit.
+        fn time(asked: Option<u64>, most: u64) -> Option<u64> {
+            asked.map(|asked| match (asked, most) {
+                (_, 0) => asked,
+                (0, most) => most,
+                (asked, most) => asked.min(most),
+            })
+        }
+        fn less<T: Ord>(asked: Option<T>, most: T) -> Option<T> {
+            asked.map(|asked| asked.min(most))
+        }
+        LimitOverrides {
+            cpu_ms: time(self.cpu_ms, ceiling.cpu_ms),
+            wall_s: time(self.wall_s, ceiling.wall_s),
+            idle_s: time(self.idle_s, ceiling.idle_s),
+            memory_mb: less(self.memory_mb, ceiling.memory_mb),
+            max_instances: less(self.max_instances, ceiling.max_instances),
+            max_per_peer: less(self.max_per_peer, ceiling.max_per_peer),
+            backlog: less(self.backlog, ceiling.backlog),
+            queue_ms: less(self.queue_ms, ceiling.queue_ms),
+            max_dials: less(self.max_dials, ceiling.max_dials),
+            max_hops: less(self.max_hops, ceiling.max_hops),
+        }
+    }
+
     /// Whether this sets an admission cap of its own (a per-cell gate).
     pub fn caps_admission(&self) -> bool {
         self.max_instances.is_some() || self.max_per_peer.is_some() || self.backlog.is_some()
@@ -278,6 +307,28 @@ impl LimitOverrides {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_deployment_gets_at_most_the_ceiling() {
+        let ceiling = Limits {
+            wall_s: 0,
+            ..Limits::DEFAULT
+        };
+        let asked = LimitOverrides {
+            cpu_ms: Some(0),
+            wall_s: Some(30),
+            memory_mb: Some(4096),
+            max_instances: Some(5),
+            ..LimitOverrides::default()
+        };
+        let granted = asked.granted_under(&ceiling);
+        assert_eq!(granted.cpu_ms, Some(ceiling.cpu_ms), "no limit is more than any");
+        assert_eq!(granted.wall_s, Some(30), "any limit is less than none");
+        assert_eq!(granted.memory_mb, Some(ceiling.memory_mb));
+        assert_eq!(granted.max_instances, Some(5));
+        assert_eq!(granted.idle_s, None, "only what was asked for is set");
+        assert!(granted.caps_admission());
+    }
+
     use super::*;
 
     #[test]

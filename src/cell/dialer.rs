@@ -86,6 +86,26 @@ impl DialGrant {
     pub fn is_granted(&self) -> bool {
         *self != Self::Denied
     }
+
+    /// What of this grant `allowed` permits: the protocols both cover.
+    pub fn within(&self, allowed: &DialGrant) -> DialGrant {
+        match (self, allowed) {
+            (Self::Denied, _) | (_, Self::Denied) => Self::Denied,
+            (Self::Any, other) | (other, Self::Any) => other.clone(),
+            (Self::Only(asked), Self::Only(allowed)) => {
+                let both: Vec<_> = asked
+                    .iter()
+                    .filter(|protocol| allowed.contains(protocol))
+                    .cloned()
+                    .collect();
+                if both.is_empty() {
+                    Self::Denied
+                } else {
+                    Self::Only(both)
+                }
+            }
+        }
+    }
 }
 
 /// The `dial` key of a `[cells.<name>]` table: `true`, `false`, or a list of protocols.
@@ -365,6 +385,22 @@ impl bindings::Host for DialerView<'_> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_grant_within_another_covers_what_both_do() {
+        let (a, b, c) = (
+            StreamProtocol::new("/a/1"),
+            StreamProtocol::new("/b/1"),
+            StreamProtocol::new("/c/1"),
+        );
+        let only = |p: &[&StreamProtocol]| DialGrant::Only(p.iter().map(|p| (*p).clone()).collect());
+        assert_eq!(DialGrant::Any.within(&DialGrant::Any), DialGrant::Any);
+        assert_eq!(DialGrant::Any.within(&only(&[&a])), only(&[&a]));
+        assert_eq!(only(&[&a, &b]).within(&DialGrant::Any), only(&[&a, &b]));
+        assert_eq!(only(&[&a, &b]).within(&only(&[&b, &c])), only(&[&b]));
+        assert_eq!(only(&[&a]).within(&only(&[&c])), DialGrant::Denied);
+        assert_eq!(DialGrant::Any.within(&DialGrant::Denied), DialGrant::Denied);
+    }
+
     use super::*;
     use bindings::Host as _;
 

@@ -156,17 +156,7 @@ impl CellSpec {
                     .collect::<Result<_, _>>()?,
             ),
         };
-        let dial = match &entry.dial {
-            None | Some(DialSetting::All(false)) => DialGrant::Denied,
-            Some(DialSetting::All(true)) => DialGrant::Any,
-            Some(DialSetting::Only(protocols)) => DialGrant::Only(
-                protocols
-                    .iter()
-                    .map(|p| parse_protocol(p))
-                    .collect::<Result<_, _>>()
-                    .context("dial")?,
-            ),
-        };
+        let dial = super::parse::dial_grant(entry.dial.as_ref()).context("dial")?;
         Ok(Self {
             name: name.to_string(),
             protocol: parse_protocol(&entry.protocol)?,

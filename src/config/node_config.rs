@@ -10,6 +10,7 @@ use libp2p::{Multiaddr, PeerId};
 
 use super::cells::check_cell_protocol;
 use super::{CacheSetting, CellSpec, Settings};
+use crate::cell::DialGrant;
 use crate::limits::Limits;
 use crate::net::NetOptions;
 
@@ -43,6 +44,10 @@ pub struct NodeConfig {
     pub deployers: Vec<PeerId>,
     /// The largest component stored, fetched or deployed, in bytes.
     pub max_component: u64,
+    /// The most a deployed cell is granted.
+    pub deploy_ceiling: Limits,
+    /// What a deployed cell may be granted to dial.
+    pub deploy_dial: DialGrant,
     /// Discovery, DHT, relaying.
     pub network: NetOptions,
 }
@@ -74,6 +79,8 @@ impl NodeConfig {
             shutdown_grace_s,
             cache,
             mdns,
+            deploy_limits,
+            deploy_dial,
             cells,
         } = flags.over(file);
         let listen = if listen.is_empty() {
@@ -128,6 +135,9 @@ impl NodeConfig {
         }
         let limits = limits.apply(Limits::DEFAULT);
         limits.check().context("[limits]")?;
+        let deploy_ceiling = deploy_limits.apply(limits);
+        deploy_ceiling.check().context("[deploy_limits]")?;
+        let deploy_dial = super::parse::dial_grant(deploy_dial.as_ref()).context("deploy_dial")?;
         for (i, cell) in all.iter().enumerate() {
             check_cell_protocol(&cell.protocol).with_context(|| format!("cell `{}`", cell.name))?;
             cell.limits
@@ -162,6 +172,8 @@ impl NodeConfig {
             data_dir,
             deployers,
             max_component: max_component.unwrap_or(DEFAULT_MAX_COMPONENT),
+            deploy_ceiling,
+            deploy_dial,
             cache: self::cache_dir(no_cache, cache_dir, cache),
             network: NetOptions {
                 bootstrap,
@@ -185,7 +197,7 @@ impl NodeConfig {
         self.cells
             .iter()
             .map(|cell| self.cell_limits(cell).memory_bytes())
-            .chain([self.limits.memory_bytes()])
+            .chain([self.limits.memory_bytes(), self.deploy_ceiling.memory_bytes()])
             .max()
             .unwrap_or(0)
     }

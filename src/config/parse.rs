@@ -4,7 +4,7 @@
 use anyhow::{Context as _, bail};
 use libp2p::{PeerId, StreamProtocol};
 
-use crate::cell::{DialGrant, Mode};
+use crate::cell::{DialGrant, DialSetting, Mode};
 
 /// Checks a protocol ID the way libp2p wants it: a string starting with `/`.
 pub fn parse_protocol(protocol: &str) -> anyhow::Result<StreamProtocol> {
@@ -64,4 +64,19 @@ pub fn deserialize_peers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<P
                 .map_err(|e| serde::de::Error::custom(format!("`{peer}` is not a peer ID: {e}")))
         })
         .collect()
+}
+
+/// A `dial` key's setting as a grant: `true` anything, `false` or absent nothing, a
+/// list only those protocols.
+pub fn dial_grant(setting: Option<&DialSetting>) -> anyhow::Result<DialGrant> {
+    Ok(match setting {
+        None | Some(DialSetting::All(false)) => DialGrant::Denied,
+        Some(DialSetting::All(true)) => DialGrant::Any,
+        Some(DialSetting::Only(protocols)) => DialGrant::Only(
+            protocols
+                .iter()
+                .map(|p| parse_protocol(p))
+                .collect::<Result<_, _>>()?,
+        ),
+    })
 }

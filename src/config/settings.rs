@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::parse::{parse_allow, parse_cell_mode, parse_dial_grant};
 use super::{CellEntry, CellSpec, NodeConfig};
-use crate::cell::{DialGrant, Mode};
+use crate::cell::{DialGrant, DialSetting, Mode};
 use crate::limits::LimitOverrides;
 use crate::net::DhtMode;
 
@@ -116,6 +116,14 @@ pub struct Settings {
     /// Whether to find peers on the local network (default: yes).
     #[arg(skip)]
     pub mdns: Option<bool>,
+    /// The most a deployed cell is granted (`[deploy_limits]`, over `[limits]`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub deploy_limits: LimitOverrides,
+    /// What a deployed cell may be granted to dial: `true` (anything it asks for),
+    /// `false` (nothing; the default), or a list of protocols.
+    #[arg(skip)]
+    pub deploy_dial: Option<DialSetting>,
     /// Cells by name (`[cells.<name>]`).
     #[arg(skip)]
     #[serde(default)]
@@ -192,6 +200,8 @@ impl Settings {
             shutdown_grace_s: self.shutdown_grace_s.or(below.shutdown_grace_s),
             cache: self.cache.or(below.cache),
             mdns: self.mdns.or(below.mdns),
+            deploy_limits: self.deploy_limits.over(below.deploy_limits),
+            deploy_dial: self.deploy_dial.or(below.deploy_dial),
             cells: below.cells.into_iter().chain(self.cells).collect(),
         }
     }
