@@ -13,7 +13,8 @@
 //! deployer → node   frame(JSON DeployRequest)
 //!                   frame(≤ 64 KiB) … totalling `size`   deploy only: the component
 //!                   end of its write side
-//! node → deployer   frame(JSON DeployAnswer), end
+//! node → deployer   frame(JSON DeployAnswer), end (a reset if the node refused
+//!                   before reading the whole request)
 //!
 //! node → asker      frame(…) frame(…) …, end             one JSON array of CellListing,
 //!                                                        at most MAX_LISTING bytes
@@ -372,8 +373,14 @@ where
     }
 }
 
-/// Sends the node's answer as one frame, then closes the write half. A refusal's
-/// reason too long for a frame is cut to fit.
+/// Sends the node's answer as one frame and flushes it. A refusal's reason too long
+/// for a frame is cut to fit.
+///
+/// Does not close the stream: drop it then. A yamux stream whose deployer has sent
+/// its whole request (and closed its side) then ends with a FIN; one whose deployer
+/// is still sending (a refusal before the component was read) is reset, which stops
+/// the deployer's writes, and the answer, sent first, is still read. Closing first
+/// would leave such a deployer blocked on flow control until the connection closes.
 pub async fn send_answer<S>(stream: &mut S, answer: &DeployAnswer) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -389,9 +396,7 @@ where
         let reason = format!("{}… (cut)", &reason[..end]);
         json = serde_json::to_vec(&DeployAnswer::Refused { reason })?;
     }
-    let mut framed = framed(stream);
-    framed.send(Bytes::from(json)).await?;
-    framed.close().await
+    framed(stream).send(Bytes::from(json)).await
 }
 
 /// Reads the node's answer to a request sent with [`send_request`].

@@ -3,6 +3,8 @@
 mod admin;
 mod bench;
 mod cluster;
+mod deploy;
+mod deploy_stub;
 mod dialer;
 mod echo;
 mod failures;

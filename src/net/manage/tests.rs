@@ -415,3 +415,16 @@ fn dial_requests_map_to_grants_and_back() {
     assert!(bad.contains("`nope`"), "{bad}");
     assert_eq!(only.to_string(), "/a/1 /b/1");
 }
+
+#[tokio::test]
+async fn send_answer_leaves_the_stream_for_the_caller_to_drop() {
+    // Closing would keep a yamux stream from being reset on drop, and a deployer
+    // still sending would wait on flow control until the connection closed.
+    let (mut near, mut far) = pipe();
+    let refused = DeployAnswer::Refused {
+        reason: "no".into(),
+    };
+    send_answer(&mut far, &refused).await.unwrap();
+    far.write_all(b"still open").await.unwrap();
+    assert_eq!(read_answer(&mut near).await.unwrap(), refused);
+}
