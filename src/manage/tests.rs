@@ -2,6 +2,7 @@
 //! it prints for each answer.
 
 use super::*;
+use crate::limits::Limits;
 
 #[derive(clap::Parser, Debug)]
 enum Cli {
@@ -320,4 +321,19 @@ fn cells_print_as_an_aligned_table() {
         lines[2]
     );
     assert_eq!(format_cells(&[], 0).lines().count(), 1, "the header alone");
+}
+
+#[tokio::test]
+async fn a_node_sharing_the_deployers_identity_is_named_as_such() {
+    let client = Client::new().unwrap();
+    let me = Destination {
+        peer: client.local_peer_id(),
+        addresses: Vec::new(),
+    };
+    let request = DeployRequest::undeploy(&StreamProtocol::new("/p/1"));
+    let error = ask(&client, &me, &request, None).await.unwrap_err();
+    assert!(
+        error.to_string().contains("share an identity file"),
+        "{error}"
+    );
 }

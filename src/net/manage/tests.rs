@@ -7,6 +7,9 @@ use futures::AsyncWriteExt as _;
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt as _};
 
 use super::*;
+use crate::cell::DialGrant;
+use crate::content::ContentId;
+use crate::limits::{LimitOverrides, Limits};
 
 type Pipe = Compat<tokio::io::DuplexStream>;
 
