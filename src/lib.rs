@@ -43,6 +43,7 @@ pub mod content;
 pub mod dial;
 pub mod identity;
 pub mod limits;
+pub mod manage;
 pub mod metrics;
 pub mod net;
 pub mod node;

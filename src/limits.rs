@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// Effective limits: every value set. Serialized as `key = value`, the keys of the
 /// config file and the ids of the flags.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// CPU time per instance in wasm, in milliseconds; 0 = none.
     pub cpu_ms: u64,
@@ -197,42 +197,56 @@ fn deserialize_mib<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>
 }
 
 /// Limits as written in a config table or given as flags: only what is set. Their
-/// flags' help shows the defaults through [`Limits::show_defaults`].
-#[derive(Debug, Clone, Copy, Default, Deserialize, clap::Args)]
+/// flags' help shows the defaults through [`Limits::show_defaults`]. Serialized with
+/// only the keys that are set (a deployment's requested limits travel so).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct LimitOverrides {
     /// CPU time one instance may spend executing wasm, in ms; 0 = no limit.
     #[arg(long, value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_ms: Option<u64>,
     /// Wall-clock limit per stream, in seconds; 0 = none.
     #[arg(long, value_name = "S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub wall_s: Option<u64>,
     /// End a stream with no bytes either way for this long, in seconds; 0 = never.
     #[arg(long, value_name = "S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_s: Option<u64>,
     /// Linear memory per instance, all memories together, in MiB or with a unit
     /// (`1GiB`).
     #[arg(long, value_name = "MIB", value_parser = parse_mib)]
-    #[serde(default, deserialize_with = "deserialize_mib")]
+    #[serde(
+        default,
+        deserialize_with = "deserialize_mib",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub memory_mb: Option<u64>,
     /// Live instances in the node.
     #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_instances: Option<u32>,
     /// Live instances one peer may hold.
     #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_per_peer: Option<u32>,
     /// Streams of one peer that may wait for a free slot; more are refused at once.
     #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub backlog: Option<u32>,
     /// How long a stream may wait for a free slot before it is refused, in ms.
     #[arg(long, value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_ms: Option<u64>,
     /// Streams one instance may open to other nodes through `wetware:streams/dialer`.
     #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_dials: Option<u32>,
     /// How deep a chain of cells calling cells may go from a stream this node
     /// serves, in dials; at most 255.
     #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_hops: Option<u8>,
 }
 

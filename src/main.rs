@@ -46,6 +46,14 @@ enum Command {
         #[arg(value_enum)]
         kind: tools::suite::Baseline,
     },
+    /// Install a cell on running nodes (which must trust this deployer's peer ID).
+    Deploy(ww::manage::DeployArgs),
+    /// Stop serving a deployed cell on running nodes.
+    Undeploy(ww::manage::UndeployArgs),
+    /// List a node's cells: protocol, CID, kind, source, live instances, age.
+    Cells(ww::manage::CellsArgs),
+    /// Print the peer ID of an identity file (creating it if missing).
+    Id(ww::manage::IdArgs),
     /// Print a node's counters (live, succeeded and failed instances).
     Stats {
         /// The node's address, ending in /p2p/<peer-id>.
@@ -116,6 +124,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::BenchSuite(args) => args.run().await,
         Command::BenchServer { kind } => tools::suite::serve_baseline(kind).await,
         Command::Stats { multiaddr } => ww::dial::stats(multiaddr).await,
+        Command::Deploy(args) => args.run().await,
+        Command::Undeploy(args) => args.run().await,
+        Command::Cells(args) => args.run().await,
+        Command::Id(args) => args.run(),
     }
 }
 

@@ -4,6 +4,7 @@
 
 use futures::StreamExt as _;
 use futures::channel::mpsc;
+use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, Swarm};
 use tracing::Instrument as _;
 
@@ -32,7 +33,12 @@ impl Client {
     /// Starts a client with a fresh identity that joins the network (its DHT) through
     /// `bootstrap` peers, each address ending in `/p2p/<peer-id>`.
     pub fn with_bootstrap(bootstrap: Vec<Multiaddr>) -> anyhow::Result<Self> {
-        let keypair = libp2p::identity::Keypair::generate_ed25519();
+        Self::with_keypair(Keypair::generate_ed25519(), bootstrap)
+    }
+
+    /// Like [`Client::with_bootstrap`], as the peer `keypair` names: for peers that
+    /// trust it by its ID (a deployer).
+    pub fn with_keypair(keypair: Keypair, bootstrap: Vec<Multiaddr>) -> anyhow::Result<Self> {
         let options = NetOptions::client(bootstrap);
         let mut swarm = build_swarm(keypair, Vec::new(), &options)?;
         let (network, requests) = Network::new(*swarm.local_peer_id());

@@ -197,7 +197,7 @@ impl<P: std::fmt::Display> std::fmt::Display for FetchFailed<P> {
 impl<P: std::fmt::Debug + std::fmt::Display> std::error::Error for FetchFailed<P> {}
 
 /// A stream framed with varint length prefixes, frames of at most [`MAX_FRAME`].
-fn framed<S: AsyncRead + AsyncWrite>(stream: S) -> Framed<S, UviBytes<Bytes>> {
+pub(crate) fn framed<S: AsyncRead + AsyncWrite>(stream: S) -> Framed<S, UviBytes<Bytes>> {
     let mut codec = UviBytes::default();
     codec.set_max_len(MAX_FRAME);
     Framed::new(stream, codec)

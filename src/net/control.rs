@@ -16,7 +16,7 @@ use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns};
 
 use super::discovery::{self, Dht};
-use super::lookup::{LookupId, PeerSearch, ProviderLookup, Queries};
+use super::lookup::{LookupId, PeerSearch, PeerWalk, ProviderLookup, Queries};
 use super::network::{ConnectError, Provider, Request};
 use super::{Behaviour, BehaviourEvent};
 
@@ -35,6 +35,8 @@ pub struct Control {
     searches: HashMap<LookupId, (PeerSearch, ConnectReply)>,
     /// Provider lookups, each querying both DHTs.
     lookups: HashMap<LookupId, ProviderLookup>,
+    /// `ClosestPeers` requests waiting for closest-peers queries in both DHTs.
+    walks: HashMap<LookupId, PeerWalk>,
     /// A dialable address of each connected peer, the latest we learned; a peer's
     /// entry goes with its last connection, so the map is bounded by the connection
     /// limits.
@@ -128,6 +130,16 @@ impl Control {
                 let id = self.queries.start(queries);
                 self.lookups
                     .insert(id, ProviderLookup::new(reply, queries.len()));
+            }
+            Request::ClosestPeers { key, reply } => {
+                let queries = Dht::BOTH.map(|which| {
+                    (
+                        which,
+                        swarm.behaviour_mut().dht(which).get_closest_peers(key),
+                    )
+                });
+                let id = self.queries.start(queries);
+                self.walks.insert(id, PeerWalk::new(reply, queries.len()));
             }
         }
     }
@@ -305,8 +317,9 @@ impl Control {
         }
     }
 
-    /// A closest-peers query of a `ConnectPeer` finished: once both have, dial the
-    /// peer at every address they found (and those the swarm knows).
+    /// A closest-peers query finished. For a `ConnectPeer`, once both have, dial the
+    /// peer at every address they found (and those the swarm knows); a
+    /// `ClosestPeers` walk answers once both have.
     fn found_closest(
         &mut self,
         swarm: &mut Swarm<Behaviour>,
@@ -314,6 +327,14 @@ impl Control {
         peers: &[kad::PeerInfo],
     ) {
         let Some(lookup) = lookup else { return };
+        if let Some(walk) = self.walks.get_mut(&lookup) {
+            if walk.query_finished(peers)
+                && let Some(walk) = self.walks.remove(&lookup)
+            {
+                walk.answer();
+            }
+            return;
+        }
         let Some((search, _)) = self.searches.get_mut(&lookup) else {
             return;
         };
@@ -553,6 +574,39 @@ mod tests {
             }
         }
         server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_walk_finds_the_dht_servers_near_any_key() {
+        let (first, one) = listening_peer().await;
+        let (second, two) = listening_peer().await;
+        let mut swarm = client(&first);
+        swarm.behaviour_mut().add_dht_address(
+            &discovery::peer_of(&second).unwrap(),
+            &discovery::without_peer(second.clone()),
+            Dht::BOTH,
+        );
+        let mut control = Control::default();
+        let expected: HashSet<PeerId> = [&first, &second]
+            .map(|addr| discovery::peer_of(addr).unwrap())
+            .into();
+        // Bounded: the routing tables fill in as the bootstrap dials complete.
+        for attempt in 0.. {
+            let found = ask(&mut swarm, &mut control, |reply| Request::ClosestPeers {
+                key: PeerId::random(),
+                reply,
+            })
+            .await;
+            let peers: HashSet<PeerId> = found.iter().map(|p| p.peer).collect();
+            if peers == expected {
+                break;
+            }
+            assert!(attempt < 50, "never found both: {found:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(control.walks.is_empty(), "answered walks are forgotten");
+        one.abort();
+        two.abort();
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use futures::channel::oneshot;
 use libp2p::{Multiaddr, PeerId, kad};
 
 use super::discovery::Dht;
-use super::network::Provider;
+use super::network::{DhtPeer, Provider};
 
 /// Names a lookup across the queries it runs in both DHTs.
 pub(super) type LookupId = u64;
@@ -161,6 +161,55 @@ impl PeerSearch {
     }
 }
 
+/// A search for the DHT servers closest to a key, in both DHTs.
+pub(super) struct PeerWalk {
+    reply: oneshot::Sender<Vec<DhtPeer>>,
+    found: Vec<DhtPeer>,
+    /// DHT queries still running.
+    queries_left: usize,
+}
+
+impl PeerWalk {
+    /// A walk that answers `reply` once `queries` queries have finished.
+    pub(super) fn new(reply: oneshot::Sender<Vec<DhtPeer>>, queries: usize) -> Self {
+        Self {
+            reply,
+            found: Vec::new(),
+            queries_left: queries,
+        }
+    }
+
+    /// A query finished with these closest peers: merges them (each peer once, each
+    /// address once). Returns whether none is left running.
+    pub(super) fn query_finished(&mut self, peers: &[kad::PeerInfo]) -> bool {
+        for info in peers {
+            let index = match self.found.iter().position(|p| p.peer == info.peer_id) {
+                Some(index) => index,
+                None => {
+                    self.found.push(DhtPeer {
+                        peer: info.peer_id,
+                        addresses: Vec::new(),
+                    });
+                    self.found.len() - 1
+                }
+            };
+            let addresses = &mut self.found[index].addresses;
+            for addr in &info.addrs {
+                if !addresses.contains(addr) {
+                    addresses.push(addr.clone());
+                }
+            }
+        }
+        self.queries_left = self.queries_left.saturating_sub(1);
+        self.queries_left == 0
+    }
+
+    /// Answers with the peers found.
+    pub(super) fn answer(self) {
+        let _ = self.reply.send(self.found);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +289,38 @@ mod tests {
             .map(|a| a.parse().unwrap())
             .collect();
         assert_eq!(merged, expected);
+    }
+
+    #[test]
+    fn a_peer_walk_merges_both_dhts_and_answers_after_both() {
+        let (reply, mut answer) = oneshot::channel();
+        let mut walk = PeerWalk::new(reply, 2);
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let info = |peer_id, addrs: &[&str]| kad::PeerInfo {
+            peer_id,
+            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        };
+        assert!(!walk.query_finished(&[info(a, &["/ip4/127.0.0.1/tcp/1"])]));
+        let lan = [
+            info(b, &["/ip4/127.0.0.1/tcp/2"]),
+            info(a, &["/ip4/127.0.0.1/tcp/1", "/ip4/10.0.0.1/tcp/1"]),
+        ];
+        assert!(walk.query_finished(&lan));
+        walk.answer();
+        let found = answer.try_recv().unwrap().expect("answered");
+        let addrs = |p: &DhtPeer| {
+            p.addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(found.len(), 2);
+        assert_eq!((found[0].peer, found[1].peer), (a, b));
+        assert_eq!(
+            addrs(&found[0]),
+            ["/ip4/127.0.0.1/tcp/1", "/ip4/10.0.0.1/tcp/1"]
+        );
+        assert_eq!(addrs(&found[1]), ["/ip4/127.0.0.1/tcp/2"]);
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod code;
 pub mod control;
 pub mod discovery;
 mod lookup;
+pub mod manage;
 pub mod network;
 pub mod pending;
 pub mod relays;

@@ -110,6 +110,23 @@ pub enum Request {
         /// Answered when the lookup and every dial it started have finished.
         reply: oneshot::Sender<Vec<Provider>>,
     },
+    /// Find the DHT servers closest to a key, in both DHTs.
+    ClosestPeers {
+        /// The key: a peer ID (any, not only a live peer's).
+        key: PeerId,
+        /// Answered when both queries have finished.
+        reply: oneshot::Sender<Vec<DhtPeer>>,
+    },
+}
+
+/// A DHT server a lookup found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhtPeer {
+    /// Who.
+    pub peer: PeerId,
+    /// Its addresses as the DHTs gave them (without `/p2p/`), each once; often none
+    /// for a peer the query reached over a connection (dial it by ID then).
+    pub addresses: Vec<Multiaddr>,
 }
 
 /// How many requests may wait for the swarm's task.
@@ -203,6 +220,15 @@ impl Network {
     async fn providers_of(&self, key: kad::RecordKey) -> Result<Vec<Provider>, ConnectError> {
         let (reply, answer) = oneshot::channel();
         self.send(Request::Providers { key, reply }).await?;
+        answer.await.map_err(|_| ConnectError::Closed)
+    }
+
+    /// Finds the DHT servers closest to `key` in both DHTs (up to the DHTs'
+    /// replication factor, 20, from each), each once. A DHT server is a ww node: the
+    /// DHTs speak ww's own protocols and clients do not serve them.
+    pub async fn closest_peers(&self, key: PeerId) -> Result<Vec<DhtPeer>, ConnectError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::ClosestPeers { key, reply }).await?;
         answer.await.map_err(|_| ConnectError::Closed)
     }
 

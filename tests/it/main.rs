@@ -4,6 +4,8 @@ mod admin;
 mod bench;
 mod cluster;
 mod content;
+mod deploy;
+mod deploy_stub;
 mod dialer;
 mod echo;
 mod failures;

@@ -1,0 +1,171 @@
+//! Cells that move: `ww deploy`, `ww undeploy` and `ww cells` against real `ww run`
+//! nodes that trust a deployer (`--deployer`) and cap components
+//! (`--max-component`).
+
+use std::path::Path;
+
+use ww::content::ContentId;
+
+use crate::support::*;
+
+/// The protocol the tests deploy on.
+const DEPLOYED: &str = "/test/deployed/1";
+
+/// A fresh deployer identity file in `dir`, and its peer ID (through `ww id`).
+async fn deployer(dir: &Path, name: &str) -> (String, String) {
+    let path = dir.join(name).display().to_string();
+    let (ok, out, err) = ww(&["id", "--identity", &path], b"").await;
+    assert!(ok, "{err}");
+    (path, String::from_utf8(out).unwrap().trim().to_string())
+}
+
+/// Runs `ww deploy FILE --protocol DEPLOYED --to NODE --identity IDENTITY`; returns
+/// (success, stdout lines, stderr).
+async fn deploy(file: &Path, node: &Node, identity: &str) -> (bool, Vec<String>, String) {
+    let to = node.tcp.to_string();
+    let file = file.to_str().unwrap();
+    let args = [
+        "deploy",
+        file,
+        "--protocol",
+        DEPLOYED,
+        "--to",
+        &to,
+        "--identity",
+        identity,
+    ];
+    let (ok, out, err) = ww(&args, b"").await;
+    let lines = String::from_utf8_lossy(&out)
+        .lines()
+        .map(String::from)
+        .collect();
+    (ok, lines, err)
+}
+
+/// `ww dial NODE PROTOCOL` with `input`; (success, output, stderr).
+async fn dial(node: &Node, protocol: &str, input: &[u8]) -> (bool, Vec<u8>, String) {
+    ww(&["dial", &node.tcp.to_string(), protocol], input).await
+}
+
+/// Asserts that `node` still serves its built-in echo cell.
+async fn serves_on(node: &Node) {
+    let (ok, out, err) = dial(node, "/ww/echo/0.1.0", b"still here").await;
+    assert!(ok, "{err}");
+    assert_eq!(out, b"still here");
+}
+
+#[tokio::test]
+#[ignore = "needs the node's deploy handler"]
+async fn a_deployed_cell_answers_and_is_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (identity, me) = deployer(dir.path(), "me.key").await;
+    let node = Node::start(&["--deployer", &me]).await;
+    let cell = test_cell("fresh");
+    let id = ContentId::of(&std::fs::read(&cell).unwrap());
+
+    let (ok, out, err) = deploy(&cell, &node, &identity).await;
+    assert!(ok, "{err}");
+    assert_eq!(out[0], id.to_string());
+    assert!(
+        out[1].starts_with(&format!("{}  deployed {id} (granted: memory ", node.peer)),
+        "{out:?}"
+    );
+
+    // The fresh cell writes how often `run` ran in its instance, then echoes.
+    let (ok, answer, err) = dial(&node, DEPLOYED, b"hello").await;
+    assert!(ok, "{err}");
+    assert_eq!(answer, b"1\nhello");
+
+    let (ok, table, err) = ww(&["cells", &node.tcp.to_string()], b"").await;
+    assert!(ok, "{err}");
+    let table = String::from_utf8(table).unwrap();
+    let row = table.lines().find(|line| line.starts_with(DEPLOYED));
+    let row = row.unwrap_or_else(|| panic!("{DEPLOYED} not listed:\n{table}"));
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        fields[1..4],
+        [&id.to_string(), "connection", "deployed"],
+        "{row}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs the node's deploy handler"]
+async fn a_peer_that_is_not_a_deployer_is_refused_and_the_node_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, trusted) = deployer(dir.path(), "trusted.key").await;
+    let (stranger, _) = deployer(dir.path(), "stranger.key").await;
+    let node = Node::start(&["--deployer", &trusted]).await;
+
+    let (ok, out, err) = deploy(&test_cell("fresh"), &node, &stranger).await;
+    assert!(!ok, "a refusal fails the command");
+    assert!(
+        out[1].starts_with(&format!("{}  refused: ", node.peer)),
+        "{out:?}"
+    );
+    assert!(err.contains("1 of 1 nodes did not deploy"), "{err}");
+
+    let (ok, _, err) = dial(&node, DEPLOYED, b"x").await;
+    assert!(!ok, "nothing was deployed");
+    assert!(err.contains("does not serve"), "{err}");
+    serves_on(&node).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the node's deploy handler"]
+async fn oversize_and_malformed_components_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (identity, me) = deployer(dir.path(), "me.key").await;
+    let node = Node::start(&["--deployer", &me, "--max-component", "16KiB"]).await;
+
+    // Over the cap: refused before the bytes, with the sizes.
+    let big = dir.path().join("big.wasm");
+    std::fs::write(&big, pattern(1 << 20, 3)).unwrap();
+    let (ok, out, _) = deploy(&big, &node, &identity).await;
+    assert!(!ok);
+    assert!(
+        out[1].contains("refused: ") && out[1].contains("16384"),
+        "{out:?}"
+    );
+
+    // Under the cap but not a component, and a component of the wrong world.
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, pattern(4096, 5)).unwrap();
+    let wrong_world = dir.path().join("no-run.wasm");
+    std::fs::copy(test_cell("no-run"), &wrong_world).unwrap();
+    for file in [garbage, wrong_world] {
+        let (ok, out, _) = deploy(&file, &node, &identity).await;
+        assert!(!ok, "{}", file.display());
+        let refused = out[1].split_once("refused: ");
+        let reason = refused.unwrap_or_else(|| panic!("{out:?}")).1;
+        assert!(!reason.trim().is_empty(), "a reason for {}", file.display());
+    }
+    serves_on(&node).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the node's deploy handler"]
+async fn undeploy_stops_serving_the_cell() {
+    let dir = tempfile::tempdir().unwrap();
+    let (identity, me) = deployer(dir.path(), "me.key").await;
+    let node = Node::start(&["--deployer", &me]).await;
+    let cell = test_cell("fresh");
+    let id = ContentId::of(&std::fs::read(&cell).unwrap());
+    let (ok, _, err) = deploy(&cell, &node, &identity).await;
+    assert!(ok, "{err}");
+
+    let to = node.tcp.to_string();
+    let args = ["undeploy", DEPLOYED, "--to", &to, "--identity", &identity];
+    let (ok, out, err) = ww(&args, b"").await;
+    assert!(ok, "{err}");
+    let expected = format!("{}  undeployed {DEPLOYED} ({id})\n", node.peer);
+    assert_eq!(String::from_utf8(out).unwrap(), expected);
+
+    let (ok, _, err) = dial(&node, DEPLOYED, b"x").await;
+    assert!(!ok && err.contains("does not serve"), "{err}");
+    // Undeploying again: nothing is there.
+    let (ok, out, _) = ww(&args, b"").await;
+    assert!(!ok);
+    assert!(String::from_utf8_lossy(&out).contains("refused: "));
+    serves_on(&node).await;
+}
