@@ -182,7 +182,7 @@ fn find_builtin(name: &str) -> anyhow::Result<&'static Builtin> {
 
 /// Checks that a cell may be served on `protocol`: not a node protocol, and not
 /// ending in the suffix that selects a cell's status variant.
-pub(super) fn check_cell_protocol(protocol: &StreamProtocol) -> anyhow::Result<()> {
+pub fn check_cell_protocol(protocol: &StreamProtocol) -> anyhow::Result<()> {
     if let Some(what) = crate::net::reserved_by(protocol.as_ref()) {
         bail!("protocol {protocol} is reserved: the node itself speaks it ({what})");
     }

@@ -41,7 +41,7 @@ mod node_config;
 mod parse;
 mod settings;
 
-pub use cells::{CellEntry, CellSource, CellSpec};
+pub use cells::{CellEntry, CellSource, CellSpec, check_cell_protocol};
 pub use node_config::{DEFAULT_LISTEN, DEFAULT_SHUTDOWN_GRACE, NodeConfig, cache_dir};
 pub use parse::{parse_allow, parse_cell_mode, parse_dial_grant, parse_peer, parse_protocol};
 pub use settings::{CacheSetting, Settings};

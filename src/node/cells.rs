@@ -215,8 +215,6 @@ pub(super) struct ServedCell {
     pub(super) origin: Origin,
     /// When it was installed.
     pub(super) since: SystemTime,
-    /// The limits its instances run within.
-    pub(super) limits: Limits,
     /// Instances of this version alive now.
     live: AtomicU64,
     /// Peers allowed to open streams; everyone if `None`.
@@ -245,7 +243,6 @@ impl ServedCell {
             content,
             origin,
             since: SystemTime::now(),
-            limits,
             live: AtomicU64::new(0),
             allow: spec
                 .allow
@@ -257,11 +254,6 @@ impl ServedCell {
                 .then(|| Gate::new(Scope::Cell, caps(&limits))),
             queue: limits.queue(),
         }
-    }
-
-    /// Its name in logs and metrics.
-    pub(super) fn name(&self) -> &str {
-        &self.label.cell
     }
 
     /// How it reaches its stream: `connection` or `stdio`.

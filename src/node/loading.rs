@@ -63,7 +63,16 @@ impl Loader {
                 return Ok(Some((bytes, *content, Origin::Content)));
             }
         };
-        let content = self.keep(&bytes)?;
+        // The operator's own cells are served whatever the store says; keeping them
+        // only lets peers fetch them.
+        let content = match self.keep(&bytes) {
+            Ok(content) => content,
+            Err(error) => {
+                let content = ContentId::of(&bytes);
+                tracing::warn!(cell = %spec.name, %content, error = %format!("{error:#}"), "not kept in the content store; peers cannot fetch it from here");
+                content
+            }
+        };
         Ok(Some((bytes, content, origin)))
     }
 

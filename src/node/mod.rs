@@ -25,7 +25,9 @@
 
 mod cells;
 mod code;
+mod deployed;
 mod loading;
+mod manage;
 mod reload;
 mod shutdown;
 mod stats;
@@ -62,6 +64,7 @@ use crate::net::relays::Relays;
 use crate::net::router::InboundStream;
 use crate::net::{self, Behaviour, BehaviourEvent, discovery};
 use cells::Cells;
+use deployed::Deployments;
 use loading::Loader;
 
 pub use crate::net::STATS_PROTOCOL;
@@ -121,11 +124,14 @@ pub async fn run(
             None => to_fetch.push((spec.clone(), limits)),
         }
     }
+    let deployments = Arc::new(Deployments::open(&config.data_dir)?);
     let stop = CancellationToken::new();
-    let mut handlers = Handlers::new();
-    handlers.insert(STATS_PROTOCOL, Arc::new(stats::Stats(metrics.clone())));
-    handlers.insert(net::code::PROTOCOL, Arc::new(code::Code::new(store)));
-    let fixed: Vec<StreamProtocol> = handlers.keys().cloned().collect();
+    let fixed = vec![
+        STATS_PROTOCOL,
+        net::code::PROTOCOL,
+        net::manage::DEPLOY_PROTOCOL,
+        net::manage::CELLS_PROTOCOL,
+    ];
     let swarm = net::build_swarm(keypair, fixed.clone(), &config.network)?;
     let router = swarm.behaviour().router.protocols();
     let (cells, announced) = Cells::new(&config.limits, metrics.clone(), stop.clone(), router, fixed);
@@ -133,6 +139,19 @@ pub async fn run(
     for cell in loaded {
         cells.install(cell);
     }
+    let deployed = restore_deployments(&loader, &cells, &deployments, &config.deploy_ceiling);
+    let policy = manage::Policy {
+        deployers: config.deployers.iter().copied().collect(),
+        ceiling: config.deploy_ceiling,
+        dial: config.deploy_dial.clone(),
+        max_component: config.max_component,
+    };
+    let mut handlers = Handlers::new();
+    handlers.insert(STATS_PROTOCOL, Arc::new(stats::Stats(metrics.clone())));
+    handlers.insert(net::code::PROTOCOL, Arc::new(code::Code::new(store)));
+    let deploy = manage::Deploy::new(cells.clone(), loader.clone(), policy, deployments);
+    handlers.insert(net::manage::DEPLOY_PROTOCOL, Arc::new(deploy));
+    handlers.insert(net::manage::CELLS_PROTOCOL, Arc::new(manage::Listing(cells.clone())));
     let mut node = Node::new(
         swarm,
         handlers,
@@ -164,7 +183,7 @@ pub async fn run(
         let span = tracing::info_span!("fetch", cell = %spec.name, protocol = %spec.protocol);
         tokio::spawn(
             async move {
-                if let Err(error) = fetch_and_install(&loader, &cells, spec, limits).await {
+                if let Err(error) = fetch_and_install(&loader, &cells, spec, limits, cells::Origin::Content).await {
                     let _ = failed.unbounded_send(error);
                 }
             }
@@ -179,6 +198,18 @@ pub async fn run(
                 .instrument(span),
         )
     };
+    for (spec, limits) in deployed {
+        let (loader, cells) = (loader.clone(), cells.clone());
+        let span = tracing::info_span!("fetch", cell = %spec.name, protocol = %spec.protocol);
+        tokio::spawn(
+            async move {
+                if let Err(error) = fetch_and_install(&loader, &cells, spec, limits, cells::Origin::Deployed).await {
+                    tracing::error!(error = %format!("{error:#}"), "deployed cell not restored");
+                }
+            }
+            .instrument(span),
+        );
+    }
     let failure = Arc::new(std::sync::Mutex::new(None));
     let noted = failure.clone();
     let failures = failures.map(move |error: anyhow::Error| {
@@ -197,12 +228,41 @@ pub async fn run(
     }
 }
 
+/// Serves again the cells deployed before the node stopped: those whose components
+/// are in the store at once; returns those to fetch.
+fn restore_deployments(
+    loader: &Loader,
+    cells: &Cells,
+    deployments: &Deployments,
+    ceiling: &crate::limits::Limits,
+) -> Vec<(CellSpec, crate::limits::Limits)> {
+    let mut to_fetch = Vec::new();
+    for deployment in deployments.all() {
+        let restored = manage::spec_of(&deployment, ceiling).and_then(|(spec, limits)| {
+            match loader.local(&spec)? {
+                Some((bytes, content, _)) => {
+                    let cell = loader.compile(&spec, limits, &bytes, content, cells::Origin::Deployed)?;
+                    cells.install(cell);
+                }
+                None => to_fetch.push((spec, limits)),
+            }
+            Ok(())
+        });
+        if let Err(error) = restored {
+            let protocol = &deployment.protocol;
+            tracing::error!(%protocol, error = %format!("{error:#}"), "deployed cell not restored");
+        }
+    }
+    to_fetch
+}
+
 /// Fetches the component `spec` names by its CID, compiles it and serves it.
 async fn fetch_and_install(
     loader: &Loader,
     cells: &Cells,
     spec: CellSpec,
     limits: crate::limits::Limits,
+    origin: cells::Origin,
 ) -> anyhow::Result<()> {
     let crate::config::CellSource::Content(content) = &spec.source else {
         unreachable!("only components named by their CID are fetched");
@@ -211,7 +271,7 @@ async fn fetch_and_install(
     let name = spec.name.clone();
     let bytes = loader.fetch(&content).await?;
     let cell = loader
-        .compile_off_task(spec, limits, bytes, cells::Origin::Content)
+        .compile_off_task(spec, limits, bytes, origin)
         .await
         .with_context(|| format!("cell `{name}`"))?;
     cells.install(cell);

@@ -55,7 +55,6 @@ async fn serves_on(node: &Node) {
 }
 
 #[tokio::test]
-#[ignore = "needs the node's deploy handler"]
 async fn a_deployed_cell_answers_and_is_listed() {
     let dir = tempfile::tempdir().unwrap();
     let (identity, me) = deployer(dir.path(), "me.key").await;
@@ -90,7 +89,6 @@ async fn a_deployed_cell_answers_and_is_listed() {
 }
 
 #[tokio::test]
-#[ignore = "needs the node's deploy handler"]
 async fn a_peer_that_is_not_a_deployer_is_refused_and_the_node_serves_on() {
     let dir = tempfile::tempdir().unwrap();
     let (_, trusted) = deployer(dir.path(), "trusted.key").await;
@@ -112,7 +110,6 @@ async fn a_peer_that_is_not_a_deployer_is_refused_and_the_node_serves_on() {
 }
 
 #[tokio::test]
-#[ignore = "needs the node's deploy handler"]
 async fn oversize_and_malformed_components_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let (identity, me) = deployer(dir.path(), "me.key").await;
@@ -138,13 +135,12 @@ async fn oversize_and_malformed_components_are_refused_with_the_reason() {
         assert!(!ok, "{}", file.display());
         let refused = out[1].split_once("refused: ");
         let reason = refused.unwrap_or_else(|| panic!("{out:?}")).1;
-        assert!(!reason.trim().is_empty(), "a reason for {}", file.display());
+        assert!(reason.contains("component"), "a reason for {}: {reason}", file.display());
     }
     serves_on(&node).await;
 }
 
 #[tokio::test]
-#[ignore = "needs the node's deploy handler"]
 async fn undeploy_stops_serving_the_cell() {
     let dir = tempfile::tempdir().unwrap();
     let (identity, me) = deployer(dir.path(), "me.key").await;

@@ -82,7 +82,7 @@ fn installing_replacing_and_removing_a_cell_updates_the_router_and_the_announcem
     assert_eq!(cells.list()[0].live(), 0);
 
     let removed = cells.remove(CELL.as_ref()).unwrap();
-    assert_eq!(removed.name(), sha.to_string());
+    assert_eq!(removed.content, sha);
     assert_eq!(&served.get()[..], [FIXED]);
     assert!(announced.borrow_and_update().is_empty());
     assert!(cells.get(CELL.as_ref()).is_none());
