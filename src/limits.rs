@@ -161,9 +161,7 @@ pub fn parse_size(text: &str) -> anyhow::Result<u64> {
 }
 
 /// A size in bytes in a config file: a number of bytes or a size string (`64MiB`).
-pub fn deserialize_size<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<u64>, D::Error> {
+pub fn deserialize_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Size {
@@ -335,7 +333,11 @@ mod tests {
             ..LimitOverrides::default()
         };
         let granted = asked.granted_under(&ceiling);
-        assert_eq!(granted.cpu_ms, Some(ceiling.cpu_ms), "no limit is more than any");
+        assert_eq!(
+            granted.cpu_ms,
+            Some(ceiling.cpu_ms),
+            "no limit is more than any"
+        );
         assert_eq!(granted.wall_s, Some(30), "any limit is less than none");
         assert_eq!(granted.memory_mb, Some(ceiling.memory_mb));
         assert_eq!(granted.max_instances, Some(5));

@@ -392,7 +392,8 @@ mod tests {
             StreamProtocol::new("/b/1"),
             StreamProtocol::new("/c/1"),
         );
-        let only = |p: &[&StreamProtocol]| DialGrant::Only(p.iter().map(|p| (*p).clone()).collect());
+        let only =
+            |p: &[&StreamProtocol]| DialGrant::Only(p.iter().map(|p| (*p).clone()).collect());
         assert_eq!(DialGrant::Any.within(&DialGrant::Any), DialGrant::Any);
         assert_eq!(DialGrant::Any.within(&only(&[&a])), only(&[&a]));
         assert_eq!(only(&[&a, &b]).within(&DialGrant::Any), only(&[&a, &b]));

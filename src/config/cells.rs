@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use super::parse::{parse_peer, parse_protocol};
 use crate::cell::builtin::{self, Builtin};
-use crate::content::ContentId;
 use crate::cell::{DialGrant, DialSetting, Mode};
+use crate::content::ContentId;
 use crate::limits::LimitOverrides;
 
 /// One `[cells.<name>]` table.
@@ -140,9 +140,7 @@ impl CellSpec {
         let source = match (&entry.wasm, &entry.builtin, &entry.content) {
             (Some(path), None, None) => CellSource::File(path.clone()),
             (None, Some(builtin), None) => CellSource::Builtin(find_builtin(builtin)?),
-            (None, None, Some(content)) => {
-                CellSource::Content(content.parse().context("content")?)
-            }
+            (None, None, Some(content)) => CellSource::Content(content.parse().context("content")?),
             _ => bail!(
                 "give exactly one of `wasm = \"FILE\"`, `builtin = \"NAME\"` or `content = \"CID\"`"
             ),

@@ -103,7 +103,13 @@ impl NodeConfig {
             Some(dir) => dir,
             None => identity
                 .parent()
-                .map(|dir| if dir.as_os_str().is_empty() { Path::new(".") } else { dir })
+                .map(|dir| {
+                    if dir.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        dir
+                    }
+                })
                 .context("the identity file has no directory; pass --data-dir")?
                 .to_path_buf(),
         };
@@ -197,7 +203,10 @@ impl NodeConfig {
         self.cells
             .iter()
             .map(|cell| self.cell_limits(cell).memory_bytes())
-            .chain([self.limits.memory_bytes(), self.deploy_ceiling.memory_bytes()])
+            .chain([
+                self.limits.memory_bytes(),
+                self.deploy_ceiling.memory_bytes(),
+            ])
             .max()
             .unwrap_or(0)
     }

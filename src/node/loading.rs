@@ -130,10 +130,7 @@ impl Loader {
         });
         match tokio::time::timeout(COMPILE_BUDGET, compiling).await {
             Ok(compiled) => compiled.context("the compiler's thread failed")?,
-            Err(_) => bail!(
-                "compiling took longer than {} s",
-                COMPILE_BUDGET.as_secs()
-            ),
+            Err(_) => bail!("compiling took longer than {} s", COMPILE_BUDGET.as_secs()),
         }
     }
 

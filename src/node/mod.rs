@@ -134,7 +134,8 @@ pub async fn run(
     ];
     let swarm = net::build_swarm(keypair, fixed.clone(), &config.network)?;
     let router = swarm.behaviour().router.protocols();
-    let (cells, announced) = Cells::new(&config.limits, metrics.clone(), stop.clone(), router, fixed);
+    let (cells, announced) =
+        Cells::new(&config.limits, metrics.clone(), stop.clone(), router, fixed);
     let cells = Arc::new(cells);
     for cell in loaded {
         cells.install(cell);
@@ -151,7 +152,10 @@ pub async fn run(
     handlers.insert(net::code::PROTOCOL, Arc::new(code::Code::new(store)));
     let deploy = manage::Deploy::new(cells.clone(), loader.clone(), policy, deployments);
     handlers.insert(net::manage::DEPLOY_PROTOCOL, Arc::new(deploy));
-    handlers.insert(net::manage::CELLS_PROTOCOL, Arc::new(manage::Listing(cells.clone())));
+    handlers.insert(
+        net::manage::CELLS_PROTOCOL,
+        Arc::new(manage::Listing(cells.clone())),
+    );
     let mut node = Node::new(
         swarm,
         handlers,
@@ -167,7 +171,8 @@ pub async fn run(
     let admin = match config.admin {
         Some(addr) => {
             let view = cells.clone();
-            let view: admin::CellsView = Arc::new(move || view.list().iter().map(|c| c.info()).collect());
+            let view: admin::CellsView =
+                Arc::new(move || view.list().iter().map(|c| c.info()).collect());
             let network = node.network.clone();
             Some(admin::spawn(addr, metrics, network, view).await?)
         }
@@ -183,7 +188,9 @@ pub async fn run(
         let span = tracing::info_span!("fetch", cell = %spec.name, protocol = %spec.protocol);
         tokio::spawn(
             async move {
-                if let Err(error) = fetch_and_install(&loader, &cells, spec, limits, cells::Origin::Content).await {
+                if let Err(error) =
+                    fetch_and_install(&loader, &cells, spec, limits, cells::Origin::Content).await
+                {
                     let _ = failed.unbounded_send(error);
                 }
             }
@@ -203,7 +210,9 @@ pub async fn run(
         let span = tracing::info_span!("fetch", cell = %spec.name, protocol = %spec.protocol);
         tokio::spawn(
             async move {
-                if let Err(error) = fetch_and_install(&loader, &cells, spec, limits, cells::Origin::Deployed).await {
+                if let Err(error) =
+                    fetch_and_install(&loader, &cells, spec, limits, cells::Origin::Deployed).await
+                {
                     tracing::error!(error = %format!("{error:#}"), "deployed cell not restored");
                 }
             }
@@ -214,7 +223,10 @@ pub async fn run(
     let noted = failure.clone();
     let failures = failures.map(move |error: anyhow::Error| {
         tracing::error!(error = %format!("{error:#}"), "stopping");
-        noted.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(error);
+        noted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(error);
     });
     let signals = futures::stream::select(signals, failures);
     node.serve(config.shutdown_grace, signals).await;
@@ -241,7 +253,8 @@ fn restore_deployments(
         let restored = manage::spec_of(&deployment, ceiling).and_then(|(spec, limits)| {
             match loader.local(&spec)? {
                 Some((bytes, content, _)) => {
-                    let cell = loader.compile(&spec, limits, &bytes, content, cells::Origin::Deployed)?;
+                    let cell =
+                        loader.compile(&spec, limits, &bytes, content, cells::Origin::Deployed)?;
                     cells.install(cell);
                 }
                 None => to_fetch.push((spec, limits)),

@@ -78,7 +78,11 @@ async fn reload(loader: &Loader, cells: &Cells, configured: &mut Configured, con
             }
         }
     }
-    let named: Vec<String> = config.cells.iter().map(|c| c.protocol.to_string()).collect();
+    let named: Vec<String> = config
+        .cells
+        .iter()
+        .map(|c| c.protocol.to_string())
+        .collect();
     let gone: Vec<String> = configured
         .0
         .keys()
@@ -127,7 +131,8 @@ async fn load(
             (loader.fetch(content).await?, *content, Origin::Content)
         }
     };
-    if configured.unchanged(spec, &limits, &content) && cells.get(spec.protocol.as_ref()).is_some() {
+    if configured.unchanged(spec, &limits, &content) && cells.get(spec.protocol.as_ref()).is_some()
+    {
         return Ok(None);
     }
     let cell = loader

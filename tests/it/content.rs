@@ -78,7 +78,10 @@ async fn a_fetch_whose_only_provider_is_gone_names_it_in_the_failure() {
     let flag = format!("/test/nap-by-cid/1={cid}");
     let stderr = run_fails(&["--bootstrap", &seed_addr, "--cell", &flag]).await;
     assert!(stderr.contains(&format!("cannot fetch {cid}")), "{stderr}");
-    assert!(stderr.contains(&gone.to_string()), "names the provider: {stderr}");
+    assert!(
+        stderr.contains(&gone.to_string()),
+        "names the provider: {stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -92,7 +92,10 @@ async fn a_sighup_swaps_a_changed_file_and_streams_in_flight_finish_on_the_old_v
     assert!(swapped.contains("in_flight=20"), "{swapped}");
 
     let after = Versioned::open(&client, node.peer, VERSIONED).await;
-    assert_eq!(after.version, "v2", "a stream after the swap gets version 2");
+    assert_eq!(
+        after.version, "v2",
+        "a stream after the swap gets version 2"
+    );
     after.finish(b"new").await;
     for (i, stream) in in_flight.into_iter().enumerate() {
         assert_eq!(stream.version, "v1");
@@ -146,7 +149,10 @@ async fn a_sighup_adds_and_removes_the_cells_the_config_file_names() {
     std::fs::write(&config, table("second", "/test/second/1")).unwrap();
     hang_up(&node);
     let reloaded = node.wait_logged("configuration reloaded").await;
-    assert!(reloaded.contains("added=1") && reloaded.contains("removed=1"), "{reloaded}");
+    assert!(
+        reloaded.contains("added=1") && reloaded.contains("removed=1"),
+        "{reloaded}"
+    );
     Versioned::open(&client, node.peer, StreamProtocol::new("/test/second/1"))
         .await
         .finish(b"2")
@@ -154,5 +160,8 @@ async fn a_sighup_adds_and_removes_the_cells_the_config_file_names() {
     let gone = client
         .open(node.peer, StreamProtocol::new("/test/first/1"))
         .await;
-    assert!(gone.is_err(), "a removed cell's protocol is no longer served");
+    assert!(
+        gone.is_err(),
+        "a removed cell's protocol is no longer served"
+    );
 }

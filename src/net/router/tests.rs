@@ -146,12 +146,17 @@ async fn protocols_changed_while_connected_apply_to_the_next_stream() {
     let mut client = testing::memory_swarm(|_, _| Behaviour::new(Vec::new()));
     let peer = testing::connect(&mut client, addr).await;
     let open = |client: &mut libp2p::Swarm<Behaviour>, protocol: &StreamProtocol| {
-        client.behaviour_mut().open_stream(peer, vec![protocol.clone()])
+        client
+            .behaviour_mut()
+            .open_stream(peer, vec![protocol.clone()])
     };
 
     let refused = open(&mut client, &second);
     let refused = testing::run_until(&mut client, refused).await.unwrap();
-    assert!(matches!(refused, Err(OpenStreamError::UnsupportedProtocol(_))));
+    assert!(matches!(
+        refused,
+        Err(OpenStreamError::UnsupportedProtocol(_))
+    ));
 
     served.set(vec![second.clone()]);
     let opened = open(&mut client, &second);

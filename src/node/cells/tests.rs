@@ -77,7 +77,10 @@ fn installing_replacing_and_removing_a_cell_updates_the_router_and_the_announcem
     );
     let encoded = metrics.encode();
     assert!(encoded.contains(&format!("content=\"{sha}\"")), "{encoded}");
-    assert!(!encoded.contains(&format!("content=\"{echo}\"")), "{encoded}");
+    assert!(
+        !encoded.contains(&format!("content=\"{echo}\"")),
+        "{encoded}"
+    );
     assert_eq!(cells.list().len(), 1);
     assert_eq!(cells.list()[0].live(), 0);
 

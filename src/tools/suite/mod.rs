@@ -25,8 +25,8 @@ use tokio::process::{Child, Command};
 use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 
 use crate::tools::bench::{self, Options, Report};
-use ww::net::{self, BehaviourEvent};
 pub use memory::MemoryRow;
+use ww::net::{self, BehaviourEvent};
 
 /// The protocol the native rust-libp2p echo server answers.
 pub const NATIVE_ECHO: StreamProtocol = StreamProtocol::new("/bench/echo/1.0.0");
