@@ -17,7 +17,8 @@
 //!   [`net::code`] is the `/ww/code/1.0.0` wire on which nodes exchange components;
 //!   [`net::client`] is a peer that only asks.
 //! - [`node`]: wiring — runs the swarm and routes each stream, in a task of its own, to
-//!   its protocol's handler (the cells, or the stats protocol);
+//!   its protocol's handler (the cells it serves now, each a version that a deployment
+//!   or a SIGHUP may swap; stats; the code exchange; deploy and the cell listing);
 //!   [`admission`] decides whether and when a stream may start an instance.
 //! - [`cell`]: the wasmtime runtime (engine, linker, loading, the world check), one
 //!   instance per stream, the `wetware:streams` host and its `wasi:io` adapters.
@@ -26,6 +27,8 @@
 //!   use, and the node's persistent peer ID.
 //! - [`content`]: a component's name is its content ([`content::ContentId`], a CIDv1
 //!   `bafkrei…`), and the store that keeps components by that name.
+//! - [`manage`]: `ww deploy`, `ww undeploy`, `ww cells` and `ww id`, over
+//!   [`net::manage`]'s wires.
 //! - [`dial`]: `ww dial` and `ww find`, a stream between this terminal and a remote
 //!   cell, and the nodes that serve a cell.
 //! - [`metrics`], [`admin`]: what the node counts, and the HTTP endpoint showing it.

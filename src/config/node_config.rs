@@ -295,6 +295,65 @@ mod tests {
     }
 
     #[test]
+    fn deployment_settings_have_safe_defaults_and_merge() {
+        let config = NodeConfig::merge(Settings::default(), flags(vec![])).unwrap();
+        assert!(config.deployers.is_empty(), "nobody may deploy by default");
+        assert_eq!(config.deploy_dial, DialGrant::Denied);
+        assert_eq!(config.deploy_ceiling, config.limits);
+        assert_eq!(config.max_component, 64 << 20);
+        assert_eq!(
+            config.data_dir,
+            Path::new("."),
+            "beside the identity file `id`"
+        );
+
+        let (one, two) = (PeerId::random(), PeerId::random());
+        let file: Settings = toml::from_str(&format!(
+            r#"
+            data_dir = "/var/lib/ww"
+            max_component = "1MiB"
+            deployers = ["{one}"]
+            deploy_dial = ["/x/sha/1"]
+            limits = {{ memory_mb = 128 }}
+            deploy_limits = {{ memory_mb = 256, cpu_ms = 500 }}
+            [cells.c]
+            protocol = "/x/c/1"
+            content = "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"
+            "#
+        ))
+        .unwrap();
+        let mut given = flags(vec![]);
+        given.deployers.push(two);
+        let config = NodeConfig::merge(file, given).unwrap();
+        assert_eq!(config.data_dir, Path::new("/var/lib/ww"));
+        assert_eq!(config.max_component, 1 << 20);
+        assert_eq!(config.deployers, [one, two]);
+        assert_eq!(
+            config.deploy_dial,
+            DialGrant::Only(vec![StreamProtocol::new("/x/sha/1")])
+        );
+        assert_eq!(
+            (
+                config.deploy_ceiling.memory_mb,
+                config.deploy_ceiling.cpu_ms
+            ),
+            (256, 500)
+        );
+        assert_eq!(
+            config.max_memory_bytes(),
+            256 << 20,
+            "the pool fits a deployed cell"
+        );
+        assert!(matches!(
+            config.cells[0].source,
+            crate::config::CellSource::Content(_)
+        ));
+
+        let bad: Result<Settings, _> = toml::from_str(r#"deployers = ["nobody"]"#);
+        assert!(bad.unwrap_err().to_string().contains("not a peer ID"));
+    }
+
+    #[test]
     fn file_cells_and_flags_merge() {
         let file: Settings = toml::from_str(
             r#"
