@@ -29,6 +29,9 @@ pub const COMPILE_BUDGET: Duration = Duration::from_secs(60);
 pub const FETCH_PATIENCE: Duration = Duration::from_secs(30);
 /// How long one provider may take to send a component.
 pub const PROVIDER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Providers tried per round: a DHT full of fake providers that each stall until
+/// [`PROVIDER_TIMEOUT`] cannot hold a fetch for longer than this many timeouts.
+pub const PROVIDERS_PER_ROUND: usize = 8;
 /// Pause between rounds of looking for providers.
 const FETCH_RETRY: Duration = Duration::from_secs(1);
 
@@ -162,7 +165,11 @@ impl Loader {
                     .collect();
                 why = format!("no provider could be reached ({})", unreached.join("; "));
             }
-            let peers: Vec<PeerId> = reached.iter().map(|provider| provider.peer).collect();
+            let peers: Vec<PeerId> = reached
+                .iter()
+                .map(|provider| provider.peer)
+                .take(PROVIDERS_PER_ROUND)
+                .collect();
             if !peers.is_empty() {
                 let network = &self.network;
                 let open = |peer| async move { network.open(peer, code::PROTOCOL).await };

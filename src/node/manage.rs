@@ -164,7 +164,7 @@ impl Deployer {
                 .map_or(0, |since| since.as_secs()),
         };
         tracing::info!(%protocol, content = %deployment.content, deployer = %self.peer, bytes = component.len(), "deploying");
-        let (spec, limits) = spec_of(&deployment, &self.policy.ceiling)?;
+        let (spec, limits) = spec_of(&deployment, &self.policy)?;
         let loader = self.loader.clone();
         let keep = component.clone();
         tokio::task::spawn_blocking(move || loader.keep(&keep)).await??;
@@ -221,22 +221,25 @@ fn check_protocol(protocol: &str) -> Result<StreamProtocol, String> {
     Ok(protocol)
 }
 
-/// The cell a deployment describes, and the limits it runs within (its grant over
-/// the ceiling).
+/// The cell a deployment describes, and the limits it runs within: what it was
+/// granted, granted again under `policy` — the node's ceilings now, which may be lower
+/// than when it was deployed, and which a record edited on disk cannot raise.
 pub(super) fn spec_of(
     deployment: &Deployment,
-    ceiling: &Limits,
+    policy: &Policy,
 ) -> anyhow::Result<(CellSpec, Limits)> {
     let protocol = crate::config::parse_protocol(&deployment.protocol)?;
     let mut spec = CellSpec::content(protocol.clone(), deployment.content);
     // Named by protocol, so a new version carries on the metrics of the old.
     spec.name = protocol.to_string();
-    spec.limits = deployment.limits;
+    spec.limits = deployment.limits.granted_under(&policy.ceiling);
     spec.dial = match &deployment.dial {
         Some(dial) => dial.to_grant().map_err(anyhow::Error::msg)?,
         None => DialGrant::Denied,
-    };
-    Ok((spec, deployment.limits.apply(*ceiling)))
+    }
+    .within(&policy.dial);
+    let limits = spec.limits.apply(policy.ceiling);
+    Ok((spec, limits))
 }
 
 /// Serves [`manage::CELLS_PROTOCOL`]: the cells served now.

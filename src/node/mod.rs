@@ -140,13 +140,13 @@ pub async fn run(
     for cell in loaded {
         cells.install(cell);
     }
-    let deployed = restore_deployments(&loader, &cells, &deployments, &config.deploy_ceiling);
     let policy = manage::Policy {
         deployers: config.deployers.iter().copied().collect(),
         ceiling: config.deploy_ceiling,
         dial: config.deploy_dial.clone(),
         max_component: config.max_component,
     };
+    let deployed = restore_deployments(&loader, &cells, &deployments, &policy);
     let mut handlers = Handlers::new();
     handlers.insert(STATS_PROTOCOL, Arc::new(stats::Stats(metrics.clone())));
     handlers.insert(net::code::PROTOCOL, Arc::new(code::Code::new(store)));
@@ -246,11 +246,11 @@ fn restore_deployments(
     loader: &Loader,
     cells: &Cells,
     deployments: &Deployments,
-    ceiling: &crate::limits::Limits,
+    policy: &manage::Policy,
 ) -> Vec<(CellSpec, crate::limits::Limits)> {
     let mut to_fetch = Vec::new();
     for deployment in deployments.all() {
-        let restored = manage::spec_of(&deployment, ceiling).and_then(|(spec, limits)| {
+        let restored = manage::spec_of(&deployment, policy).and_then(|(spec, limits)| {
             match loader.local(&spec)? {
                 Some((bytes, content, _)) => {
                     let cell =
