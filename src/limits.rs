@@ -162,33 +162,29 @@ pub fn parse_size(text: &str) -> anyhow::Result<u64> {
 
 /// A size in bytes in a config file: a number of bytes or a size string (`64MiB`).
 pub fn deserialize_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        Number(u64),
-        Text(String),
-    }
-    match Option::<Size>::deserialize(d)? {
-        None => Ok(None),
-        Some(Size::Number(bytes)) => Ok(Some(bytes)),
-        Some(Size::Text(text)) => parse_size(&text)
-            .map(Some)
-            .map_err(|e| serde::de::Error::custom(format!("{e:#}"))),
-    }
+    number_or_text(d, parse_size)
 }
 
 /// `memory_mb` in a config file: a number of MiB or a size string.
 fn deserialize_mib<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    number_or_text(d, parse_mib)
+}
+
+/// A number as it is, or a text read by `parse`.
+fn number_or_text<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    parse: fn(&str) -> anyhow::Result<u64>,
+) -> Result<Option<u64>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum Mib {
+    enum NumberOrText {
         Number(u64),
         Text(String),
     }
-    match Option::<Mib>::deserialize(d)? {
+    match Option::<NumberOrText>::deserialize(d)? {
         None => Ok(None),
-        Some(Mib::Number(mib)) => Ok(Some(mib)),
-        Some(Mib::Text(text)) => parse_mib(&text)
+        Some(NumberOrText::Number(number)) => Ok(Some(number)),
+        Some(NumberOrText::Text(text)) => parse(&text)
             .map(Some)
             .map_err(|e| serde::de::Error::custom(format!("{e:#}"))),
     }

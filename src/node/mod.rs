@@ -148,7 +148,11 @@ pub async fn run(
     };
     let deployed = restore_deployments(&loader, &cells, &deployments, &policy);
     let mut handlers = Handlers::new();
-    handlers.insert(STATS_PROTOCOL, Arc::new(stats::Stats(metrics.clone())));
+    let stats = stats::Stats {
+        metrics: metrics.clone(),
+        cells: cells.clone(),
+    };
+    handlers.insert(STATS_PROTOCOL, Arc::new(stats));
     handlers.insert(net::code::PROTOCOL, Arc::new(code::Code::new(store)));
     let deploy = manage::Deploy::new(cells.clone(), loader.clone(), policy, deployments);
     handlers.insert(net::manage::DEPLOY_PROTOCOL, Arc::new(deploy));

@@ -1,6 +1,8 @@
 //! The stats handler: `/ww/stats/0.1.0` answers with the node's counters, one
-//! `name value` pair per line (`live`, `succeeded`, `failed`, `refused`), then closes.
+//! `name value` pair per line (`live`, `succeeded`, `failed`, `refused`), then one
+//! `cell PROTOCOL CID LIVE` line per cell served now, then closes.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -8,22 +10,35 @@ use futures::future::BoxFuture;
 use futures::{AsyncWriteExt as _, FutureExt as _};
 
 use super::Handler;
+use super::cells::Cells;
 use crate::metrics::Metrics;
 use crate::net::router::InboundStream;
 
-/// Serves the stats protocol from the node's metrics.
-pub(super) struct Stats(pub(super) Arc<Metrics>);
+/// Serves the stats protocol from the node's metrics and cells.
+pub(super) struct Stats {
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) cells: Arc<Cells>,
+}
 
 impl Handler for Stats {
     fn accept(&self, inbound: InboundStream, _closing: bool) -> BoxFuture<'static, ()> {
-        let totals = self.0.totals();
-        let text = format!(
+        let totals = self.metrics.totals();
+        let mut text = format!(
             "live {}\nsucceeded {}\nfailed {}\nrefused {}\n",
             totals.live.load(Ordering::Relaxed),
             totals.succeeded.load(Ordering::Relaxed),
             totals.failed.load(Ordering::Relaxed),
             totals.refused.load(Ordering::Relaxed),
         );
+        for cell in self.cells.list() {
+            let _ = writeln!(
+                text,
+                "cell {} {} {}",
+                cell.protocol,
+                cell.content,
+                cell.live()
+            );
+        }
         send_stats(inbound.stream, text).boxed()
     }
 }

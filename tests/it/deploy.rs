@@ -88,6 +88,14 @@ async fn a_deployed_cell_answers_and_is_listed() {
         [&id.to_string(), "connection", "deployed"],
         "{row}"
     );
+
+    let (ok, stats, err) = ww(&["stats", &node.tcp.to_string()], b"").await;
+    assert!(ok, "{err}");
+    let stats = String::from_utf8(stats).unwrap();
+    assert!(
+        stats.contains(&format!("cell {DEPLOYED} {id} 0\n")),
+        "{stats}"
+    );
 }
 
 #[tokio::test]
