@@ -343,7 +343,7 @@ where
 
     let header = match framed.next().await {
         None => return Err(FetchError::NoAnswer),
-        Some(frame) => frame.map_err(|error| read_error(error, 0, None))?,
+        Some(frame) => frame.map_err(header_error)?,
     };
     let size = match header.split_first() {
         Some((&NOT_HERE, [])) => return Err(FetchError::NotFound),
@@ -361,46 +361,100 @@ where
         });
     }
 
-    // The buffer grows with what arrives (never past `max_size`: the size was checked,
-    // and no frame may overshoot it); a provider that announces a large size and sends
-    // nothing costs one frame's worth of memory, not the announced size.
-    let mut bytes = Vec::with_capacity(size.min(MAX_FRAME as u64) as usize);
-    while (bytes.len() as u64) < size {
-        let received = bytes.len() as u64;
-        let chunk = match framed.next().await {
-            None => {
-                return Err(FetchError::Truncated {
-                    received,
-                    announced: size,
-                });
-            }
-            Some(frame) => frame.map_err(|error| read_error(error, received, Some(size)))?,
-        };
-        if chunk.is_empty() {
-            return Err(FetchError::Malformed("an empty chunk"));
-        }
-        if received + chunk.len() as u64 > size {
-            return Err(FetchError::Oversent { announced: size });
-        }
-        bytes.extend_from_slice(&chunk);
-    }
-    id.verify(&bytes).map_err(FetchError::Mismatch)?;
+    let bytes = read_body(&mut framed, id, size).await?;
     // Tell the provider we are done (FIN); the component is whole either way.
     let _ = framed.close().await;
     Ok(bytes)
 }
 
-/// The codec's read errors in the protocol's terms.
-fn read_error(error: io::Error, received: u64, announced: Option<u64>) -> FetchError {
-    match (error.kind(), announced) {
-        // The stream ended inside a frame.
-        (io::ErrorKind::UnexpectedEof, Some(announced)) => FetchError::Truncated {
+/// Why a component's bytes, sent after its size, could not be taken whole: what
+/// [`read_body`] finds wrong, for each wire to name in its own terms.
+#[derive(Debug)]
+pub(crate) enum BodyError {
+    /// More bytes than announced.
+    Oversent { announced: u64 },
+    /// The stream ended before the whole component arrived.
+    Truncated { received: u64, announced: u64 },
+    /// A frame with no bytes.
+    EmptyChunk,
+    /// A frame over [`MAX_FRAME`].
+    FrameTooLong,
+    /// The bytes are not the component named.
+    Mismatch(ContentMismatch),
+    /// The stream failed.
+    Io(io::Error),
+}
+
+/// Reads the `size` bytes of the component `id` from `framed`, in frames of at most
+/// [`MAX_FRAME`], and checks them against `id`. The buffer grows with what arrives
+/// (never past `size`, which the caller has checked against its cap): a peer that
+/// announces a large size and sends nothing costs one frame's worth of memory.
+pub(crate) async fn read_body<S>(
+    framed: &mut Framed<S, UviBytes<Bytes>>,
+    id: &ContentId,
+    size: u64,
+) -> Result<Vec<u8>, BodyError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut bytes = Vec::with_capacity(size.min(MAX_FRAME as u64) as usize);
+    while (bytes.len() as u64) < size {
+        let received = bytes.len() as u64;
+        let truncated = BodyError::Truncated {
             received,
-            announced,
-        },
-        (io::ErrorKind::UnexpectedEof, None) => FetchError::NoAnswer,
+            announced: size,
+        };
+        let chunk = match framed.next().await {
+            None => return Err(truncated),
+            Some(Ok(chunk)) => chunk,
+            Some(Err(error)) => {
+                return Err(match error.kind() {
+                    // The stream ended inside a frame.
+                    io::ErrorKind::UnexpectedEof => truncated,
+                    // `UviBytes` refuses a frame over its maximum with `PermissionDenied`.
+                    io::ErrorKind::PermissionDenied => BodyError::FrameTooLong,
+                    _ => BodyError::Io(error),
+                });
+            }
+        };
+        if chunk.is_empty() {
+            return Err(BodyError::EmptyChunk);
+        }
+        if received + chunk.len() as u64 > size {
+            return Err(BodyError::Oversent { announced: size });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    id.verify(&bytes).map_err(BodyError::Mismatch)?;
+    Ok(bytes)
+}
+
+impl From<BodyError> for FetchError {
+    fn from(error: BodyError) -> Self {
+        match error {
+            BodyError::Oversent { announced } => Self::Oversent { announced },
+            BodyError::Truncated {
+                received,
+                announced,
+            } => Self::Truncated {
+                received,
+                announced,
+            },
+            BodyError::EmptyChunk => Self::Malformed("an empty chunk"),
+            BodyError::FrameTooLong => Self::Malformed("a frame over 64 KiB"),
+            BodyError::Mismatch(mismatch) => Self::Mismatch(mismatch),
+            BodyError::Io(error) => Self::Io(error),
+        }
+    }
+}
+
+/// The codec's errors reading the answer's header, in the protocol's terms.
+fn header_error(error: io::Error) -> FetchError {
+    match error.kind() {
+        // The stream ended inside the header's frame.
+        io::ErrorKind::UnexpectedEof => FetchError::NoAnswer,
         // `UviBytes` refuses a frame over its maximum with `PermissionDenied`.
-        (io::ErrorKind::PermissionDenied, _) => FetchError::Malformed("a frame over 64 KiB"),
+        io::ErrorKind::PermissionDenied => FetchError::Malformed("a frame over 64 KiB"),
         _ => FetchError::Io(error),
     }
 }

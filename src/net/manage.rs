@@ -33,7 +33,7 @@ use bytes::Bytes;
 use futures::{AsyncRead, AsyncWrite, SinkExt as _, StreamExt as _};
 use libp2p::StreamProtocol;
 
-use super::code::framed;
+use super::code::{BodyError, framed, read_body};
 use crate::content::ContentMismatch;
 
 mod messages;
@@ -103,6 +103,25 @@ pub enum ManageError {
     /// The stream failed.
     #[error(transparent)]
     Io(#[from] io::Error),
+}
+
+impl From<BodyError> for ManageError {
+    fn from(error: BodyError) -> Self {
+        match error {
+            BodyError::Oversent { announced } => Self::Oversent { announced },
+            BodyError::Truncated {
+                received,
+                announced,
+            } => Self::Truncated {
+                received,
+                announced,
+            },
+            BodyError::EmptyChunk => Self::Malformed("an empty chunk"),
+            BodyError::FrameTooLong => Self::FrameTooLong,
+            BodyError::Mismatch(mismatch) => Self::Mismatch(mismatch),
+            BodyError::Io(error) => Self::Io(error),
+        }
+    }
 }
 
 /// The codec's read errors in this protocol's terms; `what` is the message expected.
@@ -179,32 +198,7 @@ where
                 max: max_size,
             });
         }
-        (Op::Deploy, Some(id)) => {
-            let mut bytes = Vec::with_capacity(size.min(MAX_FRAME as u64) as usize);
-            while (bytes.len() as u64) < size {
-                let received = bytes.len() as u64;
-                let truncated = ManageError::Truncated {
-                    received,
-                    announced: size,
-                };
-                let chunk = match framed.next().await {
-                    None => return Err(truncated),
-                    Some(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => {
-                        return Err(truncated);
-                    }
-                    Some(frame) => frame.map_err(|error| read_error(error, "component"))?,
-                };
-                if chunk.is_empty() {
-                    return Err(ManageError::Malformed("an empty chunk"));
-                }
-                if received + chunk.len() as u64 > size {
-                    return Err(ManageError::Oversent { announced: size });
-                }
-                bytes.extend_from_slice(&chunk);
-            }
-            id.verify(&bytes).map_err(ManageError::Mismatch)?;
-            Some(bytes)
-        }
+        (Op::Deploy, Some(id)) => Some(read_body(&mut framed, &id, size).await?),
     };
     match framed.next().await {
         None => Ok((request, component)),
