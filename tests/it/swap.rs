@@ -61,6 +61,17 @@ fn replace_file(path: &Path, bytes: &[u8]) {
     std::fs::rename(&next, path).unwrap();
 }
 
+/// A node serving `file`, a copy of `version-1`, on [`VERSIONED`], and a client
+/// connected to it.
+async fn serving_version_1(file: &Path) -> (Node, Client) {
+    replace_file(file, &std::fs::read(test_cell("version-1")).unwrap());
+    let flag = format!("{VERSIONED}={}", file.display());
+    let node = Node::start(&["--cell", &flag]).await;
+    let client = Client::new().unwrap();
+    client.connect(&node.tcp).await.unwrap();
+    (node, client)
+}
+
 fn hang_up(node: &Node) {
     let pid = node.child.id().unwrap().to_string();
     let status = std::process::Command::new("kill")
@@ -74,11 +85,7 @@ fn hang_up(node: &Node) {
 async fn a_sighup_swaps_a_changed_file_and_streams_in_flight_finish_on_the_old_version() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("cell.wasm");
-    replace_file(&file, &std::fs::read(test_cell("version-1")).unwrap());
-    let flag = format!("{VERSIONED}={}", file.display());
-    let node = Node::start(&["--cell", &flag]).await;
-    let client = Client::new().unwrap();
-    client.connect(&node.tcp).await.unwrap();
+    let (node, client) = serving_version_1(&file).await;
 
     let mut in_flight = Vec::new();
     for _ in 0..20 {
@@ -111,11 +118,7 @@ async fn a_sighup_swaps_a_changed_file_and_streams_in_flight_finish_on_the_old_v
 async fn a_sighup_with_a_broken_file_keeps_the_old_version() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("cell.wasm");
-    replace_file(&file, &std::fs::read(test_cell("version-1")).unwrap());
-    let flag = format!("{VERSIONED}={}", file.display());
-    let node = Node::start(&["--cell", &flag]).await;
-    let client = Client::new().unwrap();
-    client.connect(&node.tcp).await.unwrap();
+    let (node, client) = serving_version_1(&file).await;
 
     replace_file(&file, b"\0asm\x0d\0\x01\0 not really a component");
     hang_up(&node);
