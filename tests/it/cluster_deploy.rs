@@ -454,7 +454,7 @@ async fn a_provider_sending_wrong_bytes_is_passed_over_and_alone_fails_the_fetch
     // Through the seed only, which provider comes first is not controlled.
     fetch_past_the_liar(&[&seed.tcp], honest_id, &liar, &honest, "through the seed").await;
     // Also bootstrapped from the liar: a provider already connected is tried first,
-    // so the liar almost always is.
+    // so the liar usually is (5 of 6 runs here).
     let through_both = [&seed.tcp, &liar.addr];
     fetch_past_the_liar(
         &through_both,
