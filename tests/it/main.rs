@@ -3,6 +3,7 @@
 mod admin;
 mod bench;
 mod cluster;
+mod cluster_deploy;
 mod content;
 mod deploy;
 mod deploy_stub;
