@@ -167,6 +167,13 @@ impl Cell {
         if let Err(error) = writer.end(&ending).await {
             tracing::debug!(%error, "the stream could not be ended as intended; aborting it");
         }
+        if let (Err(failure), Outcome::Failure(reason)) = (&outcome, ending) {
+            // A node's streams get (protocol, peer) as their arguments.
+            let peer = args.get(1).filter(|arg| arg.parse::<libp2p::PeerId>().is_ok());
+            let peer = peer.map(|peer| peer.to_string());
+            let metrics = &self.runtime.metrics;
+            metrics.note_failure(&self.label, failure.kind(), reason, peer);
+        }
         record.failure = outcome.as_ref().err().map(Failure::kind);
         outcome
     }

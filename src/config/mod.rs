@@ -6,7 +6,8 @@
 //! listen = ["/ip4/0.0.0.0/tcp/2025", "/ip4/0.0.0.0/udp/2025/quic-v1"]
 //! identity = "/var/lib/ww/identity.key"   # default: ~/.local/share/ww/identity.key
 //! shutdown_grace_s = 10                     # how long running guests get on shutdown
-//! admin = "127.0.0.1:2026"                  # /healthz, /metrics, /status; off if absent
+//! admin = "127.0.0.1:2026"                  # dashboard, /healthz, /metrics, /status; off if absent
+//! admin_token = "…"                         # required on every admin request; needed off loopback
 //! cache = "/var/cache/ww"                   # compiled cells; false = none; default ~/.cache/ww/cells
 //! bootstrap = ["/ip4/192.0.2.7/tcp/2025/p2p/12D3KooW…"]   # peers to join the DHT through
 //! mdns = true                               # find peers on the local network

@@ -36,6 +36,9 @@ pub struct NodeConfig {
     pub cells: Vec<CellSpec>,
     /// Where the admin HTTP endpoint listens, if anywhere.
     pub admin: Option<SocketAddr>,
+    /// The token every admin request must carry, if any (always set when `admin` is
+    /// not loopback).
+    pub admin_token: Option<String>,
     /// Where compiled cells are cached, if anywhere.
     pub cache: Option<PathBuf>,
     /// Where components (`content/`) and deployed cells (`deployed.json`) are kept.
@@ -70,6 +73,7 @@ impl NodeConfig {
             deployers,
             max_component,
             admin,
+            admin_token,
             bootstrap,
             no_mdns,
             dht,
@@ -168,6 +172,7 @@ impl NodeConfig {
         {
             bail!("bootstrap address {addr} does not end in /p2p/<peer-id>");
         }
+        check_admin_token(admin, admin_token.as_deref())?;
         Ok(Self {
             listen,
             identity,
@@ -175,6 +180,7 @@ impl NodeConfig {
             limits,
             cells: all,
             admin,
+            admin_token,
             data_dir,
             deployers,
             max_component: max_component.unwrap_or(DEFAULT_MAX_COMPONENT),
@@ -226,6 +232,32 @@ pub fn cache_dir(
         (None, Some(CacheSetting::Enabled(false))) => None,
         (None, Some(CacheSetting::Enabled(true)) | None) => crate::cell::Cache::default_dir(),
     }
+}
+
+
+/// The shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+/// An admin endpoint off loopback needs a token; a token must be long enough and
+/// URL-safe (it travels in `?token=`).
+fn check_admin_token(admin: Option<SocketAddr>, token: Option<&str>) -> anyhow::Result<()> {
+    if let Some(token) = token {
+        let url_safe = |c: char| c.is_ascii_alphanumeric() || "-_.~".contains(c);
+        if token.len() < MIN_ADMIN_TOKEN_LEN || !token.chars().all(url_safe) {
+            bail!(
+                "the admin token must be at least {MIN_ADMIN_TOKEN_LEN} characters from A-Z, a-z, 0-9, '-', '_', '.', '~'"
+            );
+        }
+    }
+    if let Some(addr) = admin
+        && !addr.ip().is_loopback()
+        && token.is_none()
+    {
+        bail!(
+            "the admin endpoint on {addr} is not loopback: give it a token (--admin-token or admin_token in the config)"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -409,6 +441,26 @@ mod tests {
             format!("{error:#}").contains("no built-in cell `nope`"),
             "{error:#}"
         );
+    }
+
+    #[test]
+    fn an_admin_endpoint_off_loopback_needs_a_good_token() {
+        let merge = |file: &str| {
+            let file = toml::from_str::<Settings>(file).unwrap();
+            NodeConfig::merge(file, flags(vec![])).map_err(|e| e.to_string())
+        };
+        let error = merge("admin = \"0.0.0.0:2026\"").unwrap_err();
+        assert!(error.contains("not loopback"), "{error}");
+        let token = "admin_token = \"0123456789abcdef\"";
+        let config = merge(&format!("admin = \"0.0.0.0:2026\"\n{token}")).unwrap();
+        assert_eq!(config.admin_token.as_deref(), Some("0123456789abcdef"));
+        // Loopback needs none, but takes one.
+        assert_eq!(merge("admin = \"127.0.0.1:2026\"").unwrap().admin_token, None);
+        assert!(merge(&format!("admin = \"[::1]:2026\"\n{token}")).is_ok());
+        for bad in ["short", "0123456789abcdef with spaces", "0123456789abcdef&x=1"] {
+            let error = merge(&format!("admin_token = \"{bad}\"")).unwrap_err();
+            assert!(error.contains("at least 16 characters"), "{bad}: {error}");
+        }
     }
 
     #[test]

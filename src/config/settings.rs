@@ -77,10 +77,15 @@ pub struct Settings {
     #[arg(long, value_name = "SIZE", value_parser = crate::limits::parse_size)]
     #[serde(default, deserialize_with = "crate::limits::deserialize_size")]
     pub max_component: Option<u64>,
-    /// Serve /healthz, /metrics and /status over HTTP on this address (e.g.
-    /// 127.0.0.1:2026); off unless given.
+    /// Serve the dashboard (/), /healthz, /metrics and /status over HTTP on this
+    /// address (e.g. 127.0.0.1:2026); off unless given.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
+    /// Require this token on every admin request (`Authorization: Bearer TOKEN`, or
+    /// `?token=TOKEN` for the dashboard); required when `--admin` is not a loopback
+    /// address. At least 16 characters from A–Z, a–z, 0–9, `-`, `_`, `.`, `~`.
+    #[arg(long, value_name = "TOKEN", env = "WW_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Join the network (the DHT) through this peer, a full address ending in
     /// /p2p/<peer-id>; repeatable.
     #[arg(long, value_name = "MULTIADDR")]
@@ -191,6 +196,7 @@ impl Settings {
             deployers: added(below.deployers, self.deployers),
             max_component: self.max_component.or(below.max_component),
             admin: self.admin.or(below.admin),
+            admin_token: self.admin_token.or(below.admin_token),
             bootstrap: added(below.bootstrap, self.bootstrap),
             no_mdns: self.no_mdns || below.no_mdns,
             dht: self.dht.or(below.dht),

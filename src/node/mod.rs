@@ -38,6 +38,7 @@ mod start;
 mod stats;
 #[cfg(test)]
 mod tests;
+mod view;
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -126,10 +127,12 @@ impl Node {
         network: Network,
         requests: mpsc::Receiver<Request>,
     ) -> Self {
-        let view = NetworkView {
+        let mut swarm = swarm;
+        let mut view = NetworkView {
             peer_id: swarm.local_peer_id().to_string(),
             ..NetworkView::default()
         };
+        view::start(&mut view, &mut swarm);
         Node {
             swarm,
             listeners: Vec::new(),
@@ -190,6 +193,7 @@ impl Node {
         self.metrics.libp2p.record(&event);
         self.control.on_event(&mut self.swarm, &event);
         self.announcements.on_event(&mut self.swarm, &event);
+        view::note(&self.network, &mut self.swarm, &event);
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Router(inbound)) => self.accept(inbound),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => {
@@ -295,7 +299,9 @@ impl Node {
             return;
         };
         let handler = handler.clone();
+        let peer = inbound.peer;
         let task = handler.accept(inbound, !self.accepting);
+        let task = view::counted(&self.network, &peer, task);
         self.tasks.spawn(task.instrument(span));
     }
 

@@ -121,7 +121,8 @@ pub async fn run(
             let view: admin::CellsView =
                 Arc::new(move || view.list().iter().map(|c| c.info()).collect());
             let network = node.network.clone();
-            Some(admin::spawn(addr, metrics, network, view).await?)
+            let token = config.admin_token.clone();
+            Some(admin::spawn(addr, token, metrics, network, view).await?)
         }
         None => None,
     };

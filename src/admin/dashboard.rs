@@ -1,0 +1,130 @@
+//! The dashboard: the page at `/` (one embedded HTML file with its own small script
+//! and style, no external asset), `/api/state` (the JSON it shows, see [`state`]) and
+//! `/api/events`, the live feed it updates from.
+//!
+//! The feed costs one snapshot per [`FEED_INTERVAL`] however many dashboards are
+//! open: a ticker builds the state, serializes it and frames it as a server-sent
+//! event once, into a `watch` channel; every open feed sends the same bytes (a
+//! reference-counted `Bytes`, not a copy). With no feed open the ticker builds
+//! nothing. A slow reader only ever misses snapshots: the channel holds the latest.
+//!
+//! At most [`MAX_FEEDS`] feeds are open at once (each also holds one of the
+//! endpoint's connections); more get 503. A feed ends itself after [`FEED_LIFETIME`],
+//! and the page's `EventSource` reconnects; its connection is exempt from the
+//! endpoint's 30-second lifetime for that long (see [`super::FeedLease`]).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Extension, State};
+use axum::http::StatusCode;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::response::{Html, IntoResponse, Response};
+use tokio::sync::{Semaphore, watch};
+
+use super::state::{self, State as DashboardState};
+use super::{AppState, FeedLease};
+
+/// How often the feed sends a snapshot, at most.
+pub const FEED_INTERVAL: Duration = Duration::from_secs(1);
+/// Feeds open at once, at most.
+pub const MAX_FEEDS: usize = 16;
+/// How long one feed lasts before it ends and the page reconnects.
+pub const FEED_LIFETIME: Duration = Duration::from_secs(600);
+/// How long the page waits before reconnecting a feed that ended, in milliseconds
+/// (the SSE `retry` field).
+const RECONNECT_MS: u32 = 1000;
+
+/// The page, with `{{STATE}}` where the first snapshot goes.
+const PAGE: &str = include_str!("dashboard.html");
+
+/// The live feed's shared parts: the latest framed snapshot and the feed budget.
+#[derive(Clone)]
+pub(super) struct Feed {
+    /// The latest snapshot as one SSE frame; replaced every tick while anyone listens.
+    frames: watch::Sender<Bytes>,
+    /// One permit per open feed.
+    slots: Arc<Semaphore>,
+}
+
+impl Feed {
+    pub(super) fn new() -> Self {
+        Feed {
+            frames: watch::Sender::new(Bytes::new()),
+            slots: Arc::new(Semaphore::new(MAX_FEEDS)),
+        }
+    }
+}
+
+/// Builds, serializes and publishes one snapshot per [`FEED_INTERVAL`] while a feed
+/// is open. Runs until aborted.
+pub(super) async fn tick(app: AppState) {
+    let mut ticks = tokio::time::interval(FEED_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        ticks.tick().await;
+        if app.feed.frames.receiver_count() == 0 {
+            continue;
+        }
+        let json = serde_json::to_string(&current(&app)).expect("the state serializes");
+        app.feed.frames.send_replace(frame(&json));
+    }
+}
+
+/// One SSE frame carrying `json` (one line: serde_json escapes newlines).
+fn frame(json: &str) -> Bytes {
+    Bytes::from(format!("data: {json}\n\n"))
+}
+
+/// The state now.
+fn current(app: &AppState) -> DashboardState {
+    let network = app.network.read().unwrap_or_else(|e| e.into_inner()).clone();
+    state::snapshot(&app.metrics, &network, (app.cells)(), app.started.elapsed())
+}
+
+/// `GET /api/state`: the state now, as JSON.
+pub(super) async fn api_state(State(app): State<AppState>) -> axum::Json<DashboardState> {
+    axum::Json(current(&app))
+}
+
+/// `GET /`: the page, with the state now embedded so it shows something before the
+/// feed's first snapshot.
+pub(super) async fn page(State(app): State<AppState>) -> Html<String> {
+    let json = serde_json::to_string(&current(&app)).expect("the state serializes");
+    // Inside <script>, "</" could end the element; JSON allows "<\/" for it.
+    Html(PAGE.replace("{{STATE}}", &json.replace("</", "<\\/")))
+}
+
+/// `GET /api/events`: the live feed, one snapshot per tick, for [`FEED_LIFETIME`].
+pub(super) async fn events(
+    State(app): State<AppState>,
+    Extension(lease): Extension<FeedLease>,
+) -> Response {
+    let Ok(slot) = app.feed.slots.clone().try_acquire_owned() else {
+        let busy = "too many dashboards open; try again later\n";
+        return (StatusCode::SERVICE_UNAVAILABLE, busy).into_response();
+    };
+    lease.mark();
+    let frames = app.feed.frames.subscribe();
+    let ends = tokio::time::Instant::now() + FEED_LIFETIME;
+    let retry = Bytes::from(format!("retry: {RECONNECT_MS}\n\n"));
+    let first = futures::stream::once(async move { Ok::<_, Infallible>(retry) });
+    // The slot is held as long as the stream lives.
+    let snapshots = futures::stream::unfold((frames, slot), move |(mut frames, slot)| async move {
+        match tokio::time::timeout_at(ends, frames.changed()).await {
+            Ok(Ok(())) => {
+                let frame = frames.borrow_and_update().clone();
+                Some((Ok(frame), (frames, slot)))
+            }
+            _ => None,
+        }
+    });
+    let body = Body::from_stream(futures::StreamExt::chain(first, snapshots));
+    let headers = [
+        (CONTENT_TYPE, "text/event-stream"),
+        (CACHE_CONTROL, "no-cache"),
+    ];
+    (headers, body).into_response()
+}
