@@ -5,6 +5,7 @@ mod bench;
 mod cluster;
 mod cluster_deploy;
 mod content;
+mod dashboard;
 mod deploy;
 mod deploy_stub;
 mod dialer;
