@@ -495,7 +495,12 @@ mod tests {
         metrics.refused(&echo, "not_allowed");
         let summary = metrics.summary(&echo);
         assert_eq!(
-            (summary.accepted, summary.completed, summary.failed, summary.refused),
+            (
+                summary.accepted,
+                summary.completed,
+                summary.failed,
+                summary.refused
+            ),
             (5, 4, 1, 1)
         );
         assert_eq!((summary.bytes_in, summary.bytes_out), (8, 12));

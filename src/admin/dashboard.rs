@@ -80,7 +80,11 @@ fn frame(json: &str) -> Bytes {
 
 /// The state now.
 fn current(app: &AppState) -> DashboardState {
-    let network = app.network.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let network = app
+        .network
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     state::snapshot(&app.metrics, &network, (app.cells)(), app.started.elapsed())
 }
 

@@ -324,7 +324,10 @@ mod tests {
     fn the_token_comes_from_the_header_or_the_query() {
         assert_eq!(presented(&request("/", Some("Bearer abc"))), Some("abc"));
         assert_eq!(presented(&request("/?a=1&token=abc", None)), Some("abc"));
-        assert_eq!(presented(&request("/api/events?token=abc", None)), Some("abc"));
+        assert_eq!(
+            presented(&request("/api/events?token=abc", None)),
+            Some("abc")
+        );
         assert_eq!(presented(&request("/", Some("Basic abc"))), None);
         assert_eq!(presented(&request("/?tokens=abc", None)), None);
         assert_eq!(presented(&request("/", None)), None);

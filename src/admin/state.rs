@@ -210,7 +210,12 @@ mod tests {
         );
         network.peers.insert("12D3K".into(), peer);
 
-        let state = snapshot(&metrics, &network, vec![echo_info()], Duration::from_secs(9));
+        let state = snapshot(
+            &metrics,
+            &network,
+            vec![echo_info()],
+            Duration::from_secs(9),
+        );
         let json = serde_json::to_value(&state).unwrap();
         assert_eq!(json["node"]["peer_id"], "12D3Self");
         assert_eq!(json["node"]["uptime_s"], 9);

@@ -169,7 +169,9 @@ impl Cell {
         }
         if let (Err(failure), Outcome::Failure(reason)) = (&outcome, ending) {
             // A node's streams get (protocol, peer) as their arguments.
-            let peer = args.get(1).filter(|arg| arg.parse::<libp2p::PeerId>().is_ok());
+            let peer = args
+                .get(1)
+                .filter(|arg| arg.parse::<libp2p::PeerId>().is_ok());
             let peer = peer.map(|peer| peer.to_string());
             let metrics = &self.runtime.metrics;
             metrics.note_failure(&self.label, failure.kind(), reason, peer);

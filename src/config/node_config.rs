@@ -234,7 +234,6 @@ pub fn cache_dir(
     }
 }
 
-
 /// The shortest admin token accepted.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
@@ -455,9 +454,16 @@ mod tests {
         let config = merge(&format!("admin = \"0.0.0.0:2026\"\n{token}")).unwrap();
         assert_eq!(config.admin_token.as_deref(), Some("0123456789abcdef"));
         // Loopback needs none, but takes one.
-        assert_eq!(merge("admin = \"127.0.0.1:2026\"").unwrap().admin_token, None);
+        assert_eq!(
+            merge("admin = \"127.0.0.1:2026\"").unwrap().admin_token,
+            None
+        );
         assert!(merge(&format!("admin = \"[::1]:2026\"\n{token}")).is_ok());
-        for bad in ["short", "0123456789abcdef with spaces", "0123456789abcdef&x=1"] {
+        for bad in [
+            "short",
+            "0123456789abcdef with spaces",
+            "0123456789abcdef&x=1",
+        ] {
             let error = merge(&format!("admin_token = \"{bad}\"")).unwrap_err();
             assert!(error.contains("at least 16 characters"), "{bad}: {error}");
         }

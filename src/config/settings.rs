@@ -84,7 +84,12 @@ pub struct Settings {
     /// Require this token on every admin request (`Authorization: Bearer TOKEN`, or
     /// `?token=TOKEN` for the dashboard); required when `--admin` is not a loopback
     /// address. At least 16 characters from A–Z, a–z, 0–9, `-`, `_`, `.`, `~`.
-    #[arg(long, value_name = "TOKEN", env = "WW_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "WW_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
     pub admin_token: Option<String>,
     /// Join the network (the DHT) through this peer, a full address ending in
     /// /p2p/<peer-id>; repeatable.
@@ -275,6 +280,13 @@ mod tests {
                 Box::new(|c| format!("{:?}", c.admin)),
                 "Some(127.0.0.1:1)".into(),
                 "Some(127.0.0.1:2)".into(),
+            ),
+            (
+                "admin_token = \"file-token-0123456789\"".into(),
+                vec!["--admin-token".into(), "flag-token-0123456789".into()],
+                Box::new(|c| format!("{:?}", c.admin_token)),
+                "Some(\"file-token-0123456789\")".into(),
+                "Some(\"flag-token-0123456789\")".into(),
             ),
             (
                 "cache = \"/file-cache\"".into(),

@@ -14,7 +14,11 @@ use crate::admin::state::ConnectionView;
 use crate::net::{Behaviour, BehaviourEvent};
 
 /// Notes what `event` changes in `view`; takes the lock only for events that do.
-pub(super) fn note(view: &RwLock<NetworkView>, swarm: &mut Swarm<Behaviour>, event: &SwarmEvent<BehaviourEvent>) {
+pub(super) fn note(
+    view: &RwLock<NetworkView>,
+    swarm: &mut Swarm<Behaviour>,
+    event: &SwarmEvent<BehaviourEvent>,
+) {
     let write = || view.write().unwrap_or_else(|e| e.into_inner());
     match event {
         SwarmEvent::ConnectionEstablished {
@@ -34,7 +38,8 @@ pub(super) fn note(view: &RwLock<NetworkView>, swarm: &mut Swarm<Behaviour>, eve
             };
             let mut view = write();
             let peer = view.peers.entry(peer_id.to_string()).or_default();
-            peer.connections.insert(connection_id.to_string(), connection);
+            peer.connections
+                .insert(connection_id.to_string(), connection);
             note_dht_sizes(&mut view, swarm);
         }
         SwarmEvent::ConnectionClosed {
@@ -81,7 +86,10 @@ pub(super) fn note(view: &RwLock<NetworkView>, swarm: &mut Swarm<Behaviour>, eve
             ..
         })) => write().nat = nat_status(new),
         SwarmEvent::ExternalAddrConfirmed { .. } | SwarmEvent::ExternalAddrExpired { .. } => {
-            write().external = swarm.external_addresses().map(ToString::to_string).collect();
+            write().external = swarm
+                .external_addresses()
+                .map(ToString::to_string)
+                .collect();
         }
         _ => {}
     }
