@@ -132,3 +132,82 @@ pub(super) async fn events(
     ];
     (headers, body).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+
+    use super::*;
+    use crate::admin::CellsView;
+    use crate::metrics::Metrics;
+
+    /// Opens a feed on `addr` and returns its lines.
+    async fn open_feed(
+        addr: std::net::SocketAddr,
+    ) -> tokio::io::Lines<BufReader<tokio::net::TcpStream>> {
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET /api/events HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        socket.write_all(request.as_bytes()).await.unwrap();
+        BufReader::new(socket).lines()
+    }
+
+    /// The next snapshot's uptime on a feed.
+    async fn next_uptime(lines: &mut tokio::io::Lines<BufReader<tokio::net::TcpStream>>) -> u64 {
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+                .await
+                .expect("a snapshot in time")
+                .unwrap()
+                .expect("an open feed");
+            if let Some(json) = line.strip_prefix("data: ") {
+                let state: serde_json::Value = serde_json::from_str(json).unwrap();
+                return state["node"]["uptime_s"].as_u64().unwrap();
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn open_feeds_share_one_snapshot_per_tick_and_none_builds_without_them() {
+        // Each snapshot lists the cells once: counting the calls counts the builds.
+        let builds = Arc::new(AtomicUsize::new(0));
+        let cells: CellsView = {
+            let builds = builds.clone();
+            Arc::new(move || {
+                builds.fetch_add(1, Ordering::SeqCst);
+                Vec::new()
+            })
+        };
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let endpoint = super::super::spawn(addr, None, metrics, Arc::default(), cells)
+            .await
+            .unwrap();
+        tokio::time::sleep(3 * FEED_INTERVAL).await;
+        assert_eq!(builds.load(Ordering::SeqCst), 0, "built with no feed open");
+
+        const FEEDS: usize = 4;
+        const SNAPSHOTS: usize = 3;
+        let mut feeds = Vec::new();
+        for _ in 0..FEEDS {
+            feeds.push(open_feed(addr).await);
+        }
+        let mut seen = BTreeSet::new();
+        for feed in &mut feeds {
+            for _ in 0..SNAPSHOTS {
+                seen.insert(next_uptime(feed).await);
+            }
+        }
+        let built = builds.load(Ordering::SeqCst);
+        // Built per feed, there would be FEEDS × SNAPSHOTS builds at least; shared,
+        // one per tick: the distinct snapshots seen, and a tick either side.
+        assert!(built <= seen.len() + 2, "{built} builds for {seen:?}");
+        assert!(built < FEEDS * SNAPSHOTS, "{built} builds");
+        endpoint.abort();
+    }
+}
