@@ -154,6 +154,11 @@ mod tests {
         BufReader::new(socket).lines()
     }
 
+    /// A response's status line.
+    async fn status_line(lines: &mut tokio::io::Lines<BufReader<tokio::net::TcpStream>>) -> String {
+        lines.next_line().await.unwrap().unwrap()
+    }
+
     /// The next snapshot's uptime on a feed.
     async fn next_uptime(lines: &mut tokio::io::Lines<BufReader<tokio::net::TcpStream>>) -> u64 {
         loop {
@@ -208,6 +213,41 @@ mod tests {
         // one per tick: the distinct snapshots seen, and a tick either side.
         assert!(built <= seen.len() + 2, "{built} builds for {seen:?}");
         assert!(built < FEEDS * SNAPSHOTS, "{built} builds");
+        endpoint.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn feeds_beyond_the_cap_get_503_until_one_closes() {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let cells: CellsView = Arc::new(Vec::new);
+        let metrics = Arc::new(Metrics::new());
+        let endpoint = super::super::spawn(addr, None, metrics, Arc::default(), cells)
+            .await
+            .unwrap();
+        let mut feeds = Vec::new();
+        for _ in 0..MAX_FEEDS {
+            let mut feed = open_feed(addr).await;
+            assert!(status_line(&mut feed).await.starts_with("HTTP/1.1 200"));
+            feeds.push(feed);
+        }
+        let mut extra = open_feed(addr).await;
+        assert!(status_line(&mut extra).await.starts_with("HTTP/1.1 503"));
+        // A closed feed's slot comes back once the endpoint notices (at its next
+        // snapshot at the latest).
+        drop(feeds.pop());
+        let mut reopened = false;
+        for _ in 0..50 {
+            let mut feed = open_feed(addr).await;
+            if status_line(&mut feed).await.starts_with("HTTP/1.1 200") {
+                reopened = true;
+                break;
+            }
+            tokio::time::sleep(FEED_INTERVAL / 5).await;
+        }
+        assert!(reopened, "the closed feed's slot never came back");
         endpoint.abort();
     }
 }
