@@ -11,7 +11,7 @@
 //! At most [`MAX_FEEDS`] feeds are open at once (each also holds one of the
 //! endpoint's connections); more get 503. A feed ends itself after [`FEED_LIFETIME`],
 //! and the page's `EventSource` reconnects; its connection is exempt from the
-//! endpoint's 30-second lifetime for that long (see [`super::FeedLease`]).
+//! endpoint's 30-second lifetime for that long.
 
 use std::convert::Infallible;
 use std::sync::Arc;
