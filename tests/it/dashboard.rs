@@ -341,7 +341,8 @@ async fn a_person_sees_cells_failures_and_peers_in_chromium() {
     let traffic = {
         let (alice, peer) = (alice.clone(), node.peer);
         tokio::spawn(async move {
-            for _ in 0..200 {
+            // Until aborted at the end of the test (bounded all the same).
+            for _ in 0..6000 {
                 let _ = request(&alice, peer, ECHO, b"more").await;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
