@@ -19,6 +19,8 @@ pub struct ConnectionView {
     pub direction: &'static str,
     /// The peer's address on this connection.
     pub address: String,
+    /// Its transport: `tcp`, `quic` or `other`.
+    pub transport: &'static str,
     /// Whether it runs through a relay (`/p2p-circuit`) rather than directly.
     pub relayed: bool,
 }
@@ -205,6 +207,7 @@ mod tests {
             ConnectionView {
                 direction: "inbound",
                 address: "/ip4/127.0.0.1/tcp/5".into(),
+                transport: "tcp",
                 relayed: false,
             },
         );
@@ -246,6 +249,7 @@ mod tests {
         assert_eq!(peer["open_streams"], 2);
         assert_eq!(peer["connections"][0]["direction"], "inbound");
         assert_eq!(peer["connections"][0]["relayed"], false);
+        assert_eq!(peer["connections"][0]["transport"], "tcp");
     }
 
     #[test]

@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use futures::future::BoxFuture;
+use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{PeerId, Swarm, autonat, identify, kad, ping};
+use libp2p::{Multiaddr, PeerId, Swarm, autonat, identify, kad, ping};
 
 use crate::admin::NetworkView;
 use crate::admin::state::ConnectionView;
@@ -34,6 +35,7 @@ pub(super) fn note(
                     "inbound"
                 },
                 address: endpoint.get_remote_address().to_string(),
+                transport: transport(endpoint.get_remote_address()),
                 relayed: endpoint.is_relayed(),
             };
             let mut view = write();
@@ -99,6 +101,20 @@ pub(super) fn note(
 pub(super) fn start(view: &mut NetworkView, swarm: &mut Swarm<Behaviour>) {
     view.nat = nat_status(&autonat::NatStatus::Unknown);
     note_dht_sizes(view, swarm);
+}
+
+/// The transport a connection to `address` runs on (for a relayed connection, the
+/// one to the relay).
+fn transport(address: &Multiaddr) -> &'static str {
+    let mut transport = "other";
+    for protocol in address.iter() {
+        match protocol {
+            Protocol::Tcp(_) => transport = "tcp",
+            Protocol::QuicV1 => transport = "quic",
+            _ => {}
+        }
+    }
+    transport
 }
 
 /// AutoNAT's verdict, in words.

@@ -210,6 +210,7 @@ async fn the_feed_shows_counts_rising_failures_and_peers() {
         .unwrap();
     assert_eq!(me_seen["connections"][0]["direction"], "inbound");
     assert_eq!(me_seen["connections"][0]["relayed"], false);
+    assert_eq!(me_seen["connections"][0]["transport"], "tcp");
     assert_eq!(state["node"]["connected_peers"], 1);
 }
 
@@ -380,7 +381,7 @@ async fn a_person_sees_cells_failures_and_peers_in_chromium() {
         let peer = row(&dom, "data-peer", &client.local_peer_id().to_string())
             .unwrap_or_else(|| panic!("peer missing:\n{dom}"));
         assert_eq!(peer[1], "inbound");
-        assert_eq!(peer[3], "direct");
+        assert_eq!(peer[3], "direct · tcp");
         assert!(peer[4].ends_with(" ms"), "{peer:?}");
         assert_ne!(peer[5], "–", "no agent: {peer:?}");
     }
