@@ -245,14 +245,20 @@ async fn a_feed_outlives_the_connection_lifetime() {
 fn chromium() -> PathBuf {
     let path = PathBuf::from("/usr/bin/chromium");
     if !path.exists() {
-        let installed = std::process::Command::new("apt-get")
-            .args(["-o", "DPkg::Lock::Timeout=600", "install", "-y", "chromium"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .expect("running apt-get");
+        // A fresh machine may have no package lists yet; CI runs as root.
+        let apt = |args: &[&str]| {
+            std::process::Command::new("apt-get")
+                .args(["-o", "DPkg::Lock::Timeout=600"])
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|status| status.success())
+        };
+        let installed = apt(&["install", "-y", "chromium"])
+            || (apt(&["update"]) && apt(&["install", "-y", "chromium"]));
         assert!(
-            installed.success() && path.exists(),
-            "cannot install chromium"
+            installed && path.exists(),
+            "this test needs Debian's chromium; installing it failed (run as root, or `apt-get install chromium`)"
         );
     }
     path
