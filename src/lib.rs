@@ -31,7 +31,8 @@
 //!   [`net::manage`]'s wires.
 //! - [`dial`]: `ww dial` and `ww find`, a stream between this terminal and a remote
 //!   cell, and the nodes that serve a cell.
-//! - [`metrics`], [`admin`]: what the node counts, and the HTTP endpoint showing it.
+//! - [`metrics`], [`admin`]: what the node counts, and the HTTP endpoint showing it
+//!   (metrics, status, the dashboard and its live feed).
 //!
 //! The tooling that drives nodes rather than being one — `ww bench` (a load
 //! generator), `ww bench-suite` (the side-by-side suite against raw TCP and native
