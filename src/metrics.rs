@@ -407,11 +407,11 @@ impl Metrics {
         }
     }
 
-    /// A stream for `cell` was refused for a reason of kind `reason` (also noted
-    /// among the recent failures, without its peer).
-    pub fn refused(&self, cell: &CellLabel, reason: &'static str) {
+    /// A stream of `peer` for `cell` was refused for a reason of kind `reason`; `why`
+    /// says it in words (`refused: …`), as the recent failures note it.
+    pub fn refused(&self, cell: &CellLabel, reason: &'static str, why: String, peer: String) {
         self.counts(cell).refused.fetch_add(1, Ordering::Relaxed);
-        self.note_failure(cell, reason, format!("refused: {reason}"), None);
+        self.note_failure(cell, reason, why, Some(peer));
         let labels = ReasonLabel {
             cell: cell.cell.clone(),
             reason: reason.into(),
@@ -451,7 +451,12 @@ mod tests {
         metrics.started(&echo);
         metrics.instantiated(&echo, Duration::from_micros(40));
         metrics.ended(&echo, Some("cpu"), Duration::from_millis(3), (5, 7));
-        metrics.refused(&echo, "node_busy");
+        metrics.refused(
+            &echo,
+            "node_busy",
+            "refused: node busy".into(),
+            "12D3".into(),
+        );
         let text = metrics.encode();
         for line in [
             "ww_streams_accepted_total{cell=\"echo\"} 1",
@@ -492,7 +497,12 @@ mod tests {
         metrics.started(&echo);
         metrics.ended(&echo, Some("trap"), Duration::from_millis(3), (0, 0));
         metrics.note_failure(&echo, "trap", "trapped: boom".into(), Some("12D3".into()));
-        metrics.refused(&echo, "not_allowed");
+        metrics.refused(
+            &echo,
+            "not_allowed",
+            "refused: not allowed".into(),
+            "12D3Koo".into(),
+        );
         let summary = metrics.summary(&echo);
         assert_eq!(
             (
@@ -509,7 +519,8 @@ mod tests {
         assert!(0.002 < p50 && p50 <= 0.004, "{p50}");
         let recent = metrics.recent_failures();
         assert_eq!(recent.len(), 2);
-        assert_eq!(recent[0].reason, "refused: not_allowed");
+        assert_eq!(recent[0].reason, "refused: not allowed");
+        assert_eq!(recent[0].peer.as_deref(), Some("12D3Koo"));
         assert_eq!(recent[1].reason, "trapped: boom");
         assert_eq!(recent[1].peer.as_deref(), Some("12D3"));
         for i in 0..RECENT_FAILURES {

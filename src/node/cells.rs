@@ -162,7 +162,7 @@ impl Handler for Cells {
         };
         let metrics = self.metrics.clone();
         match refusal {
-            Some(refusal) => refuse(stream, variant, refusal, metrics, served).boxed(),
+            Some(refusal) => refuse(stream, variant, refusal, metrics, served, peer).boxed(),
             None => {
                 let admission = Admission {
                     node_gate: self.gate.clone(),
@@ -387,7 +387,7 @@ async fn serve(
     };
     let _passes = match admitted {
         Ok(passes) => passes,
-        Err(refusal) => return refuse(stream, variant, refusal, metrics, served).await,
+        Err(refusal) => return refuse(stream, variant, refusal, metrics, served, peer).await,
     };
     let _live = LiveInstance::new(&served);
     let (reader, writer) = tokio::io::split(stream.compat());
@@ -411,8 +411,14 @@ async fn refuse(
     refusal: Refusal,
     metrics: Arc<Metrics>,
     served: Arc<ServedCell>,
+    peer: PeerId,
 ) {
-    metrics.refused(&served.label, refusal.kind());
+    metrics.refused(
+        &served.label,
+        refusal.kind(),
+        refusal.to_string(),
+        peer.to_string(),
+    );
     tracing::info!(%refusal, "stream refused");
     if variant.is_framed() {
         let outcome = Outcome::Failure(refusal.to_string());
