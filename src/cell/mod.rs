@@ -5,7 +5,7 @@
 //! Per stream the only work is: a new `Store`, `instantiate_async` from the cell's
 //! [`CellPre`], and `wasi:cli/run`. The stream's halves are handed to the guest
 //! through `wetware:streams` (see `wit/streams.wit`) without channels or copies of
-//! our own; see [`io`] for the close and backpressure rules.
+//! our own; see `io` for the close and backpressure rules.
 //!
 //! # Layout
 //! `runtime` holds the [`Runtime`]: the engine, the linker, and loading a cell;

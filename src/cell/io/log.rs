@@ -16,7 +16,7 @@ pub const MAX_LOG_LINE: usize = 4096;
 
 /// A guest's stdout or stderr: every line becomes one `tracing` event in the
 /// stream's span (which names the peer and the protocol). Memory is bounded by
-/// [`MAX_LOG_LINE`]; nothing is queued. The last non-empty line is kept: a guest that
+/// `MAX_LOG_LINE`; nothing is queued. The last non-empty line is kept: a guest that
 /// fails says why on stderr, and that line becomes the failure's reason.
 #[derive(Clone)]
 pub struct GuestLog {
@@ -36,7 +36,7 @@ impl GuestLog {
     }
 
     /// The last non-empty line the guest wrote (a line it left unfinished counts
-    /// once the stream is dropped), cut to [`MAX_LOG_LINE`].
+    /// once the stream is dropped), cut to `MAX_LOG_LINE`.
     pub fn last_line(&self) -> Option<String> {
         self.last_line
             .lock()

@@ -1,5 +1,5 @@
 //! [`PeerOutputStream`]: the guest's `wasi:io` output stream onto a [`PeerWriter`],
-//! with its budget ([`OUTPUT_BUDGET`]) and its close rule.
+//! with its budget (`OUTPUT_BUDGET`) and its close rule.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -20,7 +20,7 @@ pub const OUTPUT_BUDGET: usize = 64 * 1024;
 ///
 /// `write` hands the bytes to the stream at once when the transport takes them (the
 /// usual case: yamux buffers up to its window) and keeps the rest, at most
-/// [`OUTPUT_BUDGET`], for the guest's next `write`, `flush`, `check-write` or wait on
+/// `OUTPUT_BUDGET`, for the guest's next `write`, `flush`, `check-write` or wait on
 /// the stream's pollable — the `wasi:io` contract, under which bytes are only sure to
 /// leave after a flush the guest waited for. A peer that stops reading therefore
 /// stalls the guest, and no task or channel per stream is needed (wasmtime-wasi's

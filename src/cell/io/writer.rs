@@ -64,7 +64,7 @@ impl PeerWriter {
     }
 
     /// Pushes the guest's pending bytes into the stream as far as it takes them;
-    /// `Ready` once none are left or pushing failed (kept for [`Self::take_failure`]).
+    /// `Ready` once none are left or pushing failed (kept for `take_failure`).
     pub fn poll_push(&self, cx: &mut Context<'_>) -> Poll<()> {
         let state = &mut *self.state();
         while !state.pending.is_empty() && state.failed.is_none() {
