@@ -83,6 +83,9 @@ pub struct NetworkView {
     /// The connected peers, by peer ID.
     #[serde(skip)]
     pub peers: BTreeMap<String, state::PeerView>,
+    /// Every peer the node knows of (DHTs, mDNS, connections), by peer ID.
+    #[serde(skip)]
+    pub cluster: BTreeMap<String, state::ClusterPeer>,
 }
 
 /// A served cell, as `/status` lists it.

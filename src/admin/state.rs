@@ -1,8 +1,9 @@
 //! The JSON the dashboard consumes (`GET /api/state`, and each snapshot of the feed):
-//! the node, its cells with their counts, the recent failures and the connected
-//! peers, built from the metrics and the views the node keeps current.
+//! the node, its cells with their counts, the recent failures, the connected peers and
+//! the cluster (every peer the node knows of, and the cells each serves), built from
+//! the metrics and the views the node keeps current.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -37,6 +38,31 @@ pub struct PeerView {
     /// Its inbound streams being served now (cells, stats, code…), shared with the
     /// streams' tasks.
     pub streams: Arc<AtomicU64>,
+}
+
+/// A peer this node knows of, connected or not, as the node's event loop keeps it.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ClusterPeer {
+    /// How it was found: `wan-dht`, `lan-dht`, `mdns`, `connection`.
+    pub found_by: BTreeSet<&'static str>,
+    /// Addresses it is known at (the first few).
+    pub addresses: Vec<String>,
+    /// The cells it serves, as it said in identify (the protocols it accepts that are
+    /// neither a node protocol nor a cell's `+status`/`+call` variant); `None` until it
+    /// has told this node.
+    pub cells: Option<Vec<String>>,
+}
+
+/// A peer of the cluster, as the dashboard shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ClusterState {
+    /// Its peer ID.
+    pub peer_id: String,
+    /// Whether it is connected now.
+    pub connected: bool,
+    /// How it was found, where it is, what it serves.
+    #[serde(flatten)]
+    pub known: ClusterPeer,
 }
 
 /// The node's own facts, as the dashboard shows them.
@@ -105,6 +131,8 @@ pub struct State {
     pub failures: Vec<FailureNote>,
     /// The connected peers, by peer ID.
     pub peers: Vec<PeerState>,
+    /// Every peer the node knows of, by peer ID.
+    pub cluster: Vec<ClusterState>,
 }
 
 /// Builds the dashboard's state from the node's metrics, its network view and the
@@ -140,6 +168,15 @@ pub fn snapshot(
             open_streams: view.streams.load(Ordering::Relaxed),
         })
         .collect();
+    let cluster = network
+        .cluster
+        .iter()
+        .map(|(peer, known)| ClusterState {
+            peer_id: peer.clone(),
+            connected: network.peers.contains_key(peer),
+            known: known.clone(),
+        })
+        .collect();
     State {
         node: NodeState {
             peer_id: network.peer_id.clone(),
@@ -157,6 +194,7 @@ pub fn snapshot(
         cells,
         failures: metrics.recent_failures(),
         peers,
+        cluster,
     }
 }
 

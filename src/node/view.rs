@@ -1,6 +1,12 @@
 //! Keeps the admin endpoint's [`NetworkView`] current from the swarm's events: the
 //! connected peers (connections, RTT, agent, open streams), the external
-//! addresses, AutoNAT's verdict and the DHTs' mode and routing-table sizes.
+//! addresses, AutoNAT's verdict, the DHTs' mode and routing-table sizes, and the
+//! cluster — every peer the node learns of through the DHTs, mDNS or a connection,
+//! with the cells it says (in identify) that it serves.
+//!
+//! The cluster is bounded: at most [`MAX_CLUSTER`] peers (more are not added) with at
+//! most [`MAX_ADDRESSES`] addresses each, so peers announcing themselves cannot grow
+//! it without end.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -8,11 +14,17 @@ use std::sync::{Arc, RwLock};
 use futures::future::BoxFuture;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Swarm, autonat, identify, kad, ping};
+use libp2p::{Multiaddr, PeerId, Swarm, autonat, identify, kad, mdns, ping};
 
 use crate::admin::NetworkView;
-use crate::admin::state::ConnectionView;
+use crate::admin::state::{ClusterPeer, ConnectionView};
+use crate::net::status::{self, Variant};
 use crate::net::{Behaviour, BehaviourEvent};
+
+/// The most peers the cluster view holds.
+pub const MAX_CLUSTER: usize = 1000;
+/// The most addresses the cluster view keeps per peer.
+pub const MAX_ADDRESSES: usize = 4;
 
 /// Notes what `event` changes in `view`; takes the lock only for events that do.
 pub(super) fn note(
@@ -39,9 +51,14 @@ pub(super) fn note(
                 relayed: endpoint.is_relayed(),
             };
             let mut view = write();
+            let address = connection.address.clone();
             let peer = view.peers.entry(peer_id.to_string()).or_default();
             peer.connections
                 .insert(connection_id.to_string(), connection);
+            if let Some(known) = known(&mut view, peer_id) {
+                known.found_by.insert("connection");
+                add_address(known, address);
+            }
             note_dht_sizes(&mut view, swarm);
         }
         SwarmEvent::ConnectionClosed {
@@ -64,8 +81,15 @@ pub(super) fn note(
             info,
             ..
         })) => {
-            if let Some(peer) = write().peers.get_mut(&peer_id.to_string()) {
+            let mut view = write();
+            if let Some(peer) = view.peers.get_mut(&peer_id.to_string()) {
                 peer.agent = Some(info.agent_version.clone());
+            }
+            if let Some(known) = known(&mut view, peer_id) {
+                known.cells = Some(cells_among(&info.protocols));
+                for address in &info.listen_addrs {
+                    add_address(known, address.to_string());
+                }
             }
         }
         SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
@@ -77,11 +101,27 @@ pub(super) fn note(
                 peer.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
             }
         }
-        SwarmEvent::Behaviour(BehaviourEvent::Kad(
-            kad::Event::RoutingUpdated { .. } | kad::Event::ModeChanged { .. },
-        ))
-        | SwarmEvent::Behaviour(BehaviourEvent::LanKad(kad::Event::RoutingUpdated { .. })) => {
+        SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+            peer,
+            addresses,
+            ..
+        })) => found(&mut write(), swarm, peer, "wan-dht", addresses.iter()),
+        SwarmEvent::Behaviour(BehaviourEvent::LanKad(kad::Event::RoutingUpdated {
+            peer,
+            addresses,
+            ..
+        })) => found(&mut write(), swarm, peer, "lan-dht", addresses.iter()),
+        SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::ModeChanged { .. })) => {
             note_dht_sizes(&mut write(), swarm);
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
+            let mut view = write();
+            for (peer, address) in list {
+                if let Some(known) = known(&mut view, peer) {
+                    known.found_by.insert("mdns");
+                    add_address(known, address.to_string());
+                }
+            }
         }
         SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged {
             new,
@@ -95,6 +135,53 @@ pub(super) fn note(
         }
         _ => {}
     }
+}
+
+/// Notes a peer a DHT's routing table took in, at `addresses`.
+fn found<'a>(
+    view: &mut NetworkView,
+    swarm: &mut Swarm<Behaviour>,
+    peer: &PeerId,
+    dht: &'static str,
+    addresses: impl Iterator<Item = &'a Multiaddr>,
+) {
+    if let Some(known) = known(view, peer) {
+        known.found_by.insert(dht);
+        for address in addresses {
+            add_address(known, address.to_string());
+        }
+    }
+    note_dht_sizes(view, swarm);
+}
+
+/// `peer`'s entry in the cluster view, made if there is room.
+fn known<'v>(view: &'v mut NetworkView, peer: &PeerId) -> Option<&'v mut ClusterPeer> {
+    let key = peer.to_string();
+    if key == view.peer_id
+        || (view.cluster.len() >= MAX_CLUSTER && !view.cluster.contains_key(&key))
+    {
+        return None;
+    }
+    Some(view.cluster.entry(key).or_default())
+}
+
+fn add_address(known: &mut ClusterPeer, address: String) {
+    if known.addresses.len() < MAX_ADDRESSES && !known.addresses.contains(&address) {
+        known.addresses.push(address);
+    }
+}
+
+/// The cells among the protocols a peer accepts: not a node protocol (see
+/// [`crate::net::reserved_by`]) and not a cell's `+status` or `+call` variant.
+pub(super) fn cells_among(protocols: &[libp2p::StreamProtocol]) -> Vec<String> {
+    let mut cells: Vec<String> = protocols
+        .iter()
+        .filter(|protocol| crate::net::reserved_by(protocol.as_ref()).is_none())
+        .filter(|protocol| status::parse(protocol).1 == Variant::Plain)
+        .map(ToString::to_string)
+        .collect();
+    cells.sort();
+    cells
 }
 
 /// Fills in what the view knows before the first event.
@@ -165,5 +252,55 @@ impl OpenStream {
 impl Drop for OpenStream {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use libp2p::StreamProtocol;
+
+    use super::*;
+
+    #[test]
+    fn a_peers_cells_are_its_protocols_less_the_node_ones_and_the_variants() {
+        let protocols = [
+            "/ww/echo/0.1.0",
+            "/ww/echo/0.1.0+status",
+            "/ww/echo/0.1.0+call",
+            "/ipfs/id/1.0.0",
+            "/ipfs/ping/1.0.0",
+            "/ww/lan/kad/1.0.0",
+            "/ww/code/1.0.0",
+            "/ww/stats/0.1.0",
+            "/app/upper/1",
+        ]
+        .map(StreamProtocol::new);
+        assert_eq!(cells_among(&protocols), ["/app/upper/1", "/ww/echo/0.1.0"]);
+    }
+
+    #[test]
+    fn the_cluster_is_bounded_and_leaves_this_node_out() {
+        let me = PeerId::random();
+        let mut view = NetworkView {
+            peer_id: me.to_string(),
+            ..NetworkView::default()
+        };
+        assert!(known(&mut view, &me).is_none());
+        let first = PeerId::random();
+        let entry = known(&mut view, &first).unwrap();
+        for port in 0..10 {
+            add_address(entry, format!("/ip4/127.0.0.1/tcp/{port}"));
+        }
+        add_address(entry, "/ip4/127.0.0.1/tcp/0".into());
+        assert_eq!(entry.addresses.len(), MAX_ADDRESSES);
+        for _ in 1..MAX_CLUSTER {
+            known(&mut view, &PeerId::random()).unwrap();
+        }
+        assert!(known(&mut view, &PeerId::random()).is_none(), "full");
+        assert!(
+            known(&mut view, &first).is_some(),
+            "a known peer still updates"
+        );
+        assert_eq!(view.cluster.len(), MAX_CLUSTER);
     }
 }

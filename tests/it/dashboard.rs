@@ -279,7 +279,7 @@ async fn chromium_dom(url: &str, budget: Duration, screenshot: Option<&Path>) ->
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
-            "--window-size=1280,900",
+            "--window-size=1280,1250",
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(format!("--virtual-time-budget={}", budget.as_millis()));
@@ -329,13 +329,21 @@ async fn a_person_sees_cells_failures_and_peers_in_chromium() {
     }
     let (_, outcome) = outcome_of(&bob, node.peer, b"", "/test/trap/1").await;
     crate::support::assert_failed(&outcome, "trapped");
-    // Identify and ping have run once both peers show an agent and an RTT.
-    for _ in 0..100 {
+    // Another node joins through this one: the cluster shows it and its cells.
+    let other = Node::start(&["--bootstrap", &node.tcp.to_string()]).await;
+    // Identify and ping have run once every peer shows an agent and an RTT.
+    for _ in 0..200 {
         let state: serde_json::Value =
             serde_json::from_str(&body_of(admin, &format!("/api/state?token={TOKEN}")).await)
                 .unwrap();
         let peers = state["peers"].as_array().unwrap();
-        if peers.len() == 2
+        let told = state["cluster"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["peer_id"] == other.peer.to_string() && !k["cells"].is_null());
+        if peers.len() == 3
+            && told
             && peers
                 .iter()
                 .all(|p| !p["agent"].is_null() && !p["rtt_ms"].is_null())
@@ -391,6 +399,17 @@ async fn a_person_sees_cells_failures_and_peers_in_chromium() {
         assert!(peer[4].ends_with(" ms"), "{peer:?}");
         assert_ne!(peer[5], "–", "no agent: {peer:?}");
     }
+    let known = row(&dom, "data-known", &other.peer.to_string())
+        .unwrap_or_else(|| panic!("the other node is not in the cluster:\n{dom}"));
+    assert!(known[1].contains("connection"), "{known:?}");
+    assert_eq!(known[2], "yes");
+    for cell in ["/ww/calc/0.1.0", "/ww/echo/0.1.0", "/ww/sha256/0.1.0"] {
+        assert!(
+            known[4].split(' ').any(|c| c == cell),
+            "{cell} not in {known:?}"
+        );
+    }
+    assert!(!known[4].contains("+status"), "{known:?}");
     // The live feed ran in the browser: the header counts its snapshots.
     let updates = dom
         .split("data-updates=\"")
