@@ -86,6 +86,9 @@ pub struct NetworkView {
     /// Every peer the node knows of (DHTs, mDNS, connections), by peer ID.
     #[serde(skip)]
     pub cluster: BTreeMap<String, state::ClusterPeer>,
+    /// The relays holding a reservation for this node, by peer ID.
+    #[serde(skip)]
+    pub relays: std::collections::BTreeSet<String>,
 }
 
 /// A served cell, as `/status` lists it.

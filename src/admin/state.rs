@@ -80,6 +80,8 @@ pub struct NodeState {
     pub external: Vec<String>,
     /// AutoNAT's verdict: `unknown`, `private` or `public (<address>)`.
     pub nat: String,
+    /// The relays holding a reservation for this node (it is reachable through them).
+    pub relays: Vec<String>,
     /// The WAN DHT's mode: `client` or `server`.
     pub dht_mode: String,
     /// Peers in the WAN DHT's routing table.
@@ -185,6 +187,7 @@ pub fn snapshot(
             listen: network.listen.clone(),
             external: network.external.clone(),
             nat: network.nat.clone(),
+            relays: network.relays.iter().cloned().collect(),
             dht_mode: network.dht_mode.clone(),
             dht_wan_peers: network.dht_wan_peers,
             dht_lan_peers: network.dht_lan_peers,

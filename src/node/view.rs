@@ -1,6 +1,7 @@
 //! Keeps the admin endpoint's [`NetworkView`] current from the swarm's events: the
 //! connected peers (connections, RTT, agent, open streams), the external
-//! addresses, AutoNAT's verdict, the DHTs' mode and routing-table sizes, and the
+//! addresses, AutoNAT's verdict, the relays holding a reservation for this node, the
+//! DHTs' mode and routing-table sizes, and the
 //! cluster — every peer the node learns of through the DHTs, mDNS or a connection,
 //! with the cells it says (in identify) that it serves.
 //!
@@ -14,7 +15,7 @@ use std::sync::{Arc, RwLock};
 use futures::future::BoxFuture;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Swarm, autonat, identify, kad, mdns, ping};
+use libp2p::{Multiaddr, PeerId, Swarm, autonat, identify, kad, mdns, ping, relay};
 
 use crate::admin::NetworkView;
 use crate::admin::state::{ClusterPeer, ConnectionView};
@@ -71,6 +72,8 @@ pub(super) fn note(
             let key = peer_id.to_string();
             if *num_established == 0 {
                 view.peers.remove(&key);
+                // A reservation lives on its connection to the relay.
+                view.relays.remove(&key);
             } else if let Some(peer) = view.peers.get_mut(&key) {
                 peer.connections.remove(&connection_id.to_string());
             }
@@ -122,6 +125,11 @@ pub(super) fn note(
                     add_address(known, address.to_string());
                 }
             }
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+            relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
+        )) => {
+            write().relays.insert(relay_peer_id.to_string());
         }
         SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged {
             new,

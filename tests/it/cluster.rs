@@ -175,7 +175,9 @@ async fn a_cell_behind_a_relay_is_reached_through_p2p_circuit() {
     ])
     .await;
     let circuit_listen = format!("{relay_addr}/p2p/{}/p2p-circuit", relay.peer);
-    let behind = Node::start(&["--listen", &circuit_listen]).await;
+    let admin = crate::support::free_local_addr();
+    let admin_arg = admin.to_string();
+    let behind = Node::start(&["--listen", &circuit_listen, "--admin", &admin_arg]).await;
     let circuit: Multiaddr = format!("{circuit_listen}/p2p/{}", behind.peer)
         .parse()
         .unwrap();
@@ -192,6 +194,14 @@ async fn a_cell_behind_a_relay_is_reached_through_p2p_circuit() {
         behind.log().contains("reserved a slot on a relay"),
         "{}",
         behind.log()
+    );
+    // The dashboard's node facts name the relay holding the reservation.
+    let (status, body) = crate::support::http_get(admin, "/api/state").await;
+    assert_eq!(status, 200, "{body}");
+    let state: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        state["node"]["relays"],
+        serde_json::json!([relay.peer.to_string()])
     );
 }
 
