@@ -99,6 +99,24 @@ async fn a_looping_guest_is_stopped_at_its_cpu_limit_and_others_complete() {
     );
 }
 
+/// The same with the CPU budget a newcomer gets (10 s): the spinning guest is stopped
+/// there, and an echo beside it is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_looping_guest_is_stopped_at_the_default_cpu_limit() {
+    let node = node_with(&["spin"], &[]).await;
+    let client = Client::new().unwrap();
+    let peer = client.connect(&node.tcp).await.unwrap();
+    let spin = tokio::spawn({
+        let client = client.clone();
+        async move { outcome_of(&client, peer, b"", "/test/spin/1").await.1 }
+    });
+    assert_eq!(
+        request(&client, peer, ECHO, b"beside").await.unwrap(),
+        b"beside"
+    );
+    assert_failed(&spin.await.unwrap(), "cpu limit 10000 ms exceeded");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_guest_waiting_on_io_is_not_charged_cpu() {
     let node = node_with(&[], &["--cpu-ms", "50"]).await;
@@ -138,6 +156,20 @@ async fn a_memory_bomb_stops_at_the_cap() {
         after < before + 4 * 16 * 1024 + 32 * 1024,
         "RSS grew from {before} to {after} KiB"
     );
+    assert_eq!(
+        request(&client, peer, ECHO, b"still here").await.unwrap(),
+        b"still here"
+    );
+}
+
+/// The same with the memory a newcomer's cells get (64 MiB).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memory_bomb_stops_at_the_default_cap() {
+    let node = node_with(&["hog"], &[]).await;
+    let client = Client::new().unwrap();
+    let peer = client.connect(&node.tcp).await.unwrap();
+    let (_, outcome) = outcome_of(&client, peer, b"", "/test/hog/1").await;
+    assert_failed(&outcome, "memory limit 64 MiB exceeded");
     assert_eq!(
         request(&client, peer, ECHO, b"still here").await.unwrap(),
         b"still here"
