@@ -118,16 +118,17 @@ impl Loader {
         Ok(ServedCell::new(spec, cell, content, origin, limits))
     }
 
-    /// [`Loader::compile`] on a blocking thread, within [`COMPILE_BUDGET`].
+    /// [`Loader::compile`] on a blocking thread, within [`COMPILE_BUDGET`]; `content` is
+    /// the CID of `bytes`, which the caller has already checked.
     pub(super) async fn compile_off_task(
         &self,
         spec: CellSpec,
         limits: Limits,
         bytes: Vec<u8>,
+        content: ContentId,
         origin: Origin,
     ) -> anyhow::Result<ServedCell> {
         let loader = self.clone();
-        let content = ContentId::of(&bytes);
         let compiling = tokio::task::spawn_blocking(move || {
             loader.compile(&spec, limits, &bytes, content, origin)
         });

@@ -166,11 +166,13 @@ impl Deployer {
         tracing::info!(%protocol, content = %deployment.content, deployer = %self.peer, bytes = component.len(), "deploying");
         let (spec, limits) = spec_of(&deployment, &self.policy)?;
         let loader = self.loader.clone();
-        let keep = component.clone();
-        tokio::task::spawn_blocking(move || loader.keep(&keep)).await??;
+        let component =
+            tokio::task::spawn_blocking(move || loader.keep(&component).map(|_| component))
+                .await??;
+        let content = deployment.content;
         let cell = self
             .loader
-            .compile_off_task(spec.clone(), limits, component, Origin::Deployed)
+            .compile_off_task(spec.clone(), limits, component, content, Origin::Deployed)
             .await?;
         self.deployments.record(deployment.clone())?;
         let replaced = self.cells.install(cell);

@@ -136,7 +136,7 @@ async fn load(
         return Ok(None);
     }
     let cell = loader
-        .compile_off_task(spec.clone(), limits, bytes, origin)
+        .compile_off_task(spec.clone(), limits, bytes, content, origin)
         .await?;
     configured.note(spec, &limits, &content);
     let replaced = cells.install(cell);

@@ -232,7 +232,7 @@ async fn fetch_and_install(
     let name = spec.name.clone();
     let bytes = loader.fetch(&content).await?;
     let cell = loader
-        .compile_off_task(spec, limits, bytes, origin)
+        .compile_off_task(spec, limits, bytes, content, origin)
         .await
         .with_context(|| format!("cell `{name}`"))?;
     cells.install(cell);
