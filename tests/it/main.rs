@@ -12,6 +12,7 @@ mod dialer;
 mod echo;
 mod failures;
 mod hostile;
+mod lab;
 mod lifecycle;
 mod limits;
 mod python;
