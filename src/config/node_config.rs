@@ -78,6 +78,7 @@ impl NodeConfig {
             no_mdns,
             dht,
             relay,
+            autonat_private,
             external_addresses,
             limits,
             shutdown_grace_s,
@@ -193,6 +194,7 @@ impl NodeConfig {
                 dht: dht.unwrap_or_default(),
                 client: false,
                 relay,
+                autonat_private,
                 external: external_addresses,
             },
         })

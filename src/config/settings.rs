@@ -108,6 +108,13 @@ pub struct Settings {
     #[arg(long)]
     #[serde(default)]
     pub relay: bool,
+    /// Let AutoNAT test (and help others test) reachability on addresses that are not
+    /// globally routable: private, documentation and benchmarking ranges. For labs and
+    /// private WANs; off by default, as in libp2p, since on the internet such an
+    /// address says nothing about who can reach the node.
+    #[arg(long)]
+    #[serde(default)]
+    pub autonat_private: bool,
     /// An address others can reach this node at (a public IP, a port forward);
     /// repeatable. Makes the node a DHT server in auto mode and lets it relay.
     #[arg(long = "external-address", value_name = "MULTIADDR")]
@@ -180,7 +187,8 @@ impl Settings {
     /// These settings laid over `below`'s — the flags over the file — in one place:
     /// `listen`, `identity`, `admin`, `dht`, the data and cache directories and
     /// `max_component` replace the values below; cells, `allow`, `grant-dial`,
-    /// `cell-mode`, `bootstrap`, deployers and external addresses add to them; `--no-mdns`, `--relay` and `--no-cache` win;
+    /// `cell-mode`, `bootstrap`, deployers and external addresses add to them; `--no-mdns`, `--relay`,
+    /// `--autonat-private` and `--no-cache` win;
     /// limits set here override those set below, key by key.
     pub fn over(self, below: Settings) -> Settings {
         Settings {
@@ -206,6 +214,7 @@ impl Settings {
             no_mdns: self.no_mdns || below.no_mdns,
             dht: self.dht.or(below.dht),
             relay: self.relay || below.relay,
+            autonat_private: self.autonat_private || below.autonat_private,
             external_addresses: added(below.external_addresses, self.external_addresses),
             limits: self.limits.over(below.limits),
             shutdown_grace_s: self.shutdown_grace_s.or(below.shutdown_grace_s),
@@ -334,6 +343,13 @@ mod tests {
                 "relay = false".into(),
                 vec!["--relay".into()],
                 Box::new(move |c| network(c).relay.to_string()),
+                "false".into(),
+                "true".into(),
+            ),
+            (
+                "autonat_private = false".into(),
+                vec!["--autonat-private".into()],
+                Box::new(move |c| network(c).autonat_private.to_string()),
                 "false".into(),
                 "true".into(),
             ),

@@ -244,12 +244,13 @@ impl Control {
         }
         let served = Dht::BOTH.into_iter().zip(serves).filter(|(_, s)| *s);
         let served: Vec<Dht> = served.map(|(which, _)| which).collect();
-        for addr in &info.listen_addrs {
+        let listen_addrs = discovery::usable_listen_addrs(info);
+        for addr in &listen_addrs {
             swarm
                 .behaviour_mut()
                 .add_dht_address(&peer, addr, served.iter().copied());
         }
-        if let Some(addr) = info.listen_addrs.iter().find(|a| !discovery::is_relayed(a)) {
+        if let Some(addr) = listen_addrs.iter().find(|a| !discovery::is_relayed(a)) {
             self.addresses
                 .entry(peer)
                 .or_insert_with(|| discovery::without_peer(addr.clone()));

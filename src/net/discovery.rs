@@ -22,7 +22,7 @@ use libp2p::identity::Keypair;
 use libp2p::kad::QueryResult;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, StreamProtocol, Swarm, kad, mdns, relay};
+use libp2p::{Multiaddr, StreamProtocol, Swarm, autonat, kad, mdns, relay};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
@@ -92,6 +92,30 @@ pub fn is_lan_addr(addr: &Multiaddr) -> bool {
     }
 }
 
+/// The listen addresses a peer told us in identify that can lead to it from here.
+/// A loopback address only leads to the peer if this node shares its host, which is
+/// so when the peer sees this node at a loopback address too (`observed_addr`);
+/// otherwise it leads back to this node or to some other process on its host (as
+/// the network-namespace lab showed: nodes dialed their own loopback port in search
+/// of a relay and of DHT peers, and a circuit was taken through a relay's
+/// loopback address).
+pub fn usable_listen_addrs(info: &libp2p::identify::Info) -> Vec<Multiaddr> {
+    let same_host = is_loopback(&info.observed_addr);
+    info.listen_addrs
+        .iter()
+        .filter(|addr| same_host || !is_loopback(addr))
+        .cloned()
+        .collect()
+}
+
+fn is_loopback(addr: &Multiaddr) -> bool {
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => ip.is_loopback(),
+        Some(Protocol::Ip6(ip)) => ip.is_loopback(),
+        _ => false,
+    }
+}
+
 /// Whether `ip` is not globally routable in the sense of [`is_lan_addr`].
 pub fn is_lan_ip(ip: IpAddr) -> bool {
     match ip {
@@ -137,6 +161,9 @@ pub struct NetOptions {
     pub client: bool,
     /// Whether to relay connections for other peers.
     pub relay: bool,
+    /// Whether AutoNAT also tests non-global addresses (a lab, a private WAN): see
+    /// [`autonat`].
+    pub autonat_private: bool,
     /// Addresses others can reach this node at, confirmed up front (a public IP, a
     /// port forward, a loopback cluster's own addresses).
     pub external: Vec<Multiaddr>,
@@ -350,6 +377,18 @@ pub(super) fn mdns(key: &Keypair) -> Option<mdns::tokio::Behaviour> {
 /// A relay with limits sized for cells: more and longer circuits than libp2p's
 /// defaults (16 circuits, 2 minutes, 128 KiB), so a cell behind NAT stays usable when
 /// hole punching fails, but still bounded.
+/// AutoNAT (v1) with libp2p's defaults, but for [`NetOptions::autonat_private`]: then
+/// it also probes through, and answers probes from, peers at non-global addresses.
+/// A probe still dials back only the IP the server sees the client at, so this
+/// opens no way to make a node dial third parties.
+pub(super) fn autonat(key: &Keypair, options: &NetOptions) -> autonat::Behaviour {
+    let config = autonat::Config {
+        only_global_ips: !options.autonat_private,
+        ..Default::default()
+    };
+    autonat::Behaviour::new(key.public().to_peer_id(), config)
+}
+
 pub(super) fn relay_server(key: &Keypair) -> relay::Behaviour {
     let config = relay::Config {
         max_circuits: RELAY_MAX_CIRCUITS,
@@ -370,6 +409,32 @@ mod tests {
         assert_eq!(echo, provider_key(&StreamProtocol::new("/ww/echo/0.1.0")));
         assert_ne!(echo, provider_key(&StreamProtocol::new("/ww/echo/0.2.0")));
         assert_eq!(echo.as_ref().len(), 32);
+    }
+
+    #[test]
+    fn a_peers_loopback_addresses_are_used_only_by_a_node_on_its_host() {
+        let info = |observed: &str| libp2p::identify::Info {
+            public_key: Keypair::generate_ed25519().public(),
+            protocol_version: String::new(),
+            agent_version: String::new(),
+            listen_addrs: vec![
+                "/ip4/127.0.0.1/tcp/2025".parse().unwrap(),
+                "/ip4/198.51.100.6/tcp/2025".parse().unwrap(),
+                "/ip6/::1/udp/2025/quic-v1".parse().unwrap(),
+            ],
+            protocols: Vec::new(),
+            observed_addr: observed.parse().unwrap(),
+            signed_peer_record: None,
+        };
+        let shown = |addrs: Vec<Multiaddr>| addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            shown(usable_listen_addrs(&info("/ip4/198.18.1.6/tcp/40000"))),
+            ["/ip4/198.51.100.6/tcp/2025"]
+        );
+        assert_eq!(
+            usable_listen_addrs(&info("/ip4/127.0.0.1/tcp/40000")).len(),
+            3
+        );
     }
 
     #[test]

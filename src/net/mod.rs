@@ -167,7 +167,7 @@ pub fn behaviour(
         kad: discovery::kademlia(Dht::Wan, options, key),
         lan_kad: discovery::kademlia(Dht::Lan, options, key),
         mdns: Toggle::from(options.mdns.then(|| discovery::mdns(key)).flatten()),
-        autonat: autonat::Behaviour::new(key.public().to_peer_id(), Default::default()),
+        autonat: discovery::autonat(key, options),
         dcutr: dcutr::Behaviour::new(key.public().to_peer_id()),
         router: router::Behaviour::new(protocols),
     }

@@ -309,10 +309,8 @@ impl Node {
     /// listens through a new one at once.
     fn note_relay(&mut self, peer: PeerId, info: &identify::Info) {
         let offers_hop = info.protocols.contains(&relay::HOP_PROTOCOL_NAME);
-        if let Some(circuit) = self
-            .relays
-            .on_identify(peer, offers_hop, &info.listen_addrs)
-        {
+        let listen_addrs = crate::net::discovery::usable_listen_addrs(info);
+        if let Some(circuit) = self.relays.on_identify(peer, offers_hop, &listen_addrs) {
             self.listen_through(circuit);
         }
     }
