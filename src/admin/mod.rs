@@ -275,6 +275,13 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
 struct Status {
     #[serde(flatten)]
     network: NetworkView,
+    /// How others reach this node: `public` (AutoNAT confirmed an address),
+    /// `relayed` (found private, reachable through a relay reservation), `private`
+    /// (found private, no reservation yet) or `unknown` (not tested yet).
+    reachability: &'static str,
+    /// How this node is connected to each peer: `direct` if any connection to it is,
+    /// else `relayed`.
+    paths: BTreeMap<String, &'static str>,
     live_instances: u64,
     cells: Vec<CellStatus>,
 }
@@ -307,8 +314,24 @@ async fn status(State(state): State<AppState>) -> axum::Json<Status> {
         .totals()
         .live
         .load(std::sync::atomic::Ordering::Relaxed);
+    let reachability = match network.nat.as_str() {
+        "private" if !network.relays.is_empty() => "relayed",
+        "private" => "private",
+        public if public.starts_with("public") => "public",
+        _ => "unknown",
+    };
+    let paths = network
+        .peers
+        .iter()
+        .map(|(peer, view)| {
+            let direct = view.connections.values().any(|c| !c.relayed);
+            (peer.clone(), if direct { "direct" } else { "relayed" })
+        })
+        .collect();
     axum::Json(Status {
         network,
+        reachability,
+        paths,
         live_instances,
         cells,
     })

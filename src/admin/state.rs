@@ -24,6 +24,8 @@ pub struct ConnectionView {
     pub transport: &'static str,
     /// Whether it runs through a relay (`/p2p-circuit`) rather than directly.
     pub relayed: bool,
+    /// The last round trip ping measured on this connection, in milliseconds.
+    pub rtt_ms: Option<f64>,
 }
 
 /// A connected peer, as the node's event loop keeps it.
@@ -250,6 +252,7 @@ mod tests {
                 address: "/ip4/127.0.0.1/tcp/5".into(),
                 transport: "tcp",
                 relayed: false,
+                rtt_ms: Some(0.5),
             },
         );
         network.peers.insert("12D3K".into(), peer);
@@ -290,6 +293,7 @@ mod tests {
         assert_eq!(peer["open_streams"], 2);
         assert_eq!(peer["connections"][0]["direction"], "inbound");
         assert_eq!(peer["connections"][0]["relayed"], false);
+        assert_eq!(peer["connections"][0]["rtt_ms"], 0.5);
         assert_eq!(peer["connections"][0]["transport"], "tcp");
     }
 

@@ -50,6 +50,7 @@ pub(super) fn note(
                 address: endpoint.get_remote_address().to_string(),
                 transport: transport(endpoint.get_remote_address()),
                 relayed: endpoint.is_relayed(),
+                rtt_ms: None,
             };
             let mut view = write();
             let address = connection.address.clone();
@@ -97,11 +98,15 @@ pub(super) fn note(
         }
         SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
             peer,
+            connection,
             result: Ok(rtt),
-            ..
         })) => {
+            let rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
             if let Some(peer) = write().peers.get_mut(&peer.to_string()) {
-                peer.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+                peer.rtt_ms = rtt_ms;
+                if let Some(connection) = peer.connections.get_mut(&connection.to_string()) {
+                    connection.rtt_ms = rtt_ms;
+                }
             }
         }
         SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
