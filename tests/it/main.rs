@@ -15,6 +15,7 @@ mod hostile;
 mod lab;
 mod lifecycle;
 mod limits;
+mod nat;
 mod python;
 mod startup;
 mod stdio;

@@ -57,7 +57,10 @@ pub struct Side<'a> {
     pub device: &'a str,
     /// This end's address.
     pub address: Ipv4Addr,
-    /// The other end's address; a /32 route to it goes through `device`.
+    /// The other end's address, in the same /30 as `address`: the link is a subnet
+    /// of its own. (Not `ip addr add A peer B`: libp2p's interface watcher, if-watch
+    /// 3.2, reads a point-to-point address's peer as the local one, so a node
+    /// listening on 0.0.0.0 would announce the other end's address.)
     pub peer: Ipv4Addr,
 }
 
@@ -253,10 +256,14 @@ fn create_tun(side: Side) -> io::Result<File> {
     .map_err(|e| with_context(e, &format!("create TUN {} in {}", side.device, side.netns)))?;
     let (ns, dev) = (side.netns, side.device);
     ip(&format!("-n {ns} link set dev {dev} mtu {MTU} up"))?;
-    ip(&format!(
-        "-n {ns} addr add {} peer {} dev {dev}",
-        side.address, side.peer
-    ))?;
+    let subnet = |ip: Ipv4Addr| u32::from(ip) >> 2;
+    if subnet(side.address) != subnet(side.peer) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} and {} are not in one /30", side.address, side.peer),
+        ));
+    }
+    ip(&format!("-n {ns} addr add {}/30 dev {dev}", side.address))?;
     Ok(tun)
 }
 
@@ -282,8 +289,8 @@ mod tests {
     use super::*;
     use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 
-    const A: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
-    const B: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
+    const A: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 1);
+    const B: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 2);
     const PATIENCE: Duration = Duration::from_secs(30);
 
     /// Two namespaces `wwlab-<pid>-<test>-{a,b}`, deleted on drop (even on panic).
