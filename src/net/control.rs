@@ -650,7 +650,7 @@ mod tests {
         );
         let mut first = None;
         drive_until(&mut swarm, &mut control, |_, _| {
-            first = first.or(measured.try_next().ok().flatten());
+            first = first.or(measured.try_recv().ok());
             first.is_some()
         })
         .await;

@@ -31,14 +31,15 @@ pub fn rank(providers: &mut [Provider]) {
 }
 
 /// Providers in their order with their round trips, for logs: `PEER=12.3ms`, `PEER=?`
-/// when none was measured, `PEER=unreachable`; separated by `, `.
+/// when none was measured, `PEER=unreachable`; separated by `,` (no space: one word
+/// for whoever reads logs with a script).
 pub struct Ranking<'a>(pub &'a [Provider]);
 
 impl fmt::Display for Ranking<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, provider) in self.0.iter().enumerate() {
             if i > 0 {
-                f.write_str(", ")?;
+                f.write_str(",")?;
             }
             write!(f, "{}=", provider.peer)?;
             match (&provider.reached, provider.rtt) {
@@ -157,6 +158,7 @@ impl RoundTrips {
 #[cfg(test)]
 mod tests {
     use futures::StreamExt as _;
+    use futures::channel::mpsc::TryRecvError;
     use libp2p::Multiaddr;
 
     use super::*;
@@ -193,7 +195,7 @@ mod tests {
         let shown = Ranking(&providers[3..6]).to_string();
         assert_eq!(
             shown,
-            format!("{}=100.0ms, {}=?, {}=?", peers[5], peers[1], peers[4])
+            format!("{}=100.0ms,{}=?,{}=?", peers[5], peers[1], peers[4])
         );
         assert_eq!(
             Ranking(&providers[6..]).to_string(),
@@ -216,24 +218,25 @@ mod tests {
         trips.ask(vec![known, pending, gone, unconnected], reply, |peer| {
             connected.contains(peer)
         });
-        assert_eq!(
-            answers.try_next().unwrap(),
-            Some((known, Duration::from_millis(5)))
+        assert_eq!(answers.try_recv(), Ok((known, Duration::from_millis(5))));
+        assert!(
+            answers.try_recv() == Err(TryRecvError::Empty),
+            "nothing more yet, still open"
         );
-        assert!(answers.try_next().is_err(), "nothing more yet, still open");
         assert_eq!(trips.waiters(), 1);
 
         trips.disconnected(gone);
         assert!(
-            answers.try_next().is_err(),
+            answers.try_recv() == Err(TryRecvError::Empty),
             "a peer that left sends nothing"
         );
         trips.measured(pending, Duration::from_millis(7));
+        assert_eq!(answers.try_recv(), Ok((pending, Duration::from_millis(7))));
         assert_eq!(
-            answers.try_next().unwrap(),
-            Some((pending, Duration::from_millis(7)))
+            answers.try_recv(),
+            Err(TryRecvError::Closed),
+            "nothing left"
         );
-        assert_eq!(answers.try_next().unwrap(), None, "closed: nothing left");
         assert_eq!(trips.waiters(), 0);
         assert_eq!(trips.get(&pending), Some(Duration::from_millis(7)));
     }
