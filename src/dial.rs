@@ -3,6 +3,7 @@
 //! its arguments.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use libp2p::multiaddr::Protocol;
@@ -13,6 +14,7 @@ use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 use crate::net::client::Client;
 use crate::net::discovery;
 use crate::net::router::OpenStreamError;
+use crate::net::rtt::{Ranking, Rtt};
 use crate::net::status::{self, Caller, Outcome};
 
 /// `ww dial`'s arguments: NODE PROTOCOL, or `--any PROTOCOL` (the one-of rule is on
@@ -27,7 +29,8 @@ pub struct DialArgs {
     #[arg(value_parser = crate::config::parse_protocol)]
     pub protocol: Option<StreamProtocol>,
     /// Dial any node that serves this protocol (found in the DHT through
-    /// --bootstrap), trying the next when one fails.
+    /// --bootstrap): the closest (lowest round-trip time, as ping measures it)
+    /// first, trying the next when one fails.
     #[arg(long, value_name = "PROTOCOL", value_parser = crate::config::parse_protocol, conflicts_with = "protocol")]
     pub any: Option<StreamProtocol>,
     /// A peer to search the DHT through (full address); repeatable.
@@ -57,11 +60,16 @@ pub struct FindArgs {
     /// A peer to search the DHT through (full address); repeatable, at least one.
     #[arg(long, value_name = "MULTIADDR", required = true)]
     pub bootstrap: Vec<Multiaddr>,
+    /// Print each provider's round-trip time after its address (`12.3ms`, or `?`
+    /// if ping has not measured it).
+    #[arg(long)]
+    pub rtt: bool,
 }
 
 impl FindArgs {
     /// Runs `ww find`: prints every reachable provider's address on stdout, one per
-    /// line, and fails if there is none.
+    /// line, closest first (with its round-trip time if `--rtt`), and fails if there
+    /// is none.
     pub async fn run(self) -> anyhow::Result<()> {
         let (found, unreachable) = find(&self.protocol, self.bootstrap).await?;
         for provider in &unreachable {
@@ -70,8 +78,12 @@ impl FindArgs {
         if found.is_empty() {
             bail!("no reachable node serves {}", self.protocol);
         }
-        for addr in found {
-            println!("{addr}");
+        for (addr, rtt) in found {
+            if self.rtt {
+                println!("{addr} {}", Rtt(rtt));
+            } else {
+                println!("{addr}");
+            }
         }
         Ok(())
     }
@@ -158,9 +170,9 @@ where
             (*peer, stream, chosen)
         }
         Target::Any => {
-            let (peer, stream, chosen) = client.open_any(&protocol, offer).await?;
-            tracing::info!(%peer, "dialing a provider");
-            (peer, stream, chosen)
+            let opened = client.open_any(&protocol, offer).await?;
+            tracing::info!(peer = %opened.peer, rtt = %Rtt(opened.rtt), ranked = %Ranking(&opened.ranked), "dialing a provider");
+            (opened.peer, opened.stream, opened.protocol)
         }
     };
     let (_, variant) = status::parse(&chosen);
@@ -203,12 +215,13 @@ where
 }
 
 /// Finds the nodes that serve `protocol` through `bootstrap` peers, and returns the
-/// reachable ones as full addresses (`…/p2p/<peer-id>`), with warnings about
-/// providers that could not be reached (stale records of nodes that have gone).
+/// reachable ones as full addresses (`…/p2p/<peer-id>`) with their round-trip times
+/// if measured, closest first, and warnings about providers that could not be
+/// reached (stale records of nodes that have gone).
 pub async fn find(
     protocol: &StreamProtocol,
     bootstrap: Vec<Multiaddr>,
-) -> anyhow::Result<(Vec<Multiaddr>, Vec<String>)> {
+) -> anyhow::Result<(Vec<(Multiaddr, Option<Duration>)>, Vec<String>)> {
     if bootstrap.is_empty() {
         bail!("give at least one --bootstrap peer to search the DHT through");
     }
@@ -220,7 +233,7 @@ pub async fn find(
         match provider.reached {
             Ok(addr) => {
                 let addr = addr.unwrap_or_else(Multiaddr::empty);
-                found.push(addr.with(Protocol::P2p(provider.peer)));
+                found.push((addr.with(Protocol::P2p(provider.peer)), provider.rtt));
             }
             Err(why) => unreachable.push(format!("{}: {why}", provider.peer)),
         }

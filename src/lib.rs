@@ -10,7 +10,9 @@
 //! - [`net`]: the swarm (TCP + noise + yamux, QUIC, relay; identify, ping, the DHTs,
 //!   mDNS, AutoNAT, DCUtR) and [`net::router`], which accepts streams on cell
 //!   protocols without losing any; a [`net::network::Network`] handle asks a swarm to
-//!   dial, look up and open, and [`net::control`] answers on the swarm's side;
+//!   dial, look up and open, and [`net::control`] answers on the swarm's side,
+//!   keeping the round trip ping measures to each peer, by which [`net::rtt`] ranks a
+//!   protocol's providers closest first;
 //!   [`net::discovery`] joins the DHTs and announces the node's cells;
 //!   [`net::status`] is the `+status`/`+call` wire that tells a peer how a cell ended
 //!   (its codec, the node's writer, the peer's readers, the call header);

@@ -357,7 +357,7 @@ impl bindings::Host for DialerView<'_> {
             .open_any(&protocol, status::offer(&protocol, Caller::Cell))
             .await
         {
-            Ok((_, stream, chosen)) => self.dialed(stream, &chosen).await,
+            Ok(opened) => self.dialed(opened.stream, &opened.protocol).await,
             Err(OpenAnyError::NoProviders(_)) => Err(DialError::NoProviders.into()),
             Err(error) => Err(DialError::Unreachable(error.to_string()).into()),
         }

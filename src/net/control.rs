@@ -13,11 +13,12 @@ use libp2p::core::ConnectedPoint;
 use libp2p::kad::{self, GetClosestPeersError, GetProvidersError, GetProvidersOk, QueryResult};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, ping};
 
 use super::discovery::{self, Dht};
 use super::lookup::{LookupId, PeerSearch, PeerWalk, ProviderLookup, Queries};
 use super::network::{ConnectError, Provider, Request};
+use super::rtt::RoundTrips;
 use super::{Behaviour, BehaviourEvent};
 
 /// The swarm-side state of [`Request`]s in progress.
@@ -41,6 +42,9 @@ pub struct Control {
     /// entry goes with its last connection, so the map is bounded by the connection
     /// limits.
     addresses: HashMap<PeerId, Multiaddr>,
+    /// The latest round trip ping measured to each connected peer, and the
+    /// `RoundTrips` requests waiting for a first one.
+    round_trips: RoundTrips,
 }
 
 /// Who waits for a dial: `Connect` wants the peer ID back, `ConnectPeer` does not.
@@ -141,6 +145,10 @@ impl Control {
                 let id = self.queries.start(queries);
                 self.walks.insert(id, PeerWalk::new(reply, queries.len()));
             }
+            Request::RoundTrips { peers, reply } => {
+                self.round_trips
+                    .ask(peers, reply, |peer| swarm.is_connected(peer));
+            }
         }
     }
 
@@ -218,6 +226,14 @@ impl Control {
                 ..
             } => {
                 self.addresses.remove(peer_id);
+                self.round_trips.disconnected(*peer_id);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result, .. })) => {
+                match result {
+                    Ok(rtt) if swarm.is_connected(peer) => self.round_trips.measured(*peer, *rtt),
+                    Ok(_) => {}
+                    Err(_) => self.round_trips.failed(*peer),
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
@@ -374,6 +390,7 @@ impl Control {
                     peer,
                     reached: Ok(self.addresses.get(&peer).cloned()),
                     was_connected: true,
+                    rtt: None,
                 });
                 continue;
             }
@@ -387,6 +404,7 @@ impl Control {
                     peer,
                     reached: Err(error.to_string()),
                     was_connected: false,
+                    rtt: None,
                 }),
             }
         }
@@ -608,6 +626,74 @@ mod tests {
         assert!(control.walks.is_empty(), "answered walks are forgotten");
         one.abort();
         two.abort();
+    }
+
+    #[tokio::test]
+    async fn round_trips_come_from_the_connections_ping_and_go_with_it() {
+        let (addr, server) = listening_peer().await;
+        let mut swarm = client(&addr);
+        let mut control = Control::default();
+        let peer = ask(&mut swarm, &mut control, |reply| Request::Connect {
+            addr: addr.clone(),
+            reply,
+        })
+        .await
+        .unwrap();
+        // Answered on ConnectionEstablished, before any event of the ping that starts
+        // on the new connection: the request has to wait for the first measurement.
+        let (reply, mut measured) = futures::channel::mpsc::channel(1);
+        let peers = vec![peer, PeerId::random()];
+        control.handle(&mut swarm, Request::RoundTrips { peers, reply });
+        assert_eq!(
+            control.round_trips.waiters(),
+            1,
+            "waits for the connected one"
+        );
+        let mut first = None;
+        drive_until(&mut swarm, &mut control, |_, _| {
+            first = first.or(measured.try_recv().ok());
+            first.is_some()
+        })
+        .await;
+        let (who, rtt) = first.unwrap();
+        assert_eq!(who, peer);
+        assert_eq!(control.round_trips.get(&peer), Some(rtt));
+        assert_eq!(control.round_trips.waiters(), 0);
+
+        swarm.disconnect_peer_id(peer).unwrap();
+        drive_until(&mut swarm, &mut control, |swarm, control| {
+            !swarm.is_connected(&peer) && control.round_trips.get(&peer).is_none()
+        })
+        .await;
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn providers_come_closest_first_by_the_round_trips_ping_measured() {
+        let served = libp2p::StreamProtocol::new("/test/ranked/1");
+        let (one, first) = serving_peer(vec![served.clone()]).await;
+        let (two, second) = serving_peer(vec![served.clone()]).await;
+        let expected: HashSet<PeerId> = [&one, &two]
+            .map(|addr| discovery::peer_of(addr).unwrap())
+            .into();
+        let client = crate::net::client::Client::with_bootstrap(vec![one, two]).unwrap();
+        // Bounded: the routing table fills in as the bootstrap dials complete.
+        for attempt in 0.. {
+            let found = client.providers(&served).await.unwrap();
+            let peers: HashSet<PeerId> = found.iter().map(|p| p.peer).collect();
+            if peers == expected {
+                let rtts: Vec<Duration> = found
+                    .iter()
+                    .map(|p| p.rtt.expect("each reached provider was pinged"))
+                    .collect();
+                assert!(rtts.is_sorted(), "closest first: {found:?}");
+                break;
+            }
+            assert!(attempt < 50, "never found both: {found:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        first.abort();
+        second.abort();
     }
 
     #[tokio::test]

@@ -104,6 +104,7 @@ impl ProviderLookup {
             peer,
             reached,
             was_connected: false,
+            rtt: None,
         });
         true
     }
@@ -223,6 +224,7 @@ mod tests {
             peer,
             reached,
             was_connected,
+            rtt: None,
         }
     }
 

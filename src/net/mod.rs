@@ -13,6 +13,7 @@ pub mod network;
 pub mod pending;
 pub mod relays;
 pub mod router;
+pub mod rtt;
 pub mod status;
 
 use std::time::Duration;

@@ -8,11 +8,15 @@
 //! file-sharing example (`Client` and `EventLoop`). `ww dial`, `ww find`, the tests
 //! and cells that dial all go through here.
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use futures::channel::{mpsc, oneshot};
 use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, kad};
 
 use super::discovery;
 use super::router::{OpenStream, OpenStreamError};
+use super::rtt::{self, Ranking, Rtt};
 use crate::content::ContentId;
 
 /// Why a peer could not be reached.
@@ -75,6 +79,25 @@ pub struct Provider {
     pub reached: Result<Option<Multiaddr>, String>,
     /// Whether we already had a connection to it before the lookup.
     pub was_connected: bool,
+    /// The latest round trip ping measured to it, if any ([`Network::providers`]
+    /// fills it in; lookups leave it `None`).
+    pub rtt: Option<Duration>,
+}
+
+/// A stream [`Network::open_any`] opened, and how it chose the provider.
+#[derive(Debug)]
+pub struct OpenedAny {
+    /// The provider the stream goes to.
+    pub peer: PeerId,
+    /// The round trip to it that the ranking used, if one was measured.
+    pub rtt: Option<Duration>,
+    /// The stream.
+    pub stream: Stream,
+    /// The protocol of `offer` that the provider accepted.
+    pub protocol: StreamProtocol,
+    /// Every provider, in the order they were (or would have been) tried, closest
+    /// first (see [`rtt::rank`]).
+    pub ranked: Vec<Provider>,
 }
 
 /// A request to the task that owns a swarm.
@@ -116,6 +139,15 @@ pub enum Request {
         key: PeerId,
         /// Answered when both queries have finished.
         reply: oneshot::Sender<Vec<DhtPeer>>,
+    },
+    /// The round trips ping measured to connected peers: known ones at once, the
+    /// others as their first ping answers (see [`rtt::RoundTrips::ask`]).
+    RoundTrips {
+        /// Whom.
+        peers: Vec<PeerId>,
+        /// Gets `(peer, round trip)` pairs; closes when nothing is left to wait for.
+        /// It has room for one pair per peer.
+        reply: mpsc::Sender<(PeerId, Duration)>,
     },
 }
 
@@ -199,13 +231,45 @@ impl Network {
     }
 
     /// Finds the providers of `protocol` in the DHT and connects to each, so every
-    /// one returned says whether (and where) it could be reached. Peers this swarm
-    /// was already connected to come first.
+    /// one returned says whether (and where) it could be reached, and how far it is:
+    /// the round trip ping measured, waiting up to [`rtt::RTT_WAIT`] for the first
+    /// ping of those the lookup just connected to. Closest first, as [`rtt::rank`]
+    /// orders them (unmeasured after measured, unreachable last).
     pub async fn providers(
         &self,
         protocol: &StreamProtocol,
     ) -> Result<Vec<Provider>, ConnectError> {
-        self.providers_of(discovery::provider_key(protocol)).await
+        let mut providers = self.providers_of(discovery::provider_key(protocol)).await?;
+        let reached = providers.iter().filter(|p| p.reached.is_ok());
+        let reached: Vec<PeerId> = reached.map(|p| p.peer).collect();
+        let rtts = self.round_trips(reached, rtt::RTT_WAIT).await?;
+        for provider in &mut providers {
+            provider.rtt = rtts.get(&provider.peer).copied();
+        }
+        rtt::rank(&mut providers);
+        tracing::debug!(%protocol, ranked = %Ranking(&providers), "providers, closest first");
+        Ok(providers)
+    }
+
+    /// The round trips ping measured to those of `peers` that are connected: the
+    /// known ones, and the first measurement of the others that comes within `wait`.
+    pub async fn round_trips(
+        &self,
+        peers: Vec<PeerId>,
+        wait: Duration,
+    ) -> Result<HashMap<PeerId, Duration>, ConnectError> {
+        use futures::StreamExt as _;
+        let mut rtts = HashMap::new();
+        if peers.is_empty() {
+            return Ok(rtts);
+        }
+        let (reply, mut measured) = mpsc::channel(peers.len());
+        self.send(Request::RoundTrips { peers, reply }).await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Some((peer, rtt))) = tokio::time::timeout_at(deadline, measured.next()).await {
+            rtts.insert(peer, rtt);
+        }
+        Ok(rtts)
     }
 
     /// Finds the nodes that hold the component `content` (to fetch it on
@@ -234,12 +298,13 @@ impl Network {
 
     /// Opens a stream to any provider of `protocol`, offering `offer` (in order of
     /// preference), trying providers in the order [`Network::providers`] returns them
-    /// and moving on when one fails. Returns the provider with the stream.
+    /// (closest first) and moving on when one fails. Returns the stream with the
+    /// provider that took it and the ranking.
     pub async fn open_any(
         &self,
         protocol: &StreamProtocol,
         offer: Vec<StreamProtocol>,
-    ) -> Result<(PeerId, Stream, StreamProtocol), OpenAnyError> {
+    ) -> Result<OpenedAny, OpenAnyError> {
         let providers = self
             .providers(protocol)
             .await
@@ -248,13 +313,23 @@ impl Network {
             return Err(OpenAnyError::NoProviders(protocol.clone()));
         }
         let mut failures = Vec::new();
-        for provider in providers {
-            if let Err(why) = provider.reached {
-                failures.push((provider.peer, why));
+        for provider in &providers {
+            if let Err(why) = &provider.reached {
+                failures.push((provider.peer, why.clone()));
                 continue;
             }
             match self.open_first(provider.peer, offer.clone()).await {
-                Ok((stream, chosen)) => return Ok((provider.peer, stream, chosen)),
+                Ok((stream, chosen)) => {
+                    let (peer, rtt) = (provider.peer, provider.rtt);
+                    tracing::debug!(%protocol, %peer, rtt = %Rtt(rtt), ranked = %Ranking(&providers), "opened a stream to a provider");
+                    return Ok(OpenedAny {
+                        peer,
+                        rtt,
+                        stream,
+                        protocol: chosen,
+                        ranked: providers,
+                    });
+                }
                 Err(error) => {
                     tracing::debug!(peer = %provider.peer, %error, "provider failed; trying the next");
                     failures.push((provider.peer, error.to_string()));

@@ -162,6 +162,95 @@ async fn dial_any_moves_to_a_surviving_provider_and_fails_clearly_without_one() 
     );
 }
 
+/// `ww find --rtt` prints each provider's measured round trip, closest first, and
+/// `ww dial --any` says at info which provider it chose and the round trips it ranked
+/// on (the lines the network-namespace lab reads). Which loopback peer is closer is
+/// noise, so only the form and the order are checked.
+#[tokio::test]
+async fn find_and_dial_any_show_the_round_trips_they_rank_providers_by() {
+    let only = only_cell();
+    let hub = dht_node(None, &[]).await;
+    let a = dht_node(Some(&hub), &["--cell", &only]).await;
+    let b = dht_node(Some(&hub), &["--cell", &only]).await;
+    let bootstrap = hub.tcp.to_string();
+    // `12.3ms`, or `?` if ping had not answered within the wait (a loaded machine).
+    let ms = |rtt: &str| -> Option<f64> {
+        if rtt == "?" {
+            return None;
+        }
+        let number = rtt.strip_suffix("ms");
+        Some(
+            number
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{rtt} is not NN.Nms")),
+        )
+    };
+    let rtts = eventually("both providers found with their round trips", || async {
+        let (ok, out, _) = ww(&["find", ONLY, "--rtt", "--bootstrap", &bootstrap], b"").await;
+        let out = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        if !ok || lines.len() != 2 {
+            return None;
+        }
+        let rtts = lines.iter().map(|line| match line.split_once(' ') {
+            Some((addr, rtt)) => {
+                addr.parse::<Multiaddr>()
+                    .expect("an address, then the round trip");
+                ms(rtt)
+            }
+            None => panic!("{line}: no round trip"),
+        });
+        rtts.collect::<Option<Vec<f64>>>()
+    })
+    .await;
+    assert!(rtts.is_sorted(), "closest first: {rtts:?}");
+
+    let output = tokio::process::Command::new(WW)
+        .args(["dial", "--any", ONLY, "--bootstrap", &bootstrap])
+        .env("RUST_LOG", "warn,ww::dial=info")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8(output.stderr).unwrap();
+    assert!(output.status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|line| line.contains("dialing a provider"))
+        .unwrap_or_else(|| panic!("no choice logged: {err}"));
+    let field = |name: &str| {
+        let start = line
+            .find(&format!(" {name}="))
+            .unwrap_or_else(|| panic!("{line}"))
+            + name.len()
+            + 2;
+        line[start..].split(' ').next().unwrap().to_string()
+    };
+    let (peer, rtt, ranked) = (field("peer"), field("rtt"), field("ranked"));
+    let ranked: Vec<(&str, &str)> = ranked
+        .split(',')
+        .map(|p| p.split_once('=').unwrap())
+        .collect();
+    let peers: Vec<&str> = ranked.iter().map(|(peer, _)| *peer).collect();
+    let mut expected = [a.peer.to_string(), b.peer.to_string()];
+    expected.sort();
+    let mut sorted = peers.clone();
+    sorted.sort();
+    assert_eq!(sorted, expected, "{line}");
+    assert_eq!(
+        (peer.as_str(), rtt.as_str()),
+        ranked[0],
+        "the first ranked is chosen: {line}"
+    );
+    // Measured ones ascending, then any not measured in time.
+    let rtts: Vec<(bool, Option<f64>)> = ranked
+        .iter()
+        .map(|(_, rtt)| ms(rtt))
+        .map(|rtt| (rtt.is_none(), rtt))
+        .collect();
+    assert!(rtts.is_sorted_by(|x, y| x <= y), "closest first: {line}");
+}
+
 #[tokio::test]
 async fn a_cell_behind_a_relay_is_reached_through_p2p_circuit() {
     let port = free_tcp_port();
