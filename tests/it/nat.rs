@@ -229,3 +229,71 @@ async fn behind_symmetric_nats_hole_punching_fails_cleanly_and_calls_stay_relaye
         .collect();
     assert!(direct.is_empty(), "no direct path can exist: {direct:?}");
 }
+
+/// `ww dial --any` from a client in one region, with a provider in its region and one
+/// across the world: it must take the near one, by the round trips it measured.
+#[tokio::test]
+async fn dial_any_takes_the_provider_with_the_shortest_round_trip() {
+    let Some(mut lab) = Lab::new() else {
+        return;
+    };
+    const NEAR: Duration = Duration::from_millis(5);
+    const FAR: Duration = Duration::from_millis(60);
+    let hub = lab.public_host("hub", NEAR);
+    let near = lab.public_host("near", NEAR);
+    let far = lab.public_host("far", FAR);
+    let client = lab.public_host("client", NEAR);
+    let only = "/lab/echo/1";
+    let cell = format!("{only}=builtin:echo");
+
+    // The hub answers the DHT from the start, as a bootstrap node would.
+    let hub = LabNode::start(
+        &hub,
+        &["tcp"],
+        &["--autonat-private", "--dht-mode", "server"],
+    )
+    .await;
+    let bootstrap = hub.addr("tcp").to_string();
+    let args = [
+        "--autonat-private",
+        "--bootstrap",
+        &bootstrap,
+        "--cell",
+        &cell,
+    ];
+    // The far one starts first, so "first found" and "closest" differ at least in
+    // start order.
+    let far = LabNode::start(&far, &["tcp"], &args).await;
+    let near = LabNode::start(&near, &["tcp"], &args).await;
+
+    let chosen = eventually("dial --any through both providers", || async {
+        let mut command = client.command(crate::support::WW);
+        let output = command
+            .env("RUST_LOG", "warn,ww::dial=info")
+            .args(["dial", "--any", only, "--bootstrap", &bootstrap])
+            .stdin(std::process::Stdio::piped())
+            .output();
+        let output = tokio::time::timeout(crate::support::PATIENCE, output)
+            .await
+            .unwrap()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        // Both providers ranked (each measured), or try again: the far one may not
+        // have announced itself yet.
+        let ranked = stderr
+            .lines()
+            .find(|l| l.contains("dialing a provider"))?
+            .to_string();
+        let measured = [&near, &far].iter().all(|node| {
+            ranked.contains(&format!("{}=", node.peer))
+                && !ranked.contains(&format!("{}=?", node.peer))
+        });
+        (output.status.success() && measured).then_some(ranked)
+    })
+    .await;
+    eprintln!("{chosen}");
+    assert!(
+        chosen.contains(&format!("peer={}", near.peer)),
+        "the provider 2×{NEAR:?} away should be taken over the one 2×{FAR:?} away: {chosen}"
+    );
+}
