@@ -190,7 +190,7 @@ mod tests {
             .local_addr()
             .unwrap();
         let metrics = Arc::new(Metrics::new());
-        let endpoint = super::super::spawn(addr, None, metrics, Arc::default(), cells)
+        let (_, endpoint) = super::super::spawn(addr, None, metrics, Arc::default(), cells)
             .await
             .unwrap();
         tokio::time::sleep(3 * FEED_INTERVAL).await;
@@ -224,7 +224,7 @@ mod tests {
             .unwrap();
         let cells: CellsView = Arc::new(Vec::new);
         let metrics = Arc::new(Metrics::new());
-        let endpoint = super::super::spawn(addr, None, metrics, Arc::default(), cells)
+        let (_, endpoint) = super::super::spawn(addr, None, metrics, Arc::default(), cells)
             .await
             .unwrap();
         let mut feeds = Vec::new();

@@ -51,6 +51,10 @@ pub struct ClusterPeer {
     /// neither a node protocol nor a cell's `+status`/`+call` variant); `None` until it
     /// has told this node.
     pub cells: Option<Vec<String>>,
+    /// Its dashboard's URL (`http://IP:PORT/`, built here from the address the peer
+    /// itself told, see `node::dashboards`), if it has one a viewer of this node can
+    /// open.
+    pub dashboard: Option<String>,
 }
 
 /// A peer of the cluster, as the dashboard shows it.

@@ -29,6 +29,7 @@
 
 mod cells;
 mod code;
+mod dashboards;
 mod deployed;
 mod loading;
 mod manage;
@@ -113,6 +114,8 @@ struct Node {
     cells: Option<Arc<dyn Handler>>,
     /// What the cells want provided in the DHTs, as it changes.
     announced: Option<watch::Receiver<Vec<kad::RecordKey>>>,
+    /// Asks peers where their dashboards are.
+    dashboards: dashboards::Ask,
 }
 
 impl Node {
@@ -150,6 +153,7 @@ impl Node {
             relays: Relays::default(),
             cells: None,
             announced: None,
+            dashboards: dashboards::Ask::default(),
         }
     }
 
@@ -200,6 +204,8 @@ impl Node {
                 self.metrics.libp2p.record(&event);
                 if let identify::Event::Received { peer_id, info, .. } = &event {
                     self.note_relay(*peer_id, info);
+                    self.dashboards
+                        .on_identify(&mut self.swarm, &self.network, *peer_id, info);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => {

@@ -240,6 +240,72 @@ async fn a_feed_outlives_the_connection_lifetime() {
     );
 }
 
+/// The cluster entry for `peer` in a snapshot, if any.
+fn known<'a>(state: &'a serde_json::Value, peer: &str) -> Option<&'a serde_json::Value> {
+    state["cluster"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["peer_id"] == peer)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cluster_links_to_the_dashboards_peers_tell_of() {
+    let (first, first_admin) = node_with_dashboard(&[]).await;
+    let second_admin = free_local_addr();
+    let second_admin_arg = second_admin.to_string();
+    let first_tcp = first.tcp.to_string();
+    let second = Node::start(&["--admin", &second_admin_arg, "--bootstrap", &first_tcp]).await;
+    // A third node without a dashboard: known, but with nothing to link to.
+    let third = Node::start(&["--bootstrap", &first_tcp]).await;
+    let state_path = format!("/api/state?token={TOKEN}");
+    let mut state = serde_json::Value::Null;
+    for _ in 0..200 {
+        state = serde_json::from_str(&body_of(first_admin, &state_path).await).unwrap();
+        let linked =
+            known(&state, &second.peer.to_string()).is_some_and(|k| !k["dashboard"].is_null());
+        let third_told =
+            known(&state, &third.peer.to_string()).is_some_and(|k| !k["cells"].is_null());
+        if linked && third_told {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let entry = known(&state, &second.peer.to_string())
+        .unwrap_or_else(|| panic!("the second node is not in the cluster: {state}"));
+    // Both on loopback, reached over loopback: the link is the second node's own
+    // admin address, as a URL.
+    assert_eq!(
+        entry["dashboard"],
+        format!("http://{second_admin}/"),
+        "{entry}"
+    );
+    let third_entry = known(&state, &third.peer.to_string()).unwrap();
+    assert!(third_entry["dashboard"].is_null(), "{third_entry}");
+    assert!(
+        third_entry["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| !c.as_str().unwrap().starts_with("/ww/dashboard/")),
+        "the protocol is the node's, not a cell: {third_entry}"
+    );
+    // And the other way: the second node links to the first's.
+    let mut linked = serde_json::Value::Null;
+    for _ in 0..200 {
+        let state: serde_json::Value =
+            serde_json::from_str(&body_of(second_admin, "/api/state").await).unwrap();
+        linked = known(&state, &first.peer.to_string())
+            .map(|k| k["dashboard"].clone())
+            .unwrap_or_default();
+        if !linked.is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(linked, format!("http://{first_admin}/"));
+}
+
 /// Chromium, installed from Debian's package when missing (as `.ci/run` does on a
 /// fresh machine; needs root).
 fn chromium() -> PathBuf {
@@ -330,18 +396,26 @@ async fn a_person_sees_cells_failures_and_peers_in_chromium() {
     let (_, outcome) = outcome_of(&bob, node.peer, b"", "/test/trap/1").await;
     crate::support::assert_failed(&outcome, "trapped");
     // Another node joins through this one: the cluster shows it and its cells.
-    let other = Node::start(&["--bootstrap", &node.tcp.to_string()]).await;
+    // It has a dashboard too: the cluster links to it.
+    let other_admin = free_local_addr().to_string();
+    let other = Node::start(&[
+        "--bootstrap",
+        &node.tcp.to_string(),
+        "--admin",
+        &other_admin,
+    ])
+    .await;
     // Identify and ping have run once every peer shows an agent and an RTT.
     for _ in 0..200 {
         let state: serde_json::Value =
             serde_json::from_str(&body_of(admin, &format!("/api/state?token={TOKEN}")).await)
                 .unwrap();
         let peers = state["peers"].as_array().unwrap();
-        let told = state["cluster"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|k| k["peer_id"] == other.peer.to_string() && !k["cells"].is_null());
+        let told = state["cluster"].as_array().unwrap().iter().any(|k| {
+            k["peer_id"] == other.peer.to_string()
+                && !k["cells"].is_null()
+                && !k["dashboard"].is_null()
+        });
         if peers.len() == 3
             && told
             && peers
@@ -410,6 +484,11 @@ async fn a_person_sees_cells_failures_and_peers_in_chromium() {
         );
     }
     assert!(!known[4].contains("+status"), "{known:?}");
+    assert!(
+        known[5].starts_with("<a ")
+            && known[5].contains(&format!("href=\"http://{other_admin}/\"")),
+        "no link to the other node's dashboard: {known:?}"
+    );
     // The live feed ran in the browser: the header counts its snapshots.
     let updates = dom
         .split("data-updates=\"")
