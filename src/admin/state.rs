@@ -43,7 +43,8 @@ pub struct PeerView {
 /// A peer this node knows of, connected or not, as the node's event loop keeps it.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct ClusterPeer {
-    /// How it was found: `wan-dht`, `lan-dht`, `mdns`, `connection`.
+    /// How it was found: `wan-dht`, `lan-dht`, `mdns`, `connection`,
+    /// `provider-record`.
     pub found_by: BTreeSet<&'static str>,
     /// Addresses it is known at (the first few).
     pub addresses: Vec<String>,
@@ -55,6 +56,9 @@ pub struct ClusterPeer {
     /// itself told, see `node::dashboards`), if it has one a viewer of this node can
     /// open.
     pub dashboard: Option<String>,
+    /// The cells it provides according to the DHT provider records this node holds
+    /// (for the cell protocols this node knows of: its own and those peers named).
+    pub provides: Vec<String>,
 }
 
 /// A peer of the cluster, as the dashboard shows it.

@@ -306,6 +306,42 @@ async fn the_cluster_links_to_the_dashboards_peers_tell_of() {
     assert_eq!(linked, format!("http://{first_admin}/"));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cluster_shows_the_cells_peers_provide_in_the_dht() {
+    let (first, admin) = node_with_dashboard(&[]).await;
+    // It announces its cells in the DHTs; the first node, a LAN DHT server, keeps
+    // the provider records.
+    let second = Node::start(&["--bootstrap", &first.tcp.to_string()]).await;
+    let state_path = format!("/api/state?token={TOKEN}");
+    let mut entry = serde_json::Value::Null;
+    // Provider records are read every 10 s: bounded by a few rounds.
+    for _ in 0..600 {
+        let state: serde_json::Value =
+            serde_json::from_str(&body_of(admin, &state_path).await).unwrap();
+        entry = known(&state, &second.peer.to_string())
+            .cloned()
+            .unwrap_or_default();
+        if entry["provides"].as_array().is_some_and(|p| !p.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let provides = entry["provides"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no provider records: {entry}"));
+    for cell in ["/ww/calc/0.1.0", "/ww/echo/0.1.0", "/ww/sha256/0.1.0"] {
+        assert!(provides.iter().any(|c| c == cell), "{cell}: {entry}");
+    }
+    assert!(
+        entry["found_by"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "provider-record"),
+        "{entry}"
+    );
+}
+
 /// Chromium, installed from Debian's package when missing (as `.ci/run` does on a
 /// fresh machine; needs root).
 fn chromium() -> PathBuf {
