@@ -17,6 +17,7 @@
 //! longer (feeds are few: [`dashboard::MAX_FEEDS`]).
 
 pub mod dashboard;
+pub mod history;
 pub mod state;
 
 use std::collections::BTreeMap;
@@ -119,6 +120,8 @@ struct AppState {
     /// When the endpoint started (with the node): the dashboard's uptime.
     started: Instant,
     feed: dashboard::Feed,
+    /// Each cell's recent streams per second, sampled by the dashboard's ticker.
+    history: Arc<std::sync::Mutex<history::History>>,
 }
 
 /// Marks the connection it is attached to as carrying a live feed, which may then
@@ -158,6 +161,7 @@ pub async fn spawn(
         cells,
         started: Instant::now(),
         feed: dashboard::Feed::new(),
+        history: Arc::default(),
     };
     let ticker = tokio::spawn(dashboard::tick(state.clone()));
     let token: Option<Arc<str>> = token.map(Into::into);

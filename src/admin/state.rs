@@ -143,6 +143,10 @@ pub struct State {
     pub peers: Vec<PeerState>,
     /// Every peer the node knows of, by peer ID.
     pub cluster: Vec<ClusterState>,
+    /// Each cell's streams per second over the last minutes, oldest first (see
+    /// [`super::history`]): in the page and `/api/state`, not in every feed snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<BTreeMap<String, Vec<f64>>>,
 }
 
 /// Builds the dashboard's state from the node's metrics, its network view and the
@@ -206,6 +210,7 @@ pub fn snapshot(
         failures: metrics.recent_failures(),
         peers,
         cluster,
+        history: None,
     }
 }
 

@@ -215,6 +215,40 @@ async fn the_feed_shows_counts_rising_failures_and_peers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_node_keeps_the_last_minutes_for_a_page_opened_later() {
+    let (node, admin) = node_with_dashboard(&[]).await;
+    let client = Client::new().unwrap();
+    let peer = client.connect(&node.tcp).await.unwrap();
+    let state_path = format!("/api/state?token={TOKEN}");
+    // Echo streams for a few seconds, no dashboard open; then the node's history has
+    // a rate per second for them.
+    let mut rates = Vec::new();
+    for _ in 0..100 {
+        for _ in 0..5 {
+            assert_eq!(request(&client, peer, ECHO, b"hi").await.unwrap(), b"hi");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let state: serde_json::Value =
+            serde_json::from_str(&body_of(admin, &state_path).await).unwrap();
+        rates = state["history"]["echo"]
+            .as_array()
+            .map(|r| r.iter().map(|r| r.as_f64().unwrap()).collect())
+            .unwrap_or_default();
+        if rates.iter().filter(|r| **r > 0.0).count() >= 3 {
+            break;
+        }
+    }
+    assert!(
+        rates.iter().filter(|r| **r > 0.0).count() >= 3,
+        "no history: {rates:?}"
+    );
+    assert!(rates.len() <= ww::admin::history::HISTORY_POINTS);
+    // The feed's snapshots leave it out: it is sent once, with the page.
+    let mut feed = Feed::open(admin).await;
+    assert!(feed.next().await.unwrap().get("history").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_feed_outlives_the_connection_lifetime() {
     let (_node, admin) = node_with_dashboard(&[]).await;
     let mut feed = Feed::open(admin).await;
@@ -442,7 +476,7 @@ async fn a_person_sees_cells_failures_and_peers_in_chromium() {
     ])
     .await;
     // Identify and ping have run once every peer shows an agent and an RTT.
-    for _ in 0..200 {
+    for _ in 0..400 {
         let state: serde_json::Value =
             serde_json::from_str(&body_of(admin, &format!("/api/state?token={TOKEN}")).await)
                 .unwrap();
@@ -452,8 +486,11 @@ async fn a_person_sees_cells_failures_and_peers_in_chromium() {
                 && !k["cells"].is_null()
                 && !k["dashboard"].is_null()
         });
+        // The node's history has a few seconds for the sparkline to start from.
+        let history = state["history"]["echo"].as_array().map_or(0, Vec::len);
         if peers.len() == 3
             && told
+            && history >= 4
             && peers
                 .iter()
                 .all(|p| !p["agent"].is_null() && !p["rtt_ms"].is_null())
@@ -495,6 +532,14 @@ async fn a_person_sees_cells_failures_and_peers_in_chromium() {
         completed > completed_at_load,
         "the feed never raised echo's count ({completed_at_load} at load): {echo:?}"
     );
+    // The sparkline starts from the node's own history, not from the page's three
+    // snapshots.
+    let points = echo[7]
+        .split("points=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .map_or(0, |points| points.split_whitespace().count());
+    assert!(points > 3, "the sparkline has {points} points: {}", echo[7]);
     let trap = row(&dom, "data-cell", "trap").expect("a trap row");
     assert_eq!(trap[9], "1", "trap's failed count: {trap:?}");
     let failure = row(&dom, "class", "failure").expect("a failure row");
