@@ -3,7 +3,7 @@
 //!
 //! # Wire
 //! ```text
-//! asker → node   (nothing; closes its write half)
+//! asker → node   nothing
 //! node → asker   IP:PORT in UTF-8 (a Rust `SocketAddr`, `[v6]:port` for IPv6), at most
 //!                MAX_ANSWER bytes, end
 //! ```

@@ -174,7 +174,7 @@ impl Node {
 
     /// Keeps the cluster view's provider records current (see
     /// [`view::note_providers`]), for the dashboard.
-    fn note_providers(&mut self) {
+    fn watch_providers(&mut self) {
         let mut every = tokio::time::interval(view::PROVIDERS_INTERVAL);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.providers_refresh = Some(every);

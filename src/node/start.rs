@@ -128,7 +128,7 @@ pub async fn run(
             let (bound, admin) = admin::spawn(addr, token, metrics, network, view).await?;
             let tell = Arc::new(dashboards::Tell(bound));
             node.handlers.insert(net::dashboard::PROTOCOL, tell);
-            node.note_providers();
+            node.watch_providers();
             Some(admin)
         }
         None => None,
