@@ -6,7 +6,10 @@
 //! open: a ticker builds the state, serializes it and frames it as a server-sent
 //! event once, into a `watch` channel; every open feed sends the same bytes (a
 //! reference-counted `Bytes`, not a copy). With no feed open the ticker builds
-//! nothing. A slow reader only ever misses snapshots: the channel holds the latest.
+//! nothing; it only samples the cells' accepted counts for their
+//! [`history`](super::history), which the page and `/api/state` carry (the feed's
+//! snapshots do not). A slow reader only ever misses snapshots: the channel holds
+//! the latest.
 //!
 //! At most [`MAX_FEEDS`] feeds are open at once (each also holds one of the
 //! endpoint's connections); more get 503. A feed ends itself after [`FEED_LIFETIME`],
