@@ -13,7 +13,8 @@
 //!
 //! A loopback address is only useful to a viewer on the same machine: the link is
 //! kept when the peer's address is not loopback, or when this node reaches the peer
-//! over loopback (a devnet on one host).
+//! over loopback (a devnet on one host). A peer that stops serving the protocol
+//! loses its link at its next identify.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -85,14 +86,20 @@ impl Ask {
         peer: PeerId,
         info: &identify::Info,
     ) {
+        let key = peer.to_string();
         if !info.protocols.contains(&net::dashboard::PROTOCOL) {
+            // No dashboard (any more): no link.
+            let mut view = view.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(known) = view.cluster.get_mut(&key) {
+                known.dashboard = None;
+            }
             return;
         }
         let in_cluster = view
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .cluster
-            .contains_key(&peer.to_string());
+            .contains_key(&key);
         if !in_cluster || !self.due(peer, Instant::now()) {
             return;
         }
@@ -124,7 +131,6 @@ impl Ask {
                 Err(_) => return tracing::debug!(%peer, "dashboard address: no answer in time"),
             };
             let mut view = view.write().unwrap_or_else(|e| e.into_inner());
-            let key = peer.to_string();
             let connections: Vec<ConnectionView> = view
                 .peers
                 .get(&key)
