@@ -17,6 +17,7 @@
 //!   [`net::status`] is the `+status`/`+call` wire that tells a peer how a cell ended
 //!   (its codec, the node's writer, the peer's readers, the call header);
 //!   [`net::code`] is the `/ww/code/1.0.0` wire on which nodes exchange components;
+//!   [`net::dashboard`] is the one on which a node tells where its dashboard is;
 //!   [`net::client`] is a peer that only asks.
 //! - [`node`]: wiring — runs the swarm and routes each stream, in a task of its own, to
 //!   its protocol's handler (the cells it serves now, each a version that a deployment

@@ -314,6 +314,16 @@ impl Metrics {
         }
     }
 
+    /// Each cell's streams accepted so far, by cell name (every cell counted since
+    /// the node started): a few atomic loads, for the dashboard's history.
+    pub fn accepted_by_cell(&self) -> Vec<(String, u64)> {
+        let counts = self.counts.read().unwrap_or_else(|e| e.into_inner());
+        counts
+            .iter()
+            .map(|(cell, counts)| (cell.clone(), counts.accepted.load(Ordering::Relaxed)))
+            .collect()
+    }
+
     /// Remembers a failed or refused stream of `cell`, forgetting the oldest beyond
     /// [`RECENT_FAILURES`].
     pub fn note_failure(

@@ -6,7 +6,10 @@
 //! open: a ticker builds the state, serializes it and frames it as a server-sent
 //! event once, into a `watch` channel; every open feed sends the same bytes (a
 //! reference-counted `Bytes`, not a copy). With no feed open the ticker builds
-//! nothing. A slow reader only ever misses snapshots: the channel holds the latest.
+//! nothing; it only samples the cells' accepted counts for their
+//! [`history`](super::history), which the page and `/api/state` carry (the feed's
+//! snapshots do not). A slow reader only ever misses snapshots: the channel holds
+//! the latest.
 //!
 //! At most [`MAX_FEEDS`] feeds are open at once (each also holds one of the
 //! endpoint's connections); more get 503. A feed ends itself after [`FEED_LIFETIME`],
@@ -24,6 +27,7 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{Html, IntoResponse, Response};
 use tokio::sync::{Semaphore, watch};
 
+use super::history::History;
 use super::state::{self, State as DashboardState};
 use super::{AppState, FeedLease};
 
@@ -58,13 +62,18 @@ impl Feed {
     }
 }
 
-/// Builds, serializes and publishes one snapshot per [`FEED_INTERVAL`] while a feed
-/// is open. Runs until aborted.
+/// Samples the cells' history (see [`super::history`]) every [`FEED_INTERVAL`], and
+/// builds, serializes and publishes a snapshot then while a feed is open. Runs until
+/// aborted.
 pub(super) async fn tick(app: AppState) {
     let mut ticks = tokio::time::interval(FEED_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut sampled = tokio::time::Instant::now();
     loop {
-        ticks.tick().await;
+        let now = ticks.tick().await;
+        let accepted = app.metrics.accepted_by_cell();
+        lock(&app.history).sample(accepted, now.duration_since(sampled));
+        sampled = now;
         if app.feed.frames.receiver_count() == 0 {
             continue;
         }
@@ -88,15 +97,26 @@ fn current(app: &AppState) -> DashboardState {
     state::snapshot(&app.metrics, &network, (app.cells)(), app.started.elapsed())
 }
 
-/// `GET /api/state`: the state now, as JSON.
-pub(super) async fn api_state(State(app): State<AppState>) -> axum::Json<DashboardState> {
-    axum::Json(current(&app))
+/// The state now, with the cells' history.
+fn with_history(app: &AppState) -> DashboardState {
+    let mut state = current(app);
+    state.history = Some(lock(&app.history).rates());
+    state
 }
 
-/// `GET /`: the page, with the state now embedded so it shows something before the
-/// feed's first snapshot.
+fn lock(history: &std::sync::Mutex<History>) -> std::sync::MutexGuard<'_, History> {
+    history.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `GET /api/state`: the state now, with the cells' history, as JSON.
+pub(super) async fn api_state(State(app): State<AppState>) -> axum::Json<DashboardState> {
+    axum::Json(with_history(&app))
+}
+
+/// `GET /`: the page, with the state now (and the cells' history) embedded so it
+/// shows something before the feed's first snapshot.
 pub(super) async fn page(State(app): State<AppState>) -> Html<String> {
-    let json = serde_json::to_string(&current(&app)).expect("the state serializes");
+    let json = serde_json::to_string(&with_history(&app)).expect("the state serializes");
     // Inside <script>, "</" could end the element; JSON allows "<\/" for it.
     Html(PAGE.replace("{{STATE}}", &json.replace("</", "<\\/")))
 }
@@ -190,7 +210,7 @@ mod tests {
             .local_addr()
             .unwrap();
         let metrics = Arc::new(Metrics::new());
-        let endpoint = super::super::spawn(addr, None, metrics, Arc::default(), cells)
+        let (_, endpoint) = super::super::spawn(addr, None, metrics, Arc::default(), cells)
             .await
             .unwrap();
         tokio::time::sleep(3 * FEED_INTERVAL).await;
@@ -224,7 +244,7 @@ mod tests {
             .unwrap();
         let cells: CellsView = Arc::new(Vec::new);
         let metrics = Arc::new(Metrics::new());
-        let endpoint = super::super::spawn(addr, None, metrics, Arc::default(), cells)
+        let (_, endpoint) = super::super::spawn(addr, None, metrics, Arc::default(), cells)
             .await
             .unwrap();
         let mut feeds = Vec::new();

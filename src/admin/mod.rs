@@ -17,6 +17,7 @@
 //! longer (feeds are few: [`dashboard::MAX_FEEDS`]).
 
 pub mod dashboard;
+pub mod history;
 pub mod state;
 
 use std::collections::BTreeMap;
@@ -119,6 +120,8 @@ struct AppState {
     /// When the endpoint started (with the node): the dashboard's uptime.
     started: Instant,
     feed: dashboard::Feed,
+    /// Each cell's recent streams per second, sampled by the dashboard's ticker.
+    history: Arc<std::sync::Mutex<history::History>>,
 }
 
 /// Marks the connection it is attached to as carrying a live feed, which may then
@@ -137,23 +140,28 @@ impl FeedLease {
 }
 
 /// Binds `addr` and serves the endpoint in a background task until the process ends
-/// or the returned handle is aborted. With a `token`, every request must carry it.
+/// or the returned handle is aborted; returns the address bound (its port chosen if
+/// `addr`'s is 0) with the handle. With a `token`, every request must carry it.
 pub async fn spawn(
     addr: SocketAddr,
     token: Option<String>,
     metrics: Arc<Metrics>,
     network: Arc<RwLock<NetworkView>>,
     cells: CellsView,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot bind the admin endpoint to {addr}"))?;
+    let addr = listener
+        .local_addr()
+        .context("the admin endpoint's bound address")?;
     let state = AppState {
         metrics,
         network,
         cells,
         started: Instant::now(),
         feed: dashboard::Feed::new(),
+        history: Arc::default(),
     };
     let ticker = tokio::spawn(dashboard::tick(state.clone()));
     let token: Option<Arc<str>> = token.map(Into::into);
@@ -167,11 +175,12 @@ pub async fn spawn(
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(token, authorize));
     tracing::info!(%addr, "admin endpoint listening");
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         // Aborting this task drops the ticker's handle, which does not stop it.
         let _ticker = AbortOnDrop(ticker);
         serve(listener, app).await
-    }))
+    });
+    Ok((addr, task))
 }
 
 /// Aborts a task when dropped.

@@ -45,7 +45,8 @@ pub struct PeerView {
 /// A peer this node knows of, connected or not, as the node's event loop keeps it.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct ClusterPeer {
-    /// How it was found: `wan-dht`, `lan-dht`, `mdns`, `connection`.
+    /// How it was found: `wan-dht`, `lan-dht`, `mdns`, `connection`,
+    /// `provider-record`.
     pub found_by: BTreeSet<&'static str>,
     /// Addresses it is known at (the first few).
     pub addresses: Vec<String>,
@@ -53,6 +54,13 @@ pub struct ClusterPeer {
     /// neither a node protocol nor a cell's `+status`/`+call` variant); `None` until it
     /// has told this node.
     pub cells: Option<Vec<String>>,
+    /// Its dashboard's URL (`http://IP:PORT/`, built here from the address the peer
+    /// itself told, see `node::dashboards`), if it has one a viewer of this node can
+    /// open.
+    pub dashboard: Option<String>,
+    /// The cells it provides according to the DHT provider records this node holds
+    /// (for the cell protocols this node knows of: its own and those peers named).
+    pub provides: Vec<String>,
 }
 
 /// A peer of the cluster, as the dashboard shows it.
@@ -137,6 +145,10 @@ pub struct State {
     pub peers: Vec<PeerState>,
     /// Every peer the node knows of, by peer ID.
     pub cluster: Vec<ClusterState>,
+    /// Each cell's streams per second over the last minutes, oldest first (see
+    /// [`super::history`]): in the page and `/api/state`, not in every feed snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<BTreeMap<String, Vec<f64>>>,
 }
 
 /// Builds the dashboard's state from the node's metrics, its network view and the
@@ -200,6 +212,7 @@ pub fn snapshot(
         failures: metrics.recent_failures(),
         peers,
         cluster,
+        history: None,
     }
 }
 

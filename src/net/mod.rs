@@ -6,6 +6,7 @@
 pub mod client;
 pub mod code;
 pub mod control;
+pub mod dashboard;
 pub mod discovery;
 mod lookup;
 pub mod manage;
@@ -226,6 +227,7 @@ const RESERVED_PROTOCOLS: &[(&str, &str)] = &[
     ("/ww/code/", "the code exchange"),
     ("/ww/deploy/", "ww deploy"),
     ("/ww/cells/", "ww cells"),
+    ("/ww/dashboard/", "the dashboard's address"),
     ("/ipfs/id/", "identify"),
     ("/ipfs/ping/", "ping"),
     ("/ipfs/kad/", "the IPFS DHT"),

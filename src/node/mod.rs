@@ -29,6 +29,7 @@
 
 mod cells;
 mod code;
+mod dashboards;
 mod deployed;
 mod loading;
 mod manage;
@@ -113,6 +114,11 @@ struct Node {
     cells: Option<Arc<dyn Handler>>,
     /// What the cells want provided in the DHTs, as it changes.
     announced: Option<watch::Receiver<Vec<kad::RecordKey>>>,
+    /// Asks peers where their dashboards are.
+    dashboards: dashboards::Ask,
+    /// When to read the provider records into the cluster view; `None` while no
+    /// dashboard shows them (the admin endpoint is off).
+    providers_refresh: Option<tokio::time::Interval>,
 }
 
 impl Node {
@@ -150,6 +156,8 @@ impl Node {
             relays: Relays::default(),
             cells: None,
             announced: None,
+            dashboards: dashboards::Ask::default(),
+            providers_refresh: None,
         }
     }
 
@@ -162,6 +170,14 @@ impl Node {
     ) {
         self.cells = Some(cells);
         self.announced = Some(announced);
+    }
+
+    /// Keeps the cluster view's provider records current (see
+    /// [`view::note_providers`]), for the dashboard.
+    fn watch_providers(&mut self) {
+        let mut every = tokio::time::interval(view::PROVIDERS_INTERVAL);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.providers_refresh = Some(every);
     }
 
     /// Listens on `addr` (its address is printed once bound, see [`run`]).
@@ -182,6 +198,7 @@ impl Node {
                 event = self.swarm.select_next_some() => self.on_event(event),
                 Some(request) = self.requests.next() => self.control.handle(&mut self.swarm, request),
                 keys = changed(&mut self.announced) => self.announcements.provide(&mut self.swarm, keys),
+                () = tick(&mut self.providers_refresh) => view::note_providers(&self.network, &mut self.swarm),
                 // Reaped as they end: a JoinSet keeps every finished task until joined.
                 Some(ended) = self.tasks.join_next() => on_task_end(ended),
             }
@@ -200,6 +217,8 @@ impl Node {
                 self.metrics.libp2p.record(&event);
                 if let identify::Event::Received { peer_id, info, .. } = &event {
                     self.note_relay(*peer_id, info);
+                    self.dashboards
+                        .on_identify(&mut self.swarm, &self.network, *peer_id, info);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => {
@@ -344,6 +363,16 @@ async fn changed(
         return keys.borrow_and_update().clone();
     }
     std::future::pending().await
+}
+
+/// The next tick of `every`; never, if there is none.
+async fn tick(every: &mut Option<tokio::time::Interval>) {
+    match every {
+        Some(every) => {
+            every.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Notes how a stream's task ended: a panic is logged (the task's stream is gone

@@ -14,7 +14,7 @@ use tracing::Instrument as _;
 use super::cells::{self, Cells};
 use super::deployed::Deployments;
 use super::loading::Loader;
-use super::{Handlers, Node, STATS_PROTOCOL, code, manage, reload, stats};
+use super::{Handlers, Node, STATS_PROTOCOL, code, dashboards, manage, reload, stats};
 use crate::admin;
 use crate::cell::{Cache, PoolSize, Runtime};
 use crate::config::{CellSpec, NodeConfig};
@@ -69,12 +69,15 @@ pub async fn run(
     }
     let deployments = Arc::new(Deployments::open(&config.data_dir)?);
     let stop = CancellationToken::new();
-    let fixed = vec![
+    let mut fixed = vec![
         STATS_PROTOCOL,
         net::code::PROTOCOL,
         net::manage::DEPLOY_PROTOCOL,
         net::manage::CELLS_PROTOCOL,
     ];
+    if config.admin.is_some() {
+        fixed.push(net::dashboard::PROTOCOL);
+    }
     let swarm = net::build_swarm(keypair, fixed.clone(), &config.network)?;
     let router = swarm.behaviour().router.protocols();
     let (cells, announced) =
@@ -122,7 +125,11 @@ pub async fn run(
                 Arc::new(move || view.list().iter().map(|c| c.info()).collect());
             let network = node.network.clone();
             let token = config.admin_token.clone();
-            Some(admin::spawn(addr, token, metrics, network, view).await?)
+            let (bound, admin) = admin::spawn(addr, token, metrics, network, view).await?;
+            let tell = Arc::new(dashboards::Tell(bound));
+            node.handlers.insert(net::dashboard::PROTOCOL, tell);
+            node.watch_providers();
+            Some(admin)
         }
         None => None,
     };

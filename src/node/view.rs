@@ -3,16 +3,25 @@
 //! addresses, AutoNAT's verdict, the relays holding a reservation for this node, the
 //! DHTs' mode and routing-table sizes, and the
 //! cluster — every peer the node learns of through the DHTs, mDNS or a connection,
-//! with the cells it says (in identify) that it serves.
+//! with the cells it says (in identify) that it serves, and those the provider
+//! records this node holds say it provides ([`note_providers`]).
+//!
+//! Provider records add little that identify does not: every provider whose record a
+//! node holds connected to it to store it, and identified itself then. What they add
+//! is whether the peer announces the cell in the DHT now (records expire), which is
+//! what others find it by; they are read from the local stores only — no query, no
+//! crawl.
 //!
 //! The cluster is bounded: at most [`MAX_CLUSTER`] peers (more are not added) with at
 //! most [`MAX_ADDRESSES`] addresses each, so peers announcing themselves cannot grow
 //! it without end.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use futures::future::BoxFuture;
+use libp2p::kad::store::RecordStore as _;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, autonat, identify, kad, mdns, ping, relay};
@@ -26,6 +35,10 @@ use crate::net::{Behaviour, BehaviourEvent};
 pub const MAX_CLUSTER: usize = 1000;
 /// The most addresses the cluster view keeps per peer.
 pub const MAX_ADDRESSES: usize = 4;
+/// The most cell protocols whose provider records [`note_providers`] reads.
+pub const MAX_KNOWN_CELLS: usize = 256;
+/// How often [`note_providers`] reads them (while the admin endpoint is on).
+pub const PROVIDERS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Notes what `event` changes in `view`; takes the lock only for events that do.
 pub(super) fn note(
@@ -195,6 +208,58 @@ pub(super) fn cells_among(protocols: &[libp2p::StreamProtocol]) -> Vec<String> {
         .collect();
     cells.sort();
     cells
+}
+
+/// Notes in the cluster view which cells each peer provides, from the provider
+/// records this node's DHT stores hold (as a DHT server, for the keys nearest it; in
+/// a small cluster, all of them) — for the cell protocols it knows of: the ones it
+/// serves and those peers named in identify, at most [`MAX_KNOWN_CELLS`]. A provider
+/// not yet known joins the cluster (within its bound), found by `provider-record`.
+///
+/// Reads only local stores, no query: a few hundred hash lookups, run every
+/// [`PROVIDERS_INTERVAL`].
+pub(super) fn note_providers(view: &RwLock<NetworkView>, swarm: &mut Swarm<Behaviour>) {
+    let served = swarm.behaviour().router.protocols().get();
+    let mut view = view.write().unwrap_or_else(|e| e.into_inner());
+    let mut names = std::collections::BTreeSet::new();
+    let named = view
+        .cluster
+        .values()
+        .filter_map(|known| known.cells.as_ref())
+        .flatten()
+        .cloned();
+    for name in cells_among(&served).into_iter().chain(named) {
+        if names.len() >= MAX_KNOWN_CELLS {
+            break;
+        }
+        names.insert(name);
+    }
+    let mut provided: BTreeMap<PeerId, (BTreeSet<String>, Vec<Multiaddr>)> = BTreeMap::new();
+    for name in names {
+        let Ok(protocol) = libp2p::StreamProtocol::try_from_owned(name.clone()) else {
+            continue;
+        };
+        let key = crate::net::discovery::provider_key(&protocol);
+        for which in crate::net::Dht::BOTH {
+            for record in swarm.behaviour_mut().dht(which).store_mut().providers(&key) {
+                let (cells, addresses) = provided.entry(record.provider).or_default();
+                cells.insert(name.clone());
+                addresses.extend(record.addresses);
+            }
+        }
+    }
+    for known in view.cluster.values_mut() {
+        known.provides.clear();
+    }
+    for (peer, (cells, addresses)) in provided {
+        if let Some(known) = known(&mut view, &peer) {
+            known.found_by.insert("provider-record");
+            known.provides = cells.into_iter().collect();
+            for address in addresses {
+                add_address(known, address.to_string());
+            }
+        }
+    }
 }
 
 /// Fills in what the view knows before the first event.

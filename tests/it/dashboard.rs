@@ -215,6 +215,40 @@ async fn the_feed_shows_counts_rising_failures_and_peers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_node_keeps_the_last_minutes_for_a_page_opened_later() {
+    let (node, admin) = node_with_dashboard(&[]).await;
+    let client = Client::new().unwrap();
+    let peer = client.connect(&node.tcp).await.unwrap();
+    let state_path = format!("/api/state?token={TOKEN}");
+    // Echo streams for a few seconds, no dashboard open; then the node's history has
+    // a rate per second for them.
+    let mut rates = Vec::new();
+    for _ in 0..100 {
+        for _ in 0..5 {
+            assert_eq!(request(&client, peer, ECHO, b"hi").await.unwrap(), b"hi");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let state: serde_json::Value =
+            serde_json::from_str(&body_of(admin, &state_path).await).unwrap();
+        rates = state["history"]["echo"]
+            .as_array()
+            .map(|r| r.iter().map(|r| r.as_f64().unwrap()).collect())
+            .unwrap_or_default();
+        if rates.iter().filter(|r| **r > 0.0).count() >= 3 {
+            break;
+        }
+    }
+    assert!(
+        rates.iter().filter(|r| **r > 0.0).count() >= 3,
+        "no history: {rates:?}"
+    );
+    assert!(rates.len() <= ww::admin::history::HISTORY_POINTS);
+    // The feed's snapshots leave it out: it is sent once, with the page.
+    let mut feed = Feed::open(admin).await;
+    assert!(feed.next().await.unwrap().get("history").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_feed_outlives_the_connection_lifetime() {
     let (_node, admin) = node_with_dashboard(&[]).await;
     let mut feed = Feed::open(admin).await;
@@ -237,6 +271,108 @@ async fn a_feed_outlives_the_connection_lifetime() {
         last > first + lifetime + 2,
         "the feed ended after {}s, within the {lifetime}s connection lifetime",
         last - first
+    );
+}
+
+/// The cluster entry for `peer` in a snapshot, if any.
+fn known<'a>(state: &'a serde_json::Value, peer: &str) -> Option<&'a serde_json::Value> {
+    state["cluster"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["peer_id"] == peer)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cluster_links_to_the_dashboards_peers_tell_of() {
+    let (first, first_admin) = node_with_dashboard(&[]).await;
+    let second_admin = free_local_addr();
+    let second_admin_arg = second_admin.to_string();
+    let first_tcp = first.tcp.to_string();
+    let second = Node::start(&["--admin", &second_admin_arg, "--bootstrap", &first_tcp]).await;
+    // A third node without a dashboard: known, but with nothing to link to.
+    let third = Node::start(&["--bootstrap", &first_tcp]).await;
+    let state_path = format!("/api/state?token={TOKEN}");
+    let mut state = serde_json::Value::Null;
+    for _ in 0..200 {
+        state = serde_json::from_str(&body_of(first_admin, &state_path).await).unwrap();
+        let linked =
+            known(&state, &second.peer.to_string()).is_some_and(|k| !k["dashboard"].is_null());
+        let third_told =
+            known(&state, &third.peer.to_string()).is_some_and(|k| !k["cells"].is_null());
+        if linked && third_told {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let entry = known(&state, &second.peer.to_string())
+        .unwrap_or_else(|| panic!("the second node is not in the cluster: {state}"));
+    // Both on loopback, reached over loopback: the link is the second node's own
+    // admin address, as a URL.
+    assert_eq!(
+        entry["dashboard"],
+        format!("http://{second_admin}/"),
+        "{entry}"
+    );
+    let third_entry = known(&state, &third.peer.to_string()).unwrap();
+    assert!(third_entry["dashboard"].is_null(), "{third_entry}");
+    assert!(
+        third_entry["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| !c.as_str().unwrap().starts_with("/ww/dashboard/")),
+        "the protocol is the node's, not a cell: {third_entry}"
+    );
+    // And the other way: the second node links to the first's.
+    let mut linked = serde_json::Value::Null;
+    for _ in 0..200 {
+        let state: serde_json::Value =
+            serde_json::from_str(&body_of(second_admin, "/api/state").await).unwrap();
+        linked = known(&state, &first.peer.to_string())
+            .map(|k| k["dashboard"].clone())
+            .unwrap_or_default();
+        if !linked.is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(linked, format!("http://{first_admin}/"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cluster_shows_the_cells_peers_provide_in_the_dht() {
+    let (first, admin) = node_with_dashboard(&[]).await;
+    // It announces its cells in the DHTs; the first node, a LAN DHT server, keeps
+    // the provider records.
+    let second = Node::start(&["--bootstrap", &first.tcp.to_string()]).await;
+    let state_path = format!("/api/state?token={TOKEN}");
+    let mut entry = serde_json::Value::Null;
+    // Provider records are read every 10 s: bounded by a few rounds.
+    for _ in 0..600 {
+        let state: serde_json::Value =
+            serde_json::from_str(&body_of(admin, &state_path).await).unwrap();
+        entry = known(&state, &second.peer.to_string())
+            .cloned()
+            .unwrap_or_default();
+        if entry["provides"].as_array().is_some_and(|p| !p.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let provides = entry["provides"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no provider records: {entry}"));
+    for cell in ["/ww/calc/0.1.0", "/ww/echo/0.1.0", "/ww/sha256/0.1.0"] {
+        assert!(provides.iter().any(|c| c == cell), "{cell}: {entry}");
+    }
+    assert!(
+        entry["found_by"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "provider-record"),
+        "{entry}"
     );
 }
 
@@ -330,20 +466,31 @@ async fn a_person_sees_cells_failures_and_peers_in_chromium() {
     let (_, outcome) = outcome_of(&bob, node.peer, b"", "/test/trap/1").await;
     crate::support::assert_failed(&outcome, "trapped");
     // Another node joins through this one: the cluster shows it and its cells.
-    let other = Node::start(&["--bootstrap", &node.tcp.to_string()]).await;
+    // It has a dashboard too: the cluster links to it.
+    let other_admin = free_local_addr().to_string();
+    let other = Node::start(&[
+        "--bootstrap",
+        &node.tcp.to_string(),
+        "--admin",
+        &other_admin,
+    ])
+    .await;
     // Identify and ping have run once every peer shows an agent and an RTT.
-    for _ in 0..200 {
+    for _ in 0..400 {
         let state: serde_json::Value =
             serde_json::from_str(&body_of(admin, &format!("/api/state?token={TOKEN}")).await)
                 .unwrap();
         let peers = state["peers"].as_array().unwrap();
-        let told = state["cluster"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|k| k["peer_id"] == other.peer.to_string() && !k["cells"].is_null());
+        let told = state["cluster"].as_array().unwrap().iter().any(|k| {
+            k["peer_id"] == other.peer.to_string()
+                && !k["cells"].is_null()
+                && !k["dashboard"].is_null()
+        });
+        // The node's history has a few seconds for the sparkline to start from.
+        let history = state["history"]["echo"].as_array().map_or(0, Vec::len);
         if peers.len() == 3
             && told
+            && history >= 4
             && peers
                 .iter()
                 .all(|p| !p["agent"].is_null() && !p["rtt_ms"].is_null())
@@ -385,6 +532,14 @@ async fn a_person_sees_cells_failures_and_peers_in_chromium() {
         completed > completed_at_load,
         "the feed never raised echo's count ({completed_at_load} at load): {echo:?}"
     );
+    // The sparkline starts from the node's own history, not from the page's three
+    // snapshots.
+    let points = echo[7]
+        .split("points=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .map_or(0, |points| points.split_whitespace().count());
+    assert!(points > 3, "the sparkline has {points} points: {}", echo[7]);
     let trap = row(&dom, "data-cell", "trap").expect("a trap row");
     assert_eq!(trap[9], "1", "trap's failed count: {trap:?}");
     let failure = row(&dom, "class", "failure").expect("a failure row");
@@ -410,6 +565,11 @@ async fn a_person_sees_cells_failures_and_peers_in_chromium() {
         );
     }
     assert!(!known[4].contains("+status"), "{known:?}");
+    assert!(
+        known[5].starts_with("<a ")
+            && known[5].contains(&format!("href=\"http://{other_admin}/\"")),
+        "no link to the other node's dashboard: {known:?}"
+    );
     // The live feed ran in the browser: the header counts its snapshots.
     let updates = dom
         .split("data-updates=\"")

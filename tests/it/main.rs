@@ -6,6 +6,7 @@ mod cluster;
 mod cluster_deploy;
 mod content;
 mod dashboard;
+mod dashboard_load;
 mod deploy;
 mod deploy_stub;
 mod dialer;
