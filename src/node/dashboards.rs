@@ -206,6 +206,7 @@ mod tests {
             address: address.into(),
             transport: "tcp",
             relayed,
+            rtt_ms: None,
         }
     }
 
