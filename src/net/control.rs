@@ -511,6 +511,18 @@ mod tests {
         answered.unwrap()
     }
 
+    /// Connects `swarm` to `addr` through `control`; the peer reached.
+    async fn connect(
+        swarm: &mut Swarm<Behaviour>,
+        control: &mut Control,
+        addr: &Multiaddr,
+    ) -> PeerId {
+        let addr = addr.clone();
+        ask(swarm, control, |reply| Request::Connect { addr, reply })
+            .await
+            .unwrap()
+    }
+
     /// Runs `swarm` and `control` until `done` holds (bounded by a generous timeout).
     async fn drive_until(
         swarm: &mut Swarm<Behaviour>,
@@ -558,12 +570,7 @@ mod tests {
         let (addr, server) = serving_peer(vec![served.clone()]).await;
         let mut swarm = client(&addr);
         let mut control = Control::default();
-        let peer = ask(&mut swarm, &mut control, |reply| Request::Connect {
-            addr: addr.clone(),
-            reply,
-        })
-        .await
-        .unwrap();
+        let peer = connect(&mut swarm, &mut control, &addr).await;
 
         let unserved = libp2p::StreamProtocol::new("/test/unserved/1");
         for (offer, expect) in [
@@ -633,12 +640,7 @@ mod tests {
         let (addr, server) = listening_peer().await;
         let mut swarm = client(&addr);
         let mut control = Control::default();
-        let peer = ask(&mut swarm, &mut control, |reply| Request::Connect {
-            addr: addr.clone(),
-            reply,
-        })
-        .await
-        .unwrap();
+        let peer = connect(&mut swarm, &mut control, &addr).await;
         // Answered on ConnectionEstablished, before any event of the ping that starts
         // on the new connection: the request has to wait for the first measurement.
         let (reply, mut measured) = futures::channel::mpsc::channel(1);

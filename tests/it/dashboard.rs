@@ -9,7 +9,9 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, Buf
 use tokio::net::TcpStream;
 use ww::net::client::Client;
 
-use crate::support::{ECHO, Node, cell_flag, free_local_addr, outcome_of, request, run_fails, ww};
+use crate::support::{
+    ECHO, Node, cell_flag, cpu_ticks, free_local_addr, outcome_of, request, run_fails, ww,
+};
 
 /// A token good enough for `--admin-token`.
 const TOKEN: &str = "dashboard-test-token-0123";
@@ -586,19 +588,6 @@ async fn a_person_sees_cells_failures_and_peers_in_chromium() {
     assert!(std::fs::metadata(&screenshot).unwrap().len() > 10_000);
     println!("screenshot: {}", screenshot.display());
     traffic.abort();
-}
-
-/// CPU ticks (user + system, in clock ticks) that process `pid` has used.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // The fields after the command name, which is in parentheses.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
 /// Prints (asserts nothing about) the node's CPU under `ww bench` load with and

@@ -10,7 +10,7 @@ use libp2p::{PeerId, Stream};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use ww::net::client::Client;
 
-use crate::support::{ECHO, Node, free_local_addr, http_get};
+use crate::support::{ECHO, Node, cpu_ticks, free_local_addr, http_get};
 
 /// Streams each client peer holds: under yamux's 512 per connection, and the node's
 /// per-peer cap is raised to this.
@@ -117,18 +117,6 @@ async fn the_dashboard_counts_five_hundred_held_streams_and_their_end() {
     println!("/api/state at 500 live: {bytes} bytes in {took:?}");
     drop(held);
     wait_for_live(admin, 0).await;
-}
-
-/// CPU ticks (user + system, 10 ms each) process `pid` has used.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
 /// Reads an `/api/events` feed to nowhere for `how_long`; returns the bytes read.

@@ -22,3 +22,4 @@ mod startup;
 mod stdio;
 mod support;
 mod swap;
+mod wide_area;

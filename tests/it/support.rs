@@ -304,8 +304,13 @@ pub fn spawn_ww(args: &[&str]) -> Child {
 
 /// Runs `ww` with `args`, feeding it `stdin`; returns (success, stdout, stderr).
 pub async fn ww(args: &[&str], stdin: &[u8]) -> (bool, Vec<u8>, String) {
+    outcome_of_process(spawn_ww(args), stdin).await
+}
+
+/// Feeds `stdin` to `child` (spawned with every stdio stream piped) and waits for it;
+/// returns (success, stdout, stderr).
+pub async fn outcome_of_process(mut child: Child, stdin: &[u8]) -> (bool, Vec<u8>, String) {
     use tokio::io::AsyncWriteExt as _;
-    let mut child = spawn_ww(args);
     let mut input = child.stdin.take().unwrap();
     let stdin = stdin.to_vec();
     let feed = tokio::spawn(async move {
@@ -506,4 +511,17 @@ pub async fn run_fails(args: &[&str]) -> String {
         "ww run {args:?} should have failed"
     );
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// CPU ticks (user + system, in clock ticks) that process `pid` has used.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }

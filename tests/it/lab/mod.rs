@@ -4,8 +4,9 @@
 //!
 //! The topology is a star, as the internet looks from an edge: a *core* namespace
 //! routes between every site on the "internet" (198.51.100.0/24, a documentation
-//! range). A site is a public host (say a relay) or a NAT router; a router has hosts
-//! behind it on a LAN of its own (198.18.N.0/24, inside the benchmarking range). Every
+//! range). A site is a public host (say a relay), a NAT router, or a region's router;
+//! a router has hosts behind it on a network of its own (198.18.N.0/24, inside the
+//! benchmarking range), hidden behind its NAT or, for a region, routed to by the core. Every
 //! link is a /30 of its own (as ISPs number point-to-point links), so routing is one
 //! default route per namespace; the core knows no route to any LAN, so only the
 //! routers' NAT reaches out of one. Nothing is connected to the host's own interfaces: no lab traffic can
@@ -150,6 +151,32 @@ impl Lab {
         }
     }
 
+    /// A region of the internet: a router `delay` (one way) from the core that routes
+    /// (without NAT) a network of hosts of its own, reachable from everywhere; place
+    /// hosts in it with [`Lab::host_behind`]. Latency inside a region is then twice
+    /// the hosts' delay, between regions the hosts' and both routers' delays.
+    pub fn region(&mut self, name: &str, delay: Duration) -> Router {
+        let site = self.site(name, delay);
+        forward(&site.netns);
+        self.lans += 1;
+        assert!(self.lans < 255, "too many LANs");
+        let network = format!("198.18.{}.0/24", self.lans);
+        ip(&[
+            "-n",
+            &self.core,
+            "route",
+            "add",
+            &network,
+            "via",
+            &site.ip.to_string(),
+        ]);
+        Router {
+            site,
+            lan: self.lans,
+            hosts: 0,
+        }
+    }
+
     /// A host on `router`'s LAN, `delay` (one way) from the router.
     pub fn host_behind(&mut self, router: &mut Router, name: &str, delay: Duration) -> Site {
         router.hosts += 1;
@@ -267,8 +294,7 @@ impl Site {
 
     /// Runs `ww args` here, feeding it `stdin`; returns (success, stdout, stderr).
     pub async fn ww(&self, args: &[&str], stdin: &[u8]) -> (bool, Vec<u8>, String) {
-        use tokio::io::AsyncWriteExt as _;
-        let mut child = self
+        let child = self
             .command(WW)
             .args(args)
             .stdin(Stdio::piped())
@@ -276,21 +302,7 @@ impl Site {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawning ww in a lab namespace");
-        let mut input = child.stdin.take().unwrap();
-        let stdin = stdin.to_vec();
-        let feed = tokio::spawn(async move {
-            let _ = input.write_all(&stdin).await;
-        });
-        let output = tokio::time::timeout(PATIENCE, child.wait_with_output())
-            .await
-            .expect("ww timed out")
-            .unwrap();
-        let _ = feed.await;
-        (
-            output.status.success(),
-            output.stdout,
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+        crate::support::outcome_of_process(child, stdin).await
     }
 
     /// `GET path` on `addr` from inside this namespace (plain HTTP/1.1); the status
