@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use crate::lab::{Lab, LabNode, Site};
-use crate::support::{PATIENCE, WW, eventually};
+use crate::support::{PATIENCE, WW};
 
 /// The regions: name and one-way delay from its router to the core.
 const REGIONS: [(&str, u64); 3] = [("eu", 15), ("us", 25), ("ap", 40)];
@@ -64,11 +64,34 @@ impl Cluster {
             bootstrap,
             _lab: lab,
         };
-        eventually(&format!("the client finds all {n} providers"), || async {
-            let (_, out, _) = cluster.run(&["find", ECHO]).await;
-            (out.lines().count() == n).then_some(())
-        })
-        .await;
+        let mut found = String::new();
+        for _ in 0..60 {
+            (_, found, _) = cluster.run(&["find", ECHO]).await;
+            if found.lines().count() == n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let missing: Vec<String> = cluster
+            .nodes
+            .iter()
+            .filter(|(_, node)| !found.contains(&node.peer.to_string()))
+            .map(|(region, node)| {
+                let log = node.log();
+                let said = |what: &str| {
+                    let last = log.lines().filter(|l| l.contains(what)).last();
+                    last.unwrap_or("").to_string()
+                };
+                let region = REGIONS[*region].0;
+                let (reachability, mode) = (said("reachability"), said("DHT mode changed"));
+                format!("{} in {region}: {reachability} | {mode}", node.peer)
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "the client should find all {n} providers; missing:\n{}",
+            missing.join("\n")
+        );
         Some(cluster)
     }
 
@@ -193,7 +216,8 @@ fn median(mut values: Vec<f64>) -> f64 {
 #[tokio::test]
 #[ignore = "heavy: 40 namespaces and ww processes; run by hand, it prints numbers"]
 async fn wide_area_find_and_dial_any_times() {
-    for n in [10, 30] {
+    let sizes = std::env::var("WW_WIDE_AREA_SIZES").unwrap_or("10,30".into());
+    for n in sizes.split(',').map(|n| n.parse().unwrap()) {
         let Some(cluster) = Cluster::start(n).await else {
             return;
         };

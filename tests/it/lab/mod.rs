@@ -284,11 +284,22 @@ impl Drop for Lab {
 }
 
 impl Site {
-    /// `program` to be run inside this site's namespace.
+    /// `program` to be run inside this site's namespace: killed when dropped, and
+    /// also when the test's thread dies without dropping it (a killed test run).
     pub fn command(&self, program: &str) -> Command {
         let mut command = Command::new("ip");
         command.args(["netns", "exec", &self.netns, program]);
         command.kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
         command
     }
 
@@ -479,7 +490,8 @@ fn apt_install(package: &str) -> bool {
     apt(&["install", "-y", package]) || (apt(&["update"]) && apt(&["install", "-y", package]))
 }
 
-/// Removes the namespaces of lab test processes that no longer run.
+/// Removes the namespaces of lab test processes that no longer run, and the
+/// processes still inside them.
 fn remove_leftovers() {
     let Ok(entries) = std::fs::read_dir("/var/run/netns") else {
         return;
@@ -493,6 +505,15 @@ fn remove_leftovers() {
             continue;
         };
         if !Path::new("/proc").join(pid).exists() {
+            let pids = std::process::Command::new("ip")
+                .args(["netns", "pids", &name])
+                .output()
+                .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+                .unwrap_or_default();
+            for pid in pids.split_whitespace().filter_map(|p| p.parse().ok()) {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
             let _ = std::process::Command::new("ip")
                 .args(["netns", "del", &name])
                 .status();
