@@ -79,7 +79,7 @@ impl Cluster {
             .map(|(region, node)| {
                 let log = node.log();
                 let said = |what: &str| {
-                    let last = log.lines().filter(|l| l.contains(what)).last();
+                    let last = log.lines().rfind(|l| l.contains(what));
                     last.unwrap_or("").to_string()
                 };
                 let region = REGIONS[*region].0;
