@@ -64,9 +64,9 @@ impl Cluster {
             bootstrap,
             _lab: lab,
         };
-        let mut found = String::new();
+        let (mut found, mut warned) = (String::new(), String::new());
         for _ in 0..60 {
-            (_, found, _) = cluster.run(&["find", ECHO]).await;
+            (_, found, warned) = cluster.run(&["find", ECHO]).await;
             if found.lines().count() == n {
                 break;
             }
@@ -89,7 +89,7 @@ impl Cluster {
             .collect();
         assert!(
             missing.is_empty(),
-            "the client should find all {n} providers; missing:\n{}",
+            "the client should find all {n} providers; missing:\n{}\nww find said: {warned}",
             missing.join("\n")
         );
         Some(cluster)
