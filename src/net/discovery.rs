@@ -38,6 +38,19 @@ pub const PROVIDER_TTL: Duration = Duration::from_secs(20 * 60);
 /// How often a node re-announces the cells it serves (well within [`PROVIDER_TTL`],
 /// so a live node's records never lapse and a dead node's vanish within the TTL).
 pub const PROVIDER_REFRESH: Duration = Duration::from_secs(5 * 60);
+/// Provider records a node keeps per key (libp2p-kad's default is 20, the
+/// replication factor). Every node of a cluster serves the built-in cells, so a key
+/// has as many providers as the cluster has nodes: with 20, each node keeps the first
+/// 20 it hears of and ignores the rest, so in a cluster of more than 20 nodes what a
+/// lookup finds depends on which nodes heard of which providers first (the lab's
+/// 30-node cluster showed 26–29 providers of echo). Records past this are still
+/// ignored (libp2p's defence against floods of fake providers). An answer of 64
+/// providers with circuit addresses can pass libp2p's 16 KiB message limit, hence
+/// [`MAX_DHT_MESSAGE`].
+pub const MAX_PROVIDERS_PER_KEY: usize = 64;
+/// Largest DHT message sent or accepted (libp2p-kad's default is 16 KiB): room for
+/// [`MAX_PROVIDERS_PER_KEY`] providers with several addresses each.
+pub const MAX_DHT_MESSAGE: usize = 64 * 1024;
 /// Longest a DHT query may run.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Circuits a relay carries at once.
@@ -367,7 +380,8 @@ pub(super) fn kademlia(
     config
         .set_query_timeout(QUERY_TIMEOUT)
         .set_provider_record_ttl(Some(PROVIDER_TTL))
-        .set_provider_publication_interval(Some(PROVIDER_REFRESH));
+        .set_provider_publication_interval(Some(PROVIDER_REFRESH))
+        .set_max_packet_size(MAX_DHT_MESSAGE);
     if options.bootstrap.is_empty() {
         // A first node (a seed) has nobody to refresh its table from until peers join
         // it, and each join bootstraps it anyway; periodic bootstraps would only warn.
@@ -382,7 +396,12 @@ pub(super) fn kademlia(
         Dht::Lan if options.client => DhtMode::Client,
         Dht::Lan => DhtMode::Server,
     };
-    let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), config);
+    let store = kad::store::MemoryStoreConfig {
+        max_providers_per_key: MAX_PROVIDERS_PER_KEY,
+        ..Default::default()
+    };
+    let store = kad::store::MemoryStore::with_config(peer, store);
+    let mut kad = kad::Behaviour::with_config(peer, store, config);
     match mode {
         DhtMode::Auto => {}
         DhtMode::Server => kad.set_mode(Some(kad::Mode::Server)),
@@ -433,6 +452,23 @@ mod tests {
         assert_eq!(echo, provider_key(&StreamProtocol::new("/ww/echo/0.1.0")));
         assert_ne!(echo, provider_key(&StreamProtocol::new("/ww/echo/0.2.0")));
         assert_eq!(echo.as_ref().len(), 32);
+    }
+
+    #[test]
+    fn a_node_keeps_the_providers_of_a_cell_served_by_a_cluster_larger_than_twenty() {
+        use libp2p::kad::store::RecordStore as _;
+        let key = Keypair::generate_ed25519();
+        let mut dht = kademlia(Dht::Wan, &NetOptions::default(), &key);
+        let cell = provider_key(&StreamProtocol::new("/ww/echo/0.1.0"));
+        for _ in 0..MAX_PROVIDERS_PER_KEY + 5 {
+            let provider = libp2p::PeerId::random();
+            let record = kad::ProviderRecord::new(cell.clone(), provider, Vec::new());
+            dht.store_mut().add_provider(record).unwrap();
+        }
+        assert_eq!(
+            dht.store_mut().providers(&cell).len(),
+            MAX_PROVIDERS_PER_KEY
+        );
     }
 
     #[test]
