@@ -84,7 +84,11 @@ impl Cluster {
                 };
                 let region = REGIONS[*region].0;
                 let (reachability, mode) = (said("reachability"), said("DHT mode changed"));
-                format!("{} in {region}: {reachability} | {mode}", node.peer)
+                let announcing = said("announc");
+                format!(
+                    "{} in {region}: {reachability} | {mode} | {announcing}",
+                    node.peer
+                )
             })
             .collect();
         assert!(
