@@ -431,6 +431,12 @@ pub fn python_cell() -> PathBuf {
         .clone()
 }
 
+/// Where the heavy guests' components and build tools go under the target directory;
+/// `ww bench-suite --cells-dir` takes it so its builds are shared with the tests'.
+pub fn guests_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests")
+}
+
 /// Builds the JavaScript cell (`protocols/echo-js`) with its own build script — which
 /// installs the pinned componentize-js with npm under the target directory, and skips
 /// the build when the component is up to date — once per test process, and returns the
@@ -450,9 +456,7 @@ pub fn javascript_cell() -> Option<PathBuf> {
                 );
                 return None;
             }
-            let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
-                .join("javascript")
-                .join("echo-js.wasm");
+            let out = guests_dir().join("echo-js.wasm");
             let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("protocols/echo-js/build.sh");
             let status = std::process::Command::new("bash")
                 .arg(&script)
