@@ -1,6 +1,6 @@
 //! `ww bench` against real nodes: counts, verification, the JSON report.
 
-use crate::support::{ECHO, Node, cell_flag, ww};
+use crate::support::{ECHO, Node, cell_flag, guests_dir, spawn_ww, ww};
 
 /// Runs `ww bench` against `node` (50 streams of 3000 bytes, 8 in flight over 2
 /// connections, answers verified) and returns its JSON report.
@@ -163,4 +163,57 @@ async fn the_suite_measures_every_workload_against_every_server() {
         "{row}"
     );
     assert!(row["kib_per_cell"].as_f64().unwrap() > 0.0, "{row}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_suite_measures_the_python_and_javascript_cells_against_echo() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("suite.json");
+    let cells = guests_dir();
+    let args = [
+        "bench-suite",
+        "--quick",
+        "--repeat",
+        "1",
+        "--guests",
+        "--cells-dir",
+        cells.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    // Building and compiling two large components takes minutes on a busy machine: more
+    // than `ww()`'s patience.
+    let run = spawn_ww(&args).wait_with_output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(900), run)
+        .await
+        .expect("the suite took over 15 minutes")
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{err}");
+    let table = String::from_utf8(output.stdout).unwrap();
+    let suite: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let guests = &suite["guests"];
+    let rows = guests["rows"].as_array().unwrap();
+    let skipped = guests["skipped"].as_array().unwrap();
+    assert_eq!(rows[0]["guest"], "echo", "echo is the baseline, first");
+    assert_eq!(rows.len() + skipped.len(), 3, "{guests}");
+    for row in rows {
+        assert_eq!(row["report"]["errors"], serde_json::json!({}), "{row}");
+        assert_eq!(row["report"]["streams_ok"], 40, "{row}");
+        assert!(row["instantiate_mean_us"].as_f64().unwrap() > 0.0, "{row}");
+        assert_eq!(row["memory"]["live"], 10, "{row}");
+        assert!(
+            row["memory"]["kib_per_cell"].as_f64().unwrap() > 0.0,
+            "{row}"
+        );
+        let guest = row["guest"].as_str().unwrap();
+        assert!(table.contains(&format!("| {guest} |")), "{table}");
+    }
+    // Only a missing tool may skip a guest here; a failed build fails the test.
+    for skip in skipped {
+        let reason = skip["reason"].as_str().unwrap();
+        assert!(reason.contains("is not installed"), "{skip}");
+        eprintln!("skipped: the {} cell: {reason}", skip["language"]);
+    }
 }

@@ -13,6 +13,7 @@ mod dialer;
 mod echo;
 mod failures;
 mod hostile;
+mod javascript;
 mod lab;
 mod lifecycle;
 mod limits;

@@ -436,6 +436,44 @@ pub fn python_cell() -> PathBuf {
         .clone()
 }
 
+/// Where the heavy guests' components and build tools go under the target directory;
+/// `ww bench-suite --cells-dir` takes it so its builds are shared with the tests'.
+pub fn guests_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests")
+}
+
+/// Builds the JavaScript cell (`protocols/echo-js`) with its own build script — which
+/// installs the pinned componentize-js with npm under the target directory, and skips
+/// the build when the component is up to date — once per test process, and returns the
+/// component's path; `None`, saying why, when npm is not installed.
+pub fn javascript_cell() -> Option<PathBuf> {
+    static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let npm = std::process::Command::new("npm")
+                .arg("--version")
+                .stdout(Stdio::null())
+                .status();
+            if !npm.is_ok_and(|status| status.success()) {
+                eprintln!(
+                    "skipped: npm is not installed (the JavaScript cell is built with \
+                     componentize-js from npm)"
+                );
+                return None;
+            }
+            let out = guests_dir().join("echo-js.wasm");
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("protocols/echo-js/build.sh");
+            let status = std::process::Command::new("bash")
+                .arg(&script)
+                .arg(&out)
+                .status()
+                .expect("running protocols/echo-js/build.sh");
+            assert!(status.success(), "building the JavaScript cell failed");
+            Some(out)
+        })
+        .clone()
+}
+
 /// The two halves of a `protocol+status` stream, opened on `peer` and left open.
 pub async fn open_status(
     client: &Client,

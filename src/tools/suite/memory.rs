@@ -1,17 +1,18 @@
 //! Workload (f): what a live, idle instance costs a node in resident memory.
 //!
-//! A fresh `ww run` node serves the `echo` cell; clients, each a peer of its own (so
-//! neither the per-peer connection limit nor yamux's per-connection stream cap is in
-//! the way), open `count` echo streams and send nothing, so every instance sits in its
-//! first read. The node's RSS before and after, over `count`, is the cost of one live
-//! cell: its instance, its store, its stream and that stream's share of a connection.
+//! A fresh `ww run` node serves the `echo` cell (or, for workload (g), another
+//! [`MemoryTarget`]); clients, each a peer of its own (so neither the per-peer
+//! connection limit nor yamux's per-connection stream cap is in the way), open `count`
+//! streams and send nothing, so every instance sits in its first read. The node's RSS
+//! before and after, over `count`, is the cost of one live cell: its instance, its
+//! store, its stream and that stream's share of a connection.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _, TryStreamExt as _};
-use libp2p::{PeerId, Stream};
+use libp2p::{PeerId, Stream, StreamProtocol};
 use serde::Serialize;
 
 use super::{WW_ECHO, start};
@@ -42,14 +43,58 @@ pub struct MemoryRow {
     pub ramp_s: f64,
 }
 
+/// The cell whose live instances are counted.
+pub struct MemoryTarget<'a> {
+    /// The protocol the idle streams are opened on.
+    pub protocol: StreamProtocol,
+    /// `PROTOCOL=FILE` for `--cell`, for a cell that is not built in; `None` serves the
+    /// built-in cells (echo among them).
+    pub cell: Option<String>,
+    /// What the cell answers to the one-byte request `x`.
+    pub answer_to_x: &'a [u8],
+    /// A compiled-component cache to share with other nodes of the run, so a large
+    /// component is compiled once; `None` gives the node a fresh one.
+    pub cache: Option<&'a Path>,
+    /// The node's `--max-instances` per instance held. The node sizes its instance
+    /// pool at 8 core instances per `max_instances`; a componentize-py instance needs
+    /// about 16, so with a room of 1 only half of `count` would start.
+    pub room_per_instance: u64,
+}
+
+impl MemoryTarget<'_> {
+    /// The built-in echo cell.
+    pub fn echo() -> Self {
+        Self {
+            protocol: WW_ECHO,
+            cell: None,
+            answer_to_x: b"x",
+            cache: None,
+            room_per_instance: 1,
+        }
+    }
+}
+
 /// Starts a node with room for `count` instances, fills it with idle echo instances
 /// and measures its RSS.
 pub async fn measure(exe: &Path, count: u64) -> anyhow::Result<MemoryRow> {
+    measure_cell(exe, count, &MemoryTarget::echo()).await
+}
+
+/// Starts a node serving `target` with room for `count` instances, fills it with idle
+/// instances of it and measures its RSS.
+pub async fn measure_cell(
+    exe: &Path,
+    count: u64,
+    target: &MemoryTarget<'_>,
+) -> anyhow::Result<MemoryRow> {
     let work = tempfile::tempdir()?;
     let identity = work.path().join("id.key").display().to_string();
-    let cache = work.path().join("cache").display().to_string();
-    let room = count.to_string();
-    let args = [
+    let cache = match target.cache {
+        Some(shared) => shared.display().to_string(),
+        None => work.path().join("cache").display().to_string(),
+    };
+    let room = (count * target.room_per_instance).to_string();
+    let mut args = vec![
         "run",
         "--listen",
         "/ip4/127.0.0.1/tcp/0",
@@ -67,13 +112,16 @@ pub async fn measure(exe: &Path, count: u64) -> anyhow::Result<MemoryRow> {
         "60000",
         "--no-mdns",
     ];
+    if let Some(cell) = &target.cell {
+        args.extend(["--cell", cell.as_str()]);
+    }
     let (node, addrs) = start(exe, &args, 1).await?;
     let pid = node.id().context("the node exited at start")?;
     let addr = &addrs[0];
 
     let probe = Client::new()?;
     let peer = probe.connect(addr).await?;
-    echo_one_byte(&probe, peer).await?;
+    answer_one_byte(&probe, peer, target).await?;
     let rss_idle_kib = rss_kib(pid)?;
 
     let started = Instant::now();
@@ -86,11 +134,11 @@ pub async fn measure(exe: &Path, count: u64) -> anyhow::Result<MemoryRow> {
         let client = Client::new()?;
         client.connect(addr).await?;
         let streams: Vec<Stream> = futures::stream::iter(0..share)
-            .map(|_| client.open(peer, WW_ECHO.clone()))
+            .map(|_| client.open(peer, target.protocol.clone()))
             .buffer_unordered(OPENING)
             .try_collect()
             .await
-            .context("opening an idle echo stream")?;
+            .with_context(|| format!("opening an idle {} stream", target.protocol))?;
         held.extend(streams);
         clients.push(client);
     }
@@ -108,16 +156,24 @@ pub async fn measure(exe: &Path, count: u64) -> anyhow::Result<MemoryRow> {
     })
 }
 
-/// One full echo stream, so the code and the first instance's pages are resident
-/// before the baseline is read, as on any node that has served.
-async fn echo_one_byte(client: &Client, peer: PeerId) -> anyhow::Result<()> {
-    let mut stream = client.open(peer, WW_ECHO.clone()).await?;
+/// One full stream, so the code and the first instance's pages are resident before
+/// the baseline is read, as on any node that has served.
+async fn answer_one_byte(
+    client: &Client,
+    peer: PeerId,
+    target: &MemoryTarget<'_>,
+) -> anyhow::Result<()> {
+    let mut stream = client.open(peer, target.protocol.clone()).await?;
     stream.write_all(b"x").await?;
     stream.close().await?;
     let mut reply = Vec::new();
     stream.read_to_end(&mut reply).await?;
-    if reply != b"x" {
-        bail!("the echo cell answered {reply:?} to \"x\"");
+    if reply != target.answer_to_x {
+        bail!(
+            "{} answered {:?} to \"x\"",
+            target.protocol,
+            String::from_utf8_lossy(&reply)
+        );
     }
     Ok(())
 }

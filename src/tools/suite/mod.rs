@@ -6,8 +6,10 @@
 //! 3. a real `ww run` node serving the built-in `echo` cell.
 //!
 //! The client is this process, using [`crate::tools::bench`] for every server. Workload (f),
-//! memory per live cell, runs against nodes of its own ([`memory`]).
+//! memory per live cell, runs against nodes of its own ([`memory`]); so does workload
+//! (g), the Python and JavaScript cells against echo ([`guests`]).
 
+mod guests;
 mod memory;
 
 use std::path::Path;
@@ -25,6 +27,7 @@ use tokio::process::{Child, Command};
 use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 
 use crate::tools::bench::{self, Options, Report};
+use guests::GuestsReport;
 pub use memory::MemoryRow;
 use ww::net::{self, BehaviourEvent};
 
@@ -146,6 +149,8 @@ pub struct SuiteReport {
     pub ratios: Vec<Ratio>,
     /// (f): resident memory per live idle cell.
     pub memory: Vec<MemoryRow>,
+    /// (g): the Python and JavaScript cells against echo.
+    pub guests: GuestsReport,
 }
 
 struct Workload {
@@ -195,6 +200,17 @@ pub struct SuiteArgs {
     /// Also write every figure and ratio as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<std::path::PathBuf>,
+    /// Measure the Python and JavaScript cells (workload g) even with --quick; a full
+    /// run measures them unless --no-guests.
+    #[arg(long, overrides_with = "no_guests")]
+    pub guests: bool,
+    /// Do not build or measure the Python and JavaScript cells.
+    #[arg(long)]
+    pub no_guests: bool,
+    /// Where to build the Python and JavaScript cells (and their build tools)
+    /// [default: bench-cells/ beside the ww binary].
+    #[arg(long, value_name = "DIR")]
+    pub cells_dir: Option<std::path::PathBuf>,
 }
 
 impl SuiteArgs {
@@ -202,7 +218,21 @@ impl SuiteArgs {
     /// table.
     pub async fn run(self) -> anyhow::Result<()> {
         let exe = std::env::current_exe().context("cannot find the ww binary")?;
-        let report = run_suite(&exe, self.quick, self.repeat).await?;
+        let guests = if self.no_guests {
+            Guests::Skip("--no-guests")
+        } else if self.quick && !self.guests {
+            Guests::Skip("--quick (add --guests to measure them)")
+        } else {
+            let dir = match self.cells_dir {
+                Some(dir) => dir,
+                None => exe
+                    .parent()
+                    .context("the ww binary has no directory")?
+                    .join("bench-cells"),
+            };
+            Guests::Measure(dir)
+        };
+        let report = run_suite(&exe, self.quick, self.repeat, guests).await?;
         print!("{}", report.to_table());
         if let Some(path) = self.json {
             let text = serde_json::to_string_pretty(&report)? + "\n";
@@ -213,10 +243,24 @@ impl SuiteArgs {
     }
 }
 
+/// Whether a suite run measures workload (g).
+#[derive(Debug, Clone)]
+pub enum Guests {
+    /// Build the Python and JavaScript cells in this directory and measure them.
+    Measure(std::path::PathBuf),
+    /// Skip them, for this reason.
+    Skip(&'static str),
+}
+
 /// Runs the suite with `exe` (the `ww` binary) providing the servers, each
 /// measurement `repeat` times (the median run is reported, since these machines are
 /// noisy). `quick` shrinks every workload (for tests).
-pub async fn run_suite(exe: &Path, quick: bool, repeat: usize) -> anyhow::Result<SuiteReport> {
+pub async fn run_suite(
+    exe: &Path,
+    quick: bool,
+    repeat: usize,
+    guests: Guests,
+) -> anyhow::Result<SuiteReport> {
     let work = tempfile::tempdir()?;
     let (_tcp_server, tcp_addrs) = start(exe, &["bench-server", "tcp"], 1).await?;
     let (_native_server, native_addrs) = start(exe, &["bench-server", "native"], 2).await?;
@@ -304,11 +348,16 @@ pub async fn run_suite(exe: &Path, quick: bool, repeat: usize) -> anyhow::Result
     } {
         memory.push(memory::measure(exe, *count).await?);
     }
+    let guests = match guests {
+        Guests::Measure(dir) => guests::measure(exe, &dir, quick, repeat).await?,
+        Guests::Skip(reason) => guests::not_run(reason),
+    };
     Ok(SuiteReport {
         machine: machine(),
         rows,
         ratios,
         memory,
+        guests,
     })
 }
 
@@ -478,6 +527,7 @@ impl SuiteReport {
                 row.ramp_s
             );
         }
+        out += &self.guests.to_table();
         out
     }
 }
