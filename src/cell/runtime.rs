@@ -147,6 +147,10 @@ pub struct CellOptions {
     pub network: Option<Network>,
 }
 
+/// Core instances the pool allows per component instance: room for a guest with an
+/// interpreter inside (a Python cell has about 16).
+const CORE_INSTANCES_PER_INSTANCE: u32 = 32;
+
 fn engine_config(pool: Option<PoolSize>) -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true);
@@ -156,11 +160,15 @@ fn engine_config(pool: Option<PoolSize>) -> Config {
         let mut pool = PoolingAllocationConfig::default();
         let n = size.instances;
         // A small Rust cell is one component instance made of a few core instances,
-        // one memory and a few tables; leave room for larger guests.
+        // one memory and a few tables; a Python one (componentize-py) about 16 core
+        // instances. The pool must hold `instances` of the heaviest cell a node may
+        // serve, or streams past a fraction of them fail instead of waiting for a
+        // slot. The counts are limits, not reservations: an unused slot costs little
+        // but address space.
         pool.total_component_instances(n)
-            .total_core_instances(n.saturating_mul(8))
-            .total_memories(n.saturating_mul(2))
-            .total_tables(n.saturating_mul(8))
+            .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_INSTANCE))
+            .total_memories(n.saturating_mul(4))
+            .total_tables(n.saturating_mul(CORE_INSTANCES_PER_INSTANCE))
             .total_stacks(n)
             .max_memory_size(size.memory_bytes);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));

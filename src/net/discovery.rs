@@ -355,7 +355,11 @@ impl Announcements {
 
     fn announce(&mut self, swarm: &mut Swarm<Behaviour>) {
         let external = swarm.external_addresses().count();
-        tracing::debug!(keys = self.keys.len(), external, "announcing the cells again");
+        tracing::debug!(
+            keys = self.keys.len(),
+            external,
+            "announcing the cells again"
+        );
         Self::start_providing(swarm, &self.keys);
         self.announced = Some(Instant::now());
     }

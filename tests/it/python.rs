@@ -79,3 +79,34 @@ async fn the_python_cell_answers_over_the_network() {
         after.saturating_sub(before) / 10
     );
 }
+
+/// A node's instance pool is sized from `max_instances`; a Python instance is made of
+/// far more core instances than a Rust one (about 16), and the pool must still hold
+/// `max_instances` of them rather than fail streams past half of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_holds_max_instances_live_python_instances() {
+    const MAX: u64 = 8;
+    let wasm = python_cell();
+    let cell = format!("/ww/wc/0.1.0={}", wasm.display());
+    let max = MAX.to_string();
+    let node = Node::start(&["--cell", &cell, "--max-instances", &max]).await;
+    let client = Client::new().unwrap();
+    let peer = client.connect(&node.tcp).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..MAX {
+        held.push(client.open(peer, WC).await.unwrap());
+    }
+    node.wait_live(&client, MAX).await;
+    let stats = node.stats(&client).await;
+    assert_eq!((stats.failed, stats.refused), (0, 0), "{}", node.log());
+    // Each one still answers once its peer is done.
+    for mut stream in held {
+        use futures::{AsyncReadExt as _, AsyncWriteExt as _};
+        stream.close().await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(counts(&answer), (0, 0, 0));
+    }
+    let stats = node.wait_idle(&client).await;
+    assert_eq!((stats.succeeded, stats.failed), (MAX, 0), "{}", node.log());
+}
