@@ -5,14 +5,16 @@
 //!
 //! Measured on a multi-threaded tokio runtime (as `ww run` uses, where waking those
 //! tasks on other threads is part of the cost) and on a current-thread runtime (the
-//! CPU cost alone).
+//! CPU cost alone); and once more without the idle limit, whose watchdog is the one
+//! timer each stream registers (what that timer costs).
 //!
 //! `cargo bench --bench spawn`
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ww::cell::{CellOptions, PeerWriter, PoolSize, Runtime, builtin};
+use ww::limits::Limits;
 
-fn spawn_on(c: &mut Criterion, name: &str, tokio: tokio::runtime::Runtime) {
+fn spawn_on(c: &mut Criterion, name: &str, tokio: tokio::runtime::Runtime, limits: Limits) {
     let _inside = tokio.enter();
     let pool = PoolSize {
         instances: 64,
@@ -22,7 +24,7 @@ fn spawn_on(c: &mut Criterion, name: &str, tokio: tokio::runtime::Runtime) {
     let echo = builtin::find("echo").expect("built in");
     let options = CellOptions {
         name: "echo".into(),
-        limits: Default::default(),
+        limits,
         mode: None,
         dial: Default::default(),
         network: None,
@@ -43,13 +45,32 @@ fn spawn_on(c: &mut Criterion, name: &str, tokio: tokio::runtime::Runtime) {
 }
 
 fn spawn(c: &mut Criterion) {
-    let multi = tokio::runtime::Runtime::new().expect("a tokio runtime");
-    spawn_on(c, "echo cell spawn, multi-thread runtime", multi);
-    let single = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    spawn_on(c, "echo cell spawn, current-thread runtime", single);
+    let multi = || tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let single = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+    };
+    let limits = Limits::default();
+    spawn_on(c, "echo cell spawn, multi-thread runtime", multi(), limits);
+    spawn_on(
+        c,
+        "echo cell spawn, current-thread runtime",
+        single(),
+        limits,
+    );
+    // The same without the idle watchdog's timer: what that timer costs.
+    let no_idle = Limits {
+        idle_s: 0,
+        ..limits
+    };
+    spawn_on(
+        c,
+        "echo cell spawn, multi-thread runtime, no idle limit",
+        multi(),
+        no_idle,
+    );
 }
 
 criterion_group!(benches, spawn);

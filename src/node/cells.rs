@@ -24,6 +24,7 @@ use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 use tokio_util::sync::CancellationToken;
 
 use super::Handler;
+use super::names::PeerNames;
 use crate::admission::{Caps, Gate, Refusal, Scope};
 use crate::cell::{Cell, PeerWriter};
 use crate::config::CellSpec;
@@ -47,6 +48,8 @@ pub(super) struct Cells {
     router: router::Protocols,
     /// The protocols of the node's other handlers.
     fixed: Vec<StreamProtocol>,
+    /// Peers' names, for the guests' arguments.
+    peer_names: PeerNames,
     /// What the node provides in the DHTs: each cell's protocol and component.
     keys: watch::Sender<Vec<kad::RecordKey>>,
 }
@@ -68,6 +71,7 @@ impl Cells {
             stop,
             router,
             fixed,
+            peer_names: PeerNames::default(),
             keys,
         };
         cells.publish();
@@ -170,7 +174,7 @@ impl Handler for Cells {
                     metrics,
                     stop: self.stop.clone(),
                 };
-                let args = [base.to_string(), peer.to_string()];
+                let args = [base.into(), self.peer_names.get(&peer)];
                 serve(served, admission, args, variant, stream).boxed()
             }
         }
@@ -339,7 +343,7 @@ const CALL_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 async fn serve(
     served: Arc<ServedCell>,
     admission: Admission,
-    args: [String; 2],
+    args: [Arc<str>; 2],
     variant: Variant,
     mut stream: libp2p::Stream,
 ) {
@@ -391,7 +395,7 @@ async fn serve(
     };
     let _live = LiveInstance::new(&served);
     let (reader, writer) = tokio::io::split(stream.compat());
-    let args = [args[0].as_str(), args[1].as_str()];
+    let args = [&*args[0], &*args[1]];
     let writer = PeerWriter::new(writer, variant.is_framed());
     match served
         .cell

@@ -33,6 +33,7 @@ mod dashboards;
 mod deployed;
 mod loading;
 mod manage;
+mod names;
 mod reload;
 mod shutdown;
 mod start;
@@ -95,6 +96,8 @@ struct Node {
     tasks: JoinSet<()>,
     /// Numbers streams for logs.
     next_stream: u64,
+    /// Peers' names for the streams' spans and counts.
+    peer_names: names::PeerNames,
     /// False once shutdown began: new streams are refused.
     accepting: bool,
     /// The handlers' token, cancelled when the grace period ends: streams still
@@ -147,6 +150,7 @@ impl Node {
             network: Arc::new(RwLock::new(view)),
             tasks: JoinSet::new(),
             next_stream: 0,
+            peer_names: names::PeerNames::default(),
             accepting: true,
             stop,
             control: Control::default(),
@@ -312,13 +316,13 @@ impl Node {
     fn accept(&mut self, inbound: InboundStream) {
         let id = self.next_stream;
         self.next_stream += 1;
-        let span = tracing::info_span!("stream", peer = %inbound.peer, protocol = %inbound.protocol, id, connection = %inbound.connection);
+        let peer = self.peer_names.get(&inbound.peer);
+        let span = tracing::info_span!("stream", %peer, protocol = %inbound.protocol, id, connection = %inbound.connection);
         let Some(handler) = self.handlers.get(&inbound.protocol).or(self.cells.as_ref()) else {
             tracing::debug!(protocol = %inbound.protocol, "no handler; stream dropped");
             return;
         };
         let handler = handler.clone();
-        let peer = inbound.peer;
         let task = handler.accept(inbound, !self.accepting);
         let task = view::counted(&self.network, &peer, task);
         self.tasks.spawn(task.instrument(span));

@@ -303,11 +303,11 @@ fn note_dht_sizes(view: &mut NetworkView, swarm: &mut Swarm<Behaviour>) {
 /// view; a stream can outlive its peer's last connection, and its count goes with it).
 pub(super) fn counted(
     view: &RwLock<NetworkView>,
-    peer: &PeerId,
+    peer: &str,
     task: BoxFuture<'static, ()>,
 ) -> BoxFuture<'static, ()> {
     let view = view.read().unwrap_or_else(|e| e.into_inner());
-    let Some(open) = view.peers.get(&peer.to_string()).map(|p| p.streams.clone()) else {
+    let Some(open) = view.peers.get(peer).map(|p| p.streams.clone()) else {
         return task;
     };
     let guard = OpenStream::new(open);
