@@ -4,7 +4,9 @@ use futures::future::join_all;
 use libp2p::StreamProtocol;
 use ww::net::client::Client;
 
-use crate::support::{Node, free_local_addr, http_get, javascript_cell, pattern, request, rss_kib};
+use crate::support::{
+    Node, free_local_addr, javascript_cell, pattern, print_instance_cost, request,
+};
 
 const ECHO_JS: StreamProtocol = StreamProtocol::new("/ww/echo-js/0.1.0");
 
@@ -63,30 +65,14 @@ async fn the_javascript_cell_answers_over_the_network() {
     let stats = node.wait_idle(&client).await;
     assert_eq!((stats.succeeded, stats.failed), (22, 0));
 
-    // Measured, not asserted: what one JavaScript instance costs.
-    let pid = node.child.id().unwrap();
-    let before = rss_kib(pid);
-    let mut held = Vec::new();
-    for _ in 0..10 {
-        held.push(client.open(peer, ECHO_JS).await.unwrap());
-    }
-    node.wait_live(&client, 10).await;
-    let after = rss_kib(pid);
-    let (_, metrics) = http_get(admin, "/metrics").await;
-    let metric = |name: &str| -> f64 {
-        let line = metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("no {name}"));
-        line.rsplit(' ').next().unwrap().parse().unwrap()
-    };
-    let label = "{cell=\"echo-js\"}";
-    let instantiations = metric(&format!("ww_instantiate_seconds_count{label}"));
-    let mean = metric(&format!("ww_instantiate_seconds_sum{label}")) / instantiations;
-    eprintln!(
-        "JavaScript cell: {:.2} ms mean instantiation over {instantiations} instances; \
-         {} KiB RSS per live instance (10 live)",
-        mean * 1e3,
-        after.saturating_sub(before) / 10
-    );
+    print_instance_cost(
+        &node,
+        &client,
+        peer,
+        ECHO_JS,
+        admin,
+        "echo-js",
+        "JavaScript cell",
+    )
+    .await;
 }

@@ -4,7 +4,7 @@ use futures::future::join_all;
 use libp2p::StreamProtocol;
 use ww::net::client::Client;
 
-use crate::support::{Node, free_local_addr, http_get, python_cell, request, rss_kib};
+use crate::support::{Node, free_local_addr, print_instance_cost, python_cell, request};
 
 const WC: StreamProtocol = StreamProtocol::new("/ww/wc/0.1.0");
 
@@ -53,31 +53,7 @@ async fn the_python_cell_answers_over_the_network() {
     let stats = node.wait_idle(&client).await;
     assert_eq!((stats.succeeded, stats.failed), (21, 0));
 
-    // Measured, not asserted: what one Python instance costs.
-    let pid = node.child.id().unwrap();
-    let before = rss_kib(pid);
-    let mut held = Vec::new();
-    for _ in 0..10 {
-        held.push(client.open(peer, WC).await.unwrap());
-    }
-    node.wait_live(&client, 10).await;
-    let after = rss_kib(pid);
-    let (_, metrics) = http_get(admin, "/metrics").await;
-    let metric = |name: &str| -> f64 {
-        let line = metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("no {name}"));
-        line.rsplit(' ').next().unwrap().parse().unwrap()
-    };
-    let instantiations = metric("ww_instantiate_seconds_count{cell=\"wc\"}");
-    let mean = metric("ww_instantiate_seconds_sum{cell=\"wc\"}") / instantiations;
-    eprintln!(
-        "Python cell: {:.2} ms mean instantiation over {instantiations} instances; \
-         {} KiB RSS per live instance (10 live)",
-        mean * 1e3,
-        after.saturating_sub(before) / 10
-    );
+    print_instance_cost(&node, &client, peer, WC, admin, "wc", "Python cell").await;
 }
 
 /// A node's instance pool is sized from `max_instances`; a Python instance is made of

@@ -563,3 +563,42 @@ pub fn cpu_ticks(pid: u32) -> u64 {
         .collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
+
+/// Measured, not asserted: holds 10 streams open on `protocol` (served by `cell`) and
+/// prints the mean instantiation time and the node's RSS growth per live instance.
+pub async fn print_instance_cost(
+    node: &Node,
+    client: &Client,
+    peer: PeerId,
+    protocol: StreamProtocol,
+    admin: std::net::SocketAddr,
+    cell: &str,
+    what: &str,
+) {
+    const HELD: u64 = 10;
+    let pid = node.child.id().unwrap();
+    let before = rss_kib(pid);
+    let mut held = Vec::new();
+    for _ in 0..HELD {
+        held.push(client.open(peer, protocol.clone()).await.unwrap());
+    }
+    node.wait_live(client, HELD).await;
+    let after = rss_kib(pid);
+    let (_, metrics) = http_get(admin, "/metrics").await;
+    let metric = |name: &str| -> f64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let label = format!("{{cell=\"{cell}\"}}");
+    let instantiations = metric(&format!("ww_instantiate_seconds_count{label}"));
+    let mean = metric(&format!("ww_instantiate_seconds_sum{label}")) / instantiations;
+    eprintln!(
+        "{what}: {:.2} ms mean instantiation over {instantiations} instances; \
+         {} KiB RSS per live instance ({HELD} live)",
+        mean * 1e3,
+        after.saturating_sub(before) / HELD
+    );
+}

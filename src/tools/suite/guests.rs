@@ -20,7 +20,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use futures::{AsyncReadExt as _, AsyncWriteExt as _};
 use libp2p::StreamProtocol;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -187,7 +186,6 @@ pub async fn measure(
             cell: wasm.as_ref().map(|wasm| cell_flag(guest, wasm)),
             answer_to_x: guest.answer_to_x,
             cache: Some(&cache),
-            room_per_instance: 4,
         };
         let memory = memory::measure_cell(exe, live, &target)
             .await
@@ -345,18 +343,9 @@ async fn per_stream(
     let probe = Client::new()?;
     let peer = probe.connect(&addr).await?;
     for (guest, _) in ready {
-        let mut stream = probe.open(peer, guest.protocol.clone()).await?;
-        stream.write_all(b"x").await?;
-        stream.close().await?;
-        let mut reply = Vec::new();
-        stream.read_to_end(&mut reply).await?;
-        if reply != guest.answer_to_x {
-            bail!(
-                "the {} cell answered {:?} to \"x\"",
-                guest.language,
-                String::from_utf8_lossy(&reply)
-            );
-        }
+        super::memory::answer_one_byte(&probe, peer, &guest.protocol, guest.answer_to_x)
+            .await
+            .with_context(|| format!("the {} cell", guest.language))?;
     }
 
     let options = |guest: &Guest| Options {

@@ -55,10 +55,6 @@ pub struct MemoryTarget<'a> {
     /// A compiled-component cache to share with other nodes of the run, so a large
     /// component is compiled once; `None` gives the node a fresh one.
     pub cache: Option<&'a Path>,
-    /// The node's `--max-instances` per instance held. The node sizes its instance
-    /// pool at 8 core instances per `max_instances`; a componentize-py instance needs
-    /// about 16, so with a room of 1 only half of `count` would start.
-    pub room_per_instance: u64,
 }
 
 impl MemoryTarget<'_> {
@@ -69,7 +65,6 @@ impl MemoryTarget<'_> {
             cell: None,
             answer_to_x: b"x",
             cache: None,
-            room_per_instance: 1,
         }
     }
 }
@@ -93,7 +88,7 @@ pub async fn measure_cell(
         Some(shared) => shared.display().to_string(),
         None => work.path().join("cache").display().to_string(),
     };
-    let room = (count * target.room_per_instance).to_string();
+    let room = count.to_string();
     let mut args = vec![
         "run",
         "--listen",
@@ -121,7 +116,7 @@ pub async fn measure_cell(
 
     let probe = Client::new()?;
     let peer = probe.connect(addr).await?;
-    answer_one_byte(&probe, peer, target).await?;
+    answer_one_byte(&probe, peer, &target.protocol, target.answer_to_x).await?;
     let rss_idle_kib = rss_kib(pid)?;
 
     let started = Instant::now();
@@ -158,20 +153,20 @@ pub async fn measure_cell(
 
 /// One full stream, so the code and the first instance's pages are resident before
 /// the baseline is read, as on any node that has served.
-async fn answer_one_byte(
+pub(super) async fn answer_one_byte(
     client: &Client,
     peer: PeerId,
-    target: &MemoryTarget<'_>,
+    protocol: &StreamProtocol,
+    answer_to_x: &[u8],
 ) -> anyhow::Result<()> {
-    let mut stream = client.open(peer, target.protocol.clone()).await?;
+    let mut stream = client.open(peer, protocol.clone()).await?;
     stream.write_all(b"x").await?;
     stream.close().await?;
     let mut reply = Vec::new();
     stream.read_to_end(&mut reply).await?;
-    if reply != target.answer_to_x {
+    if reply != answer_to_x {
         bail!(
-            "{} answered {:?} to \"x\"",
-            target.protocol,
+            "{protocol} answered {:?} to \"x\"",
             String::from_utf8_lossy(&reply)
         );
     }
