@@ -12,13 +12,25 @@ use ww::net::client::Client;
 
 use crate::support::{ECHO, Node, cpu_ticks, free_local_addr, http_get};
 
-/// Streams each client peer holds: under yamux's 512 per connection, and the node's
-/// per-peer cap is raised to this.
+/// Streams each client peer holds in the 10,000-instance run: under yamux's 512 per
+/// connection, and the node's per-peer cap is raised to this there.
 const PER_CLIENT: usize = 400;
+/// `max_per_peer` by default: what each client peer holds on a node left at defaults.
+const DEFAULT_PER_PEER: usize = 64;
 /// Streams each client opens at once (the node negotiates at most 128 per connection).
 const OPENING_AT_ONCE: usize = 32;
 
-/// Starts a node whose caps allow `live` instances, from peers holding
+/// Starts a node with a dashboard and the default limits; returns it with the admin
+/// address.
+async fn default_node() -> (Node, SocketAddr) {
+    let admin = free_local_addr();
+    let admin_arg = admin.to_string();
+    // ww's default log filter: no line per stream.
+    let node = Node::start_with_log(&["--admin", &admin_arg], None).await;
+    (node, admin)
+}
+
+/// Starts a node whose caps are raised to allow `live` instances from peers holding
 /// [`PER_CLIENT`] each, with a dashboard; returns it with the admin address.
 async fn node_for(live: usize) -> (Node, SocketAddr) {
     let admin = free_local_addr();
@@ -35,7 +47,6 @@ async fn node_for(live: usize) -> (Node, SocketAddr) {
         "--max-per-peer",
         &per_peer,
     ];
-    // ww's default log filter: no line per stream.
     (Node::start_with_log(&args, None).await, admin)
 }
 
@@ -50,13 +61,17 @@ async fn open_echo(client: &Client, peer: PeerId) -> Stream {
     stream
 }
 
-/// Opens `live` echo streams to `node` and holds them: [`PER_CLIENT`] per client
+/// Opens `live` echo streams to `node` and holds them: `per_client` per client
 /// peer. Dropping what it returns closes them.
-async fn hold_echo_streams(node: &Node, live: usize) -> Vec<(Client, Vec<Stream>)> {
+async fn hold_echo_streams(
+    node: &Node,
+    live: usize,
+    per_client: usize,
+) -> Vec<(Client, Vec<Stream>)> {
     let mut held = Vec::new();
     let mut left = live;
     while left > 0 {
-        let n = left.min(PER_CLIENT);
+        let n = left.min(per_client);
         left -= n;
         let client = Client::new().unwrap();
         let peer = client.connect(&node.tcp).await.unwrap();
@@ -102,10 +117,16 @@ async fn wait_for_live(admin: SocketAddr, live: u64) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_counts_five_hundred_held_streams_and_their_end() {
-    let (node, admin) = node_for(500).await;
-    let held = hold_echo_streams(&node, 500).await;
+    // The defaults a newcomer gets: 64 streams per peer, so 8 client peers.
+    let (node, admin) = default_node().await;
+    let held = hold_echo_streams(&node, 500, DEFAULT_PER_PEER).await;
     let at_500 = wait_for_live(admin, 500).await;
-    assert_eq!(at_500["node"]["connected_peers"], 2, "{}", at_500["node"]);
+    let clients = 500usize.div_ceil(DEFAULT_PER_PEER);
+    assert_eq!(
+        at_500["node"]["connected_peers"], clients,
+        "{}",
+        at_500["node"]
+    );
     let open: u64 = at_500["peers"]
         .as_array()
         .unwrap()
@@ -151,7 +172,7 @@ async fn ten_thousand_live_instances_with_and_without_open_dashboards() {
     let (node, admin) = node_for(LIVE).await;
     let pid = node.child.id().unwrap();
     let started = Instant::now();
-    let held = hold_echo_streams(&node, LIVE).await;
+    let held = hold_echo_streams(&node, LIVE, PER_CLIENT).await;
     wait_for_live(admin, LIVE as u64).await;
     println!(
         "{LIVE} streams held in {:?}; node RSS {} MiB",

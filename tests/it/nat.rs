@@ -246,13 +246,8 @@ async fn dial_any_takes_the_provider_with_the_shortest_round_trip() {
     let only = "/lab/echo/1";
     let cell = format!("{only}=builtin:echo");
 
-    // The hub answers the DHT from the start, as a bootstrap node would.
-    let hub = LabNode::start(
-        &hub,
-        &["tcp"],
-        &["--autonat-private", "--dht-mode", "server"],
-    )
-    .await;
+    // No DHT flag anywhere: the hub serves the WAN DHT once AutoNAT confirms it.
+    let hub = LabNode::start(&hub, &["tcp"], &["--autonat-private"]).await;
     let bootstrap = hub.addr("tcp").to_string();
     let args = [
         "--autonat-private",
