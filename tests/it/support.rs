@@ -126,19 +126,7 @@ impl Node {
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let (mut tcp, mut quic) = (None, None);
         while tcp.is_none() || quic.is_none() {
-            let line = tokio::time::timeout(PATIENCE, lines.next_line())
-                .await
-                .expect("ww run printed no address in time")
-                .unwrap();
-            let Some(line) = line else {
-                panic!(
-                    "ww run exited early:\n{}",
-                    std::fs::read_to_string(dir.path().join("stderr.log")).unwrap()
-                );
-            };
-            let addr: Multiaddr = line
-                .parse()
-                .unwrap_or_else(|e| panic!("not a multiaddr: {line}: {e}"));
+            let addr = next_listen_addr(&mut lines, dir.path()).await;
             if addr.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
                 continue;
             } else if addr.iter().any(|p| matches!(p, Protocol::QuicV1)) {
@@ -601,4 +589,24 @@ pub async fn print_instance_cost(
         mean * 1e3,
         after.saturating_sub(before) / HELD
     );
+}
+
+/// The next address `ww run` prints on stdout (`lines`), within [`PATIENCE`]; panics
+/// with its log (`stderr.log` in `dir`) if it exits first.
+pub async fn next_listen_addr(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    dir: &Path,
+) -> Multiaddr {
+    let line = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .expect("ww run printed no address in time")
+        .unwrap();
+    let Some(line) = line else {
+        panic!(
+            "ww run exited early:\n{}",
+            std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
+        );
+    };
+    line.parse()
+        .unwrap_or_else(|e| panic!("not a multiaddr: {line}: {e}"))
 }

@@ -393,17 +393,7 @@ impl LabNode {
         let (mut tcp, mut quic) = (None, None);
         let wants = |transport| transports.contains(&transport);
         while (wants("tcp") && tcp.is_none()) || (wants("quic") && quic.is_none()) {
-            let line = tokio::time::timeout(PATIENCE, lines.next_line())
-                .await
-                .expect("ww run printed no address in time")
-                .unwrap();
-            let Some(line) = line else {
-                panic!(
-                    "ww run exited early:\n{}",
-                    std::fs::read_to_string(dir.path().join("stderr.log")).unwrap()
-                );
-            };
-            let addr: Multiaddr = line.parse().unwrap();
+            let addr = crate::support::next_listen_addr(&mut lines, dir.path()).await;
             if addr.iter().next() != Some(Protocol::Ip4(site.ip)) {
                 continue;
             }
