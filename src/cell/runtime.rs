@@ -51,6 +51,8 @@ pub struct Runtime {
     cache: Option<Cache>,
     /// Whether instances come from the pooling allocator.
     pub pooling: bool,
+    /// Whether a freed instance's memory is reset in place (see [`reset_in_place`]).
+    pub reset_in_place: bool,
 }
 
 impl Runtime {
@@ -61,12 +63,13 @@ impl Runtime {
         metrics: Arc<Metrics>,
         cache: Option<Cache>,
     ) -> anyhow::Result<Arc<Self>> {
-        let (engine, pooling) = match Engine::new(&engine_config(pool)) {
+        let reset_in_place = pool.is_some() && reset_in_place();
+        let (engine, pooling) = match Engine::new(&engine_config(pool, reset_in_place)) {
             Ok(engine) => (engine, pool.is_some()),
             Err(error) if pool.is_some() => {
                 tracing::warn!(%error, "pooling allocator unavailable; allocating instances on demand");
                 (
-                    Engine::new(&engine_config(None)).map_err(anyhow::Error::from)?,
+                    Engine::new(&engine_config(None, false)).map_err(anyhow::Error::from)?,
                     false,
                 )
             }
@@ -77,12 +80,17 @@ impl Runtime {
         streams::add_to_linker(&mut linker, Host::streams)?;
         dialer::add_to_linker(&mut linker, Host::dialer)?;
         spawn_epoch_ticker(&engine)?;
+        let reset_in_place = pooling && reset_in_place;
+        if reset_in_place {
+            spawn_swap_watch(&engine)?;
+        }
         Ok(Arc::new(Self {
             engine,
             linker,
             metrics,
             cache,
             pooling,
+            reset_in_place,
         }))
     }
 
@@ -161,7 +169,7 @@ pub struct CellOptions {
 /// interpreter inside (a Python cell has about 16).
 const CORE_INSTANCES_PER_INSTANCE: u32 = 32;
 
-fn engine_config(pool: Option<PoolSize>) -> Config {
+fn engine_config(pool: Option<PoolSize>, reset_in_place: bool) -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true);
     config.wasm_component_model(true);
@@ -184,17 +192,65 @@ fn engine_config(pool: Option<PoolSize>) -> Config {
             // A freed table is reset with `memset` rather than `madvise` (which
             // costs a TLB shootdown on every core running the process).
             .table_keep_resident(TABLE_KEEP_RESIDENT);
-        // With PAGEMAP_SCAN (Linux ≥ 6.7), a freed memory resets only the pages its
-        // instance dirtied, in place, so the next instance faults in nothing; without
-        // it, keep-resident would `memset` the first bytes whether dirtied or not,
-        // which costs more than it saves.
-        if PoolingAllocationConfig::is_pagemap_scan_available() {
+        if reset_in_place {
             pool.pagemap_scan(Enabled::Yes)
                 .linear_memory_keep_resident(MEMORY_KEEP_RESIDENT);
         }
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     config
+}
+
+/// Whether a freed pool slot's memory and tables are reset in place: with
+/// PAGEMAP_SCAN (Linux ≥ 6.7) only the pages its instance dirtied are reset, and stay
+/// resident, so the next instance faults in nothing. Without it, keep-resident would
+/// `memset` the first bytes whether dirtied or not, which costs more than it saves.
+///
+/// Not when the machine swaps: wasmtime 48's scan looks only at pages that are
+/// present, so a page the kernel swapped out while its instance lived is neither
+/// reset nor decommitted, and the next instance in the slot reads what the last one
+/// wrote (upstream: bytecodealliance/wasmtime PR 14357). The slot is then decommitted
+/// instead, which the kernel zero-fills, swapped pages included.
+fn reset_in_place() -> bool {
+    PoolingAllocationConfig::is_pagemap_scan_available() && !swap_is_active()
+}
+
+/// Whether the machine swaps (a device or file listed in `/proc/swaps`).
+fn swap_is_active() -> bool {
+    std::fs::read_to_string("/proc/swaps").is_ok_and(|swaps| lists_swap(&swaps))
+}
+
+/// Whether `/proc/swaps` text lists a swap area (below its header line).
+fn lists_swap(swaps: &str) -> bool {
+    swaps.lines().skip(1).any(|line| !line.trim().is_empty())
+}
+
+/// How often a node that resets memory in place checks that the machine still does
+/// not swap.
+const SWAP_CHECK: Duration = Duration::from_secs(30);
+
+/// Watches, for as long as the engine lives, for swap turned on after the node
+/// started resetting memory in place (see [`reset_in_place`]), and says so once: the
+/// engine cannot change how it resets, so the node must be restarted.
+fn spawn_swap_watch(engine: &Engine) -> anyhow::Result<()> {
+    let engine = engine.weak();
+    std::thread::Builder::new()
+        .name("ww-swap-watch".into())
+        .spawn(move || {
+            while engine.upgrade().is_some() {
+                if swap_is_active() {
+                    tracing::error!(
+                        "swap was turned on after this node started: a guest's page swapped \
+                         out may survive into the next instance of its cell; restart the node \
+                         (it then decommits freed memory instead of resetting it in place)"
+                    );
+                    return;
+                }
+                std::thread::sleep(SWAP_CHECK);
+            }
+        })
+        .context("cannot start the swap watch thread")?;
+    Ok(())
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] for as long as the engine lives,
@@ -226,4 +282,79 @@ pub fn load_file(
 ) -> anyhow::Result<Cell> {
     let wasm = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     runtime.load(&path.display().to_string(), &wasm, options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::{Instance, Module, Store};
+
+    /// `(module (memory (export "m") 1))`: one 64 KiB page, no image.
+    const ONE_MEMORY: &[u8] = &[
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+        0x05, 0x03, 0x01, 0x00, 0x01, // memory section: one memory, min 1 page
+        0x07, 0x05, 0x01, 0x01, b'm', 0x02, 0x00, // export "m" = memory 0
+    ];
+
+    /// Whether the host page at `addr` is swapped out, from /proc/self/pagemap.
+    fn is_swapped(addr: usize) -> std::io::Result<bool> {
+        use std::os::unix::fs::FileExt as _;
+        let pagemap = std::fs::File::open("/proc/self/pagemap")?;
+        let mut entry = [0u8; 8];
+        pagemap.read_exact_at(&mut entry, (addr / 4096 * 8) as u64)?;
+        Ok(u64::from_le_bytes(entry) & (1 << 62) != 0)
+    }
+
+    #[test]
+    fn swap_is_read_from_proc_swaps() {
+        let header = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n";
+        assert!(!lists_swap(header));
+        assert!(!lists_swap(""));
+        let zram = format!("{header}/dev/zram0  partition\t4194300\t0\t100\n");
+        assert!(lists_swap(&zram));
+    }
+
+    #[tokio::test]
+    async fn a_page_swapped_out_while_an_instance_lives_is_reset_for_the_next_instance() {
+        if !swap_is_active() {
+            eprintln!("skipped: no swap is active on this machine");
+            return;
+        }
+        let pool = PoolSize {
+            instances: 4,
+            memory_bytes: 1 << 20,
+        };
+        let engine = Engine::new(&engine_config(Some(pool), reset_in_place())).unwrap();
+        let module = Module::new(&engine, ONE_MEMORY).unwrap();
+        let offset = 4 * 4096;
+        let mut slot = None;
+        for round in 0..2 {
+            let mut store = Store::new(&engine, ());
+            let instance = Instance::new_async(&mut store, &module, &[]).await.unwrap();
+            let memory = instance.get_memory(&mut store, "m").unwrap();
+            let base = memory.data_ptr(&store) as usize;
+            assert!(
+                slot.is_none_or(|slot| slot == base),
+                "the pool gave another slot"
+            );
+            slot = Some(base);
+            let page = &mut memory.data_mut(&mut store)[offset..offset + 4096];
+            if round == 1 {
+                assert!(
+                    page.iter().all(|byte| *byte == 0),
+                    "the next instance read what the last one wrote"
+                );
+                return;
+            }
+            page.fill(0xa5);
+            let addr = base + offset;
+            // SAFETY: advice on a page of this live memory; its contents stay valid.
+            let advised = unsafe { libc::madvise(addr as *mut _, 4096, libc::MADV_PAGEOUT) };
+            assert_eq!(advised, 0, "{}", std::io::Error::last_os_error());
+            if !is_swapped(addr).unwrap() {
+                eprintln!("skipped: the kernel did not swap the page out");
+                return;
+            }
+        }
+    }
 }

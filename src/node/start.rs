@@ -133,7 +133,7 @@ pub async fn run(
         }
         None => None,
     };
-    tracing::info!(peer = %node.swarm.local_peer_id(), pooling = runtime.pooling, cells = config.cells.len(), "node starting");
+    tracing::info!(peer = %node.swarm.local_peer_id(), pooling = runtime.pooling, reset_in_place = runtime.reset_in_place, cells = config.cells.len(), "node starting");
 
     discovery::join(&mut node.swarm, &config.network.bootstrap);
     // A component that cannot be fetched stops the node, as a bad file would have.
