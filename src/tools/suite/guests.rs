@@ -435,10 +435,10 @@ impl GuestsReport {
         let mut out = String::new();
         if !self.rows.is_empty() {
             out += &format!(
-                "\n| g: guest (1-byte request, fresh stream each, {} in flight, TCP) | language | component (MB) | streams/s | p50 done (µs) | p99 done (µs) | instantiate mean (µs) | KiB per live instance ({} live) | streams/s ÷ echo | p50 ÷ echo | KiB ÷ echo |\n",
+                "\n| g: guest (1-byte request, fresh stream each, {} in flight, TCP) | language | component (MB) | streams/s | p50 done (µs) | p99 done (µs) | instantiate mean (µs) | KiB per live instance, RSS ({} live) | private KiB per live instance | streams/s ÷ echo | p50 ÷ echo | KiB ÷ echo |\n",
                 self.concurrency, self.live
             );
-            out += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+            out += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
         }
         for row in &self.rows {
             let r = &row.report;
@@ -449,7 +449,7 @@ impl GuestsReport {
                 .instantiate_mean_us
                 .map_or("–".to_string(), |us| format!("{us:.0}"));
             out += &format!(
-                "| {} | {} | {} | {:.0} | {} | {} | {} | {:.0} | {:.3} | {:.1} | {:.1} |\n",
+                "| {} | {} | {} | {:.0} | {} | {} | {} | {:.0} | {:.0} | {:.3} | {:.1} | {:.1} |\n",
                 row.guest,
                 row.language,
                 size,
@@ -458,6 +458,7 @@ impl GuestsReport {
                 r.done.p99_us,
                 instantiate,
                 row.memory.kib_per_cell,
+                row.memory.private_kib_per_cell,
                 row.streams_per_s_over_echo,
                 row.p50_done_over_echo,
                 row.kib_per_instance_over_echo,

@@ -6,6 +6,13 @@
 //! streams and send nothing, so every instance sits in its first read. The node's RSS
 //! before and after, over `count`, is the cost of one live cell: its instance, its
 //! store, its stream and that stream's share of a connection.
+//!
+//! RSS counts a page once for every place it is mapped, so it counts the pages of a
+//! cell's memory image (shared copy-on-write by all its instances, one physical copy)
+//! again for every instance that reads them. The private (anonymous) part of RSS,
+//! `RssAnon`, counts what each instance really adds: the pages it wrote (copies of
+//! image pages, heap, stack) and the node's own allocations for it. Both are
+//! reported.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -39,6 +46,13 @@ pub struct MemoryRow {
     pub rss_live_kib: u64,
     /// (`rss_live_kib` − `rss_idle_kib`) / `live`.
     pub kib_per_cell: f64,
+    /// The private part of RSS (`RssAnon`) before the streams opened, in KiB.
+    pub private_idle_kib: u64,
+    /// The private part of RSS while holding `live` instances, in KiB.
+    pub private_live_kib: u64,
+    /// (`private_live_kib` − `private_idle_kib`) / `live`: the memory one more live
+    /// instance takes, not counting the image pages all instances share.
+    pub private_kib_per_cell: f64,
     /// Seconds from the first stream opening to the node counting all `live`.
     pub ramp_s: f64,
 }
@@ -117,7 +131,7 @@ pub async fn measure_cell(
     let probe = Client::new()?;
     let peer = probe.connect(addr).await?;
     answer_one_byte(&probe, peer, &target.protocol, target.answer_to_x).await?;
-    let rss_idle_kib = rss_kib(pid)?;
+    let idle = Rss::read(pid)?;
 
     let started = Instant::now();
     let count_usize = usize::try_from(count)?;
@@ -139,14 +153,18 @@ pub async fn measure_cell(
     }
     wait_until_live(&probe, peer, count).await?;
     let ramp_s = started.elapsed().as_secs_f64();
-    let rss_live_kib = settled_rss_kib(pid).await?;
+    let live = settled_rss(pid).await?;
     drop(held);
+    let per_cell = |idle: u64, live: u64| live.saturating_sub(idle) as f64 / count as f64;
     Ok(MemoryRow {
         live: count,
         connections,
-        rss_idle_kib,
-        rss_live_kib,
-        kib_per_cell: rss_live_kib.saturating_sub(rss_idle_kib) as f64 / count as f64,
+        rss_idle_kib: idle.total_kib,
+        rss_live_kib: live.total_kib,
+        kib_per_cell: per_cell(idle.total_kib, live.total_kib),
+        private_idle_kib: idle.private_kib,
+        private_live_kib: live.private_kib,
+        private_kib_per_cell: per_cell(idle.private_kib, live.private_kib),
         ramp_s,
     })
 }
@@ -202,12 +220,12 @@ async fn live_instances(client: &Client, peer: PeerId) -> anyhow::Result<u64> {
 
 /// RSS once instances counted live have also reached their first read: read until
 /// two readings half a second apart differ by under 1%.
-async fn settled_rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let mut last = rss_kib(pid)?;
+async fn settled_rss(pid: u32) -> anyhow::Result<Rss> {
+    let mut last = Rss::read(pid)?;
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = rss_kib(pid)?;
-        if now.abs_diff(last) * 100 < last {
+        let now = Rss::read(pid)?;
+        if now.total_kib.abs_diff(last.total_kib) * 100 < last.total_kib {
             return Ok(now);
         }
         last = now;
@@ -215,14 +233,31 @@ async fn settled_rss_kib(pid: u32) -> anyhow::Result<u64> {
     Ok(last)
 }
 
-/// A process's resident set size in KiB, from /proc.
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().strip_suffix("kB"))
-        .and_then(|kib| kib.trim().parse().ok())
-        .with_context(|| format!("no VmRSS in {path}"))
+/// A process's resident set, from /proc.
+#[derive(Debug, Clone, Copy)]
+struct Rss {
+    /// `VmRSS`: every mapped page, counted once per mapping, in KiB.
+    total_kib: u64,
+    /// `RssAnon`: the private pages, in KiB.
+    private_kib: u64,
+}
+
+impl Rss {
+    fn read(pid: u32) -> anyhow::Result<Self> {
+        let path = format!("/proc/{pid}/status");
+        let status =
+            std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|value| value.trim().strip_suffix("kB"))
+                .and_then(|kib| kib.trim().parse().ok())
+                .with_context(|| format!("no {name} in {path}"))
+        };
+        Ok(Self {
+            total_kib: field("VmRSS")?,
+            private_kib: field("RssAnon")?,
+        })
+    }
 }

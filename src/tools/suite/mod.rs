@@ -515,15 +515,16 @@ impl SuiteReport {
                 ratio.workload, ratio.transport, ratio.metric, ratio.ww_over_native, tcp
             );
         }
-        out += "\n| f: live idle cells | connections | node RSS before (MiB) | with them (MiB) | KiB per cell | all live after (s) |\n|---:|---:|---:|---:|---:|---:|\n";
+        out += "\n| f: live idle cells | connections | node RSS before (MiB) | with them (MiB) | KiB per cell | private KiB per cell | all live after (s) |\n|---:|---:|---:|---:|---:|---:|---:|\n";
         for row in &self.memory {
             out += &format!(
-                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.2} |\n",
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} |\n",
                 row.live,
                 row.connections,
                 row.rss_idle_kib as f64 / 1024.0,
                 row.rss_live_kib as f64 / 1024.0,
                 row.kib_per_cell,
+                row.private_kib_per_cell,
                 row.ramp_s
             );
         }
