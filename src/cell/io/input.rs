@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut as _, Bytes, BytesMut};
 use tokio::io::AsyncRead;
 use wasmtime_wasi::p2::{InputStream, Pollable, StreamError};
 
@@ -43,6 +43,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for MeteredReader<R> {
 
 /// Most bytes one read from the peer stream may bring in.
 const READ_CHUNK: usize = 64 * 1024;
+/// Most bytes a stream's first read may bring in; each read that comes back full
+/// doubles it, up to [`READ_CHUNK`].
+const FIRST_READ: usize = 4 * 1024;
 /// Bytes read ahead when the guest waits without saying how much it wants.
 const READ_AHEAD: usize = 16 * 1024;
 
@@ -57,6 +60,10 @@ pub struct PeerInputStream<R> {
     buffer: BytesMut,
     /// How much the guest last asked for, so `ready` reads ahead about as much.
     wanted: usize,
+    /// The most one read may bring in now: small at first, so a stream that carries a
+    /// few bytes does not pay for a large buffer (a read zeroes the space it is given,
+    /// since the transport's `AsyncRead` wants initialised bytes).
+    read_size: usize,
     /// Set once the stream ended or failed; reported after the buffer is drained.
     end: Option<Result<(), io::Error>>,
     /// The write half of the same stream, whose pending bytes a wait for input also
@@ -71,6 +78,7 @@ impl<R: AsyncRead + Send + Unpin + 'static> PeerInputStream<R> {
             reader,
             buffer: BytesMut::new(),
             wanted: READ_AHEAD,
+            read_size: FIRST_READ,
             end: None,
             output: None,
         }
@@ -87,9 +95,12 @@ impl<R: AsyncRead + Send + Unpin + 'static> PeerInputStream<R> {
         if !self.buffer.is_empty() || self.end.is_some() {
             return Poll::Ready(());
         }
-        self.buffer.reserve(self.wanted.clamp(1, READ_CHUNK));
-        // tokio-util reads into the reserved (uninitialised) capacity and sets the length.
-        match tokio_util::io::poll_read_buf(Pin::new(&mut self.reader), cx, &mut self.buffer) {
+        let size = self.wanted.clamp(1, self.read_size);
+        self.buffer.reserve(size);
+        // tokio-util reads into the reserved capacity, at most `size` bytes of it, and
+        // sets the length.
+        let mut buffer = (&mut self.buffer).limit(size);
+        match tokio_util::io::poll_read_buf(Pin::new(&mut self.reader), cx, &mut buffer) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Err(error)) => {
                 self.end = Some(Err(error));
@@ -99,7 +110,12 @@ impl<R: AsyncRead + Send + Unpin + 'static> PeerInputStream<R> {
                 self.end = Some(Ok(()));
                 Poll::Ready(())
             }
-            Poll::Ready(Ok(_)) => Poll::Ready(()),
+            Poll::Ready(Ok(read)) => {
+                if read == size {
+                    self.read_size = (self.read_size * 2).min(READ_CHUNK);
+                }
+                Poll::Ready(())
+            }
         }
     }
 }
@@ -158,5 +174,31 @@ impl<R: AsyncRead + Unpin> AsyncRead for SyncReader<R> {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         Pin::new(self.get_mut().0.get_mut()).poll_read(cx, buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_start_small_and_double_while_they_come_back_full() {
+        let sent: Vec<u8> = (0..200 * 1024).map(|i| (i % 251) as u8).collect();
+        let mut input = PeerInputStream::new(std::io::Cursor::new(sent.clone()));
+        let (mut received, mut sizes) = (Vec::new(), Vec::new());
+        loop {
+            input.ready().await;
+            match input.read(READ_CHUNK) {
+                Ok(bytes) => {
+                    sizes.push(bytes.len());
+                    received.extend_from_slice(&bytes);
+                }
+                Err(StreamError::Closed) => break,
+                Err(error) => panic!("{error}"),
+            }
+        }
+        assert_eq!(received, sent);
+        let kib: Vec<usize> = sizes.iter().map(|size| size / 1024).collect();
+        assert_eq!(kib[..6], [4, 8, 16, 32, 64, 64]);
     }
 }
