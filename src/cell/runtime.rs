@@ -167,11 +167,40 @@ pub struct CellOptions {
 /// interpreter inside (a Python cell has about 16).
 const CORE_INSTANCES_PER_INSTANCE: u32 = 32;
 
+/// Linear memories the pool allows per component instance, address space allowing
+/// (see [`MEMORY_ADDRESS_SPACE`]).
+const MEMORIES_PER_INSTANCE: u32 = 4;
+
+/// Address space each pooled linear memory reserves: wasmtime's default reservation
+/// on 64-bit hosts (which lets compiled code skip bounds checks), set explicitly so
+/// the pool's size is computed from the numbers the engine uses.
+const MEMORY_RESERVATION: u64 = 4 << 30;
+
+/// The guard region after each pooled linear memory (wasmtime's default).
+const MEMORY_GUARD: u64 = 32 << 20;
+
+/// The most address space the pool's linear memories may reserve: half of the
+/// 128 TiB a 64-bit Linux process has. Past it the pool holds fewer than
+/// [`MEMORIES_PER_INSTANCE`] per instance (but never fewer than one): at 4 GiB a
+/// memory, 4 per instance fit up to about 4,000 instances. A larger pool could not
+/// be mapped at all, and the node would fall back to allocating on demand.
+const MEMORY_ADDRESS_SPACE: u64 = 64 << 40;
+
+/// How many linear memories a pool for `size` holds.
+fn pooled_memories(size: PoolSize) -> u32 {
+    let slot = (size.memory_bytes as u64).max(MEMORY_RESERVATION) + MEMORY_GUARD;
+    let fit = u32::try_from(MEMORY_ADDRESS_SPACE / slot).unwrap_or(u32::MAX);
+    let wanted = size.instances.saturating_mul(MEMORIES_PER_INSTANCE);
+    wanted.min(fit).max(size.instances)
+}
+
 fn engine_config(pool: Option<PoolSize>, reset_in_place: bool) -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true);
     config.wasm_component_model(true);
     config.max_wasm_stack(MAX_WASM_STACK);
+    config.memory_reservation(MEMORY_RESERVATION);
+    config.memory_guard_size(MEMORY_GUARD);
     if let Some(size) = pool {
         let mut pool = PoolingAllocationConfig::default();
         let n = size.instances;
@@ -183,7 +212,7 @@ fn engine_config(pool: Option<PoolSize>, reset_in_place: bool) -> Config {
         // but address space.
         pool.total_component_instances(n)
             .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_INSTANCE))
-            .total_memories(n.saturating_mul(4))
+            .total_memories(pooled_memories(size))
             .total_tables(n.saturating_mul(CORE_INSTANCES_PER_INSTANCE))
             .total_stacks(n)
             .max_memory_size(size.memory_bytes)
@@ -334,6 +363,27 @@ mod tests {
             "{faults} page faults rewriting {} pages the last instance dirtied",
             pages.len()
         );
+    }
+
+    #[test]
+    fn a_node_with_ten_thousand_instances_still_gets_a_pool() {
+        let size = PoolSize {
+            instances: 10_000,
+            memory_bytes: 64 << 20,
+        };
+        let runtime = Runtime::new(Some(size), Arc::new(Metrics::new()), None).unwrap();
+        assert!(runtime.pooling, "the pool did not fit the address space");
+        assert_eq!(pooled_memories(size), 16_256);
+        let default = PoolSize {
+            instances: 1_000,
+            memory_bytes: 64 << 20,
+        };
+        assert_eq!(pooled_memories(default), 4_000);
+        let huge = PoolSize {
+            instances: 100_000,
+            memory_bytes: 64 << 20,
+        };
+        assert_eq!(pooled_memories(huge), 100_000);
     }
 
     /// Whether the host page at `addr` is swapped out, from /proc/self/pagemap.
