@@ -194,7 +194,8 @@ pub struct SuiteArgs {
     /// Small workloads (seconds instead of minutes).
     #[arg(long)]
     pub quick: bool,
-    /// Run every measurement this many times and report the median run.
+    /// Run every measurement this many times, the servers interleaved round by round, and
+    /// report the median run.
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
     /// Also write every figure and ratio as JSON to this file.
@@ -305,38 +306,24 @@ pub async fn run_suite(
                 duration: None,
                 verify_echo: true,
             };
-            let primary = workload.metrics[0];
+            let mut servers = Vec::new();
             if transport == "tcp" {
-                let tcp_options = options(tcp_addrs[0].clone(), WW_ECHO);
-                let (report, runs) =
-                    median_of(repeat, primary, || bench::run_tcp(&tcp_options, raw_tcp)).await?;
+                let raw = options(tcp_addrs[0].clone(), WW_ECHO);
+                servers.push(("tcp", Target::RawTcp(raw, raw_tcp)));
+            }
+            let native = options(pick(&native_addrs), NATIVE_ECHO);
+            servers.push(("native", Target::Libp2p(native)));
+            servers.push(("ww", Target::Libp2p(options(pick(&ww_addrs), WW_ECHO))));
+            let medians = interleaved(repeat, workload.metrics[0], &servers).await?;
+            for ((server, _), (report, runs)) in servers.iter().zip(medians) {
                 rows.push(Row {
                     workload: workload.name,
                     transport,
-                    server: "tcp",
+                    server,
                     report,
                     runs,
                 });
             }
-            let native = options(pick(&native_addrs), NATIVE_ECHO);
-            let (report, runs) =
-                median_of(repeat, primary, || bench::run(&native, &|_| {})).await?;
-            rows.push(Row {
-                workload: workload.name,
-                transport,
-                server: "native",
-                report,
-                runs,
-            });
-            let ww = options(pick(&ww_addrs), WW_ECHO);
-            let (report, runs) = median_of(repeat, primary, || bench::run(&ww, &|_| {})).await?;
-            rows.push(Row {
-                workload: workload.name,
-                transport,
-                server: "ww",
-                report,
-                runs,
-            });
         }
     }
     let ratios = ratios(&rows, &workloads(quick));
@@ -370,25 +357,50 @@ fn figure(report: &Report, metric: &str) -> f64 {
     }
 }
 
-/// Runs `measure` `repeat` times; returns the run with the median `metric` and every
-/// run's figure.
-async fn median_of<F, Fut>(
+/// A server a workload runs against.
+enum Target {
+    /// The raw TCP echo, at this socket address.
+    RawTcp(Options, std::net::SocketAddr),
+    /// A libp2p node (the native echo or `ww`).
+    Libp2p(Options),
+}
+
+impl Target {
+    async fn measure(&self) -> anyhow::Result<Report> {
+        match self {
+            Target::RawTcp(options, addr) => bench::run_tcp(options, *addr).await,
+            Target::Libp2p(options) => bench::run(options, &|_| {}).await,
+        }
+    }
+}
+
+/// Runs the workload `repeat` times against every server, interleaved round by
+/// round (the order reversed every other round), so drift in a noisy machine's speed
+/// falls on all servers alike; returns for each server the run with the median
+/// `metric` and that figure of every run, in the order they ran.
+async fn interleaved(
     repeat: usize,
     metric: &str,
-    measure: F,
-) -> anyhow::Result<(Report, Vec<f64>)>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Report>>,
-{
-    let mut reports = Vec::new();
-    for _ in 0..repeat.max(1) {
-        reports.push(measure().await?);
+    servers: &[(&str, Target)],
+) -> anyhow::Result<Vec<(Report, Vec<f64>)>> {
+    let mut reports: Vec<Vec<Report>> = servers.iter().map(|_| Vec::new()).collect();
+    for round in 0..repeat.max(1) {
+        let mut order: Vec<usize> = (0..servers.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            reports[i].push(servers[i].1.measure().await?);
+        }
     }
-    let runs: Vec<f64> = reports.iter().map(|r| figure(r, metric)).collect();
-    reports.sort_by(|a, b| figure(a, metric).total_cmp(&figure(b, metric)));
-    let median = reports.swap_remove(reports.len() / 2);
-    Ok((median, runs))
+    Ok(reports
+        .into_iter()
+        .map(|mut reports| {
+            let runs: Vec<f64> = reports.iter().map(|r| figure(r, metric)).collect();
+            reports.sort_by(|a, b| figure(a, metric).total_cmp(&figure(b, metric)));
+            (reports.swap_remove(reports.len() / 2), runs)
+        })
+        .collect())
 }
 
 fn ratios(rows: &[Row], workloads: &[Workload]) -> Vec<Ratio> {
