@@ -4,8 +4,9 @@
 //! others do), with its identity and log in a directory of its own under the devnet's
 //! directory. Node *i* listens on TCP and QUIC port `base + i`, confirms that address
 //! as external (which makes it a DHT server and lets it relay), and bootstraps from
-//! node 0 and node *i − 1*. The devnet prints a table of peer IDs and addresses, then
-//! waits; on Ctrl-C or SIGTERM it stops every node (SIGTERM, so they shut down
+//! node 0 and node *i − 1*. Node *i* also serves its dashboard on 127.0.0.1, port
+//! `admin base + i` (`base + 1000` unless told), so each links to the others'. The
+//! devnet prints a table of peer IDs, addresses and dashboards, then waits; on Ctrl-C or SIGTERM it stops every node (SIGTERM, so they shut down
 //! gracefully, then SIGKILL after a grace period) and leaves no process behind.
 
 use std::future::Future;
@@ -26,6 +27,13 @@ pub struct Options {
     /// Node i listens on TCP and UDP port BASE_PORT + i.
     #[arg(long, default_value_t = 4100)]
     pub base_port: u16,
+    /// Node i serves its dashboard on 127.0.0.1:ADMIN_BASE_PORT + i [default:
+    /// BASE_PORT + 1000].
+    #[arg(long, value_name = "ADMIN_BASE_PORT", conflicts_with = "no_admin")]
+    pub admin_base_port: Option<u16>,
+    /// Serve no dashboards.
+    #[arg(long)]
+    pub no_admin: bool,
     /// Where identities and logs go [default: a new directory in the temp dir].
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
@@ -49,6 +57,8 @@ pub struct DevNode {
     pub addr: Multiaddr,
     /// Its directory (identity, log).
     pub dir: PathBuf,
+    /// Where it serves its dashboard, if it does.
+    pub admin: Option<std::net::SocketAddr>,
     child: Child,
 }
 
@@ -74,15 +84,12 @@ pub async fn run(
     if options.nodes == 0 {
         bail!("a devnet needs at least one node");
     }
-    let last_port = u32::from(options.base_port) + u32::from(options.nodes) - 1;
-    if options.base_port == 0 || last_port > u32::from(u16::MAX) {
-        bail!(
-            "ports {}..={last_port} do not fit: pick a --base-port between 1 and {}",
-            options.base_port,
-            u16::MAX - options.nodes + 1
-        );
-    }
+    check_port_range(options.base_port, options.nodes, "--base-port")?;
     check_ports_free(options.base_port, options.nodes)?;
+    if let Some(admin) = options.admin_base() {
+        check_port_range(admin, options.nodes, "--admin-base-port")?;
+        check_admin_ports_free(admin, options.nodes)?;
+    }
     let dir = match &options.dir {
         Some(dir) => dir.clone(),
         None => tempfile::Builder::new()
@@ -95,6 +102,42 @@ pub async fn run(
     let outcome = watch(&mut nodes, shutdown).await;
     stop(&mut nodes).await;
     outcome
+}
+
+impl Options {
+    /// Node 0's dashboard port, unless the devnet serves none.
+    fn admin_base(&self) -> Option<u16> {
+        if self.no_admin {
+            return None;
+        }
+        Some(
+            self.admin_base_port.unwrap_or_else(|| {
+                u16::try_from(u32::from(self.base_port) + 1000).unwrap_or(u16::MAX)
+            }),
+        )
+    }
+}
+
+/// Fails unless ports `base..base + nodes` are all valid ports.
+fn check_port_range(base: u16, nodes: u16, flag: &str) -> anyhow::Result<()> {
+    let last = u32::from(base) + u32::from(nodes) - 1;
+    if base == 0 || last > u32::from(u16::MAX) {
+        bail!(
+            "ports {base}..={last} do not fit: pick a {flag} between 1 and {}",
+            u16::MAX - nodes + 1
+        );
+    }
+    Ok(())
+}
+
+/// Fails if a dashboard port the devnet needs is taken.
+fn check_admin_ports_free(base: u16, nodes: u16) -> anyhow::Result<()> {
+    for port in (0..nodes).map(|i| base + i) {
+        std::net::TcpListener::bind(("127.0.0.1", port))
+            .with_context(|| format!("dashboard port {port} is in use"))
+            .context("pick another --admin-base-port, or --no-admin")?;
+    }
+    Ok(())
 }
 
 /// Fails if a port the devnet needs is taken (see [`ww::net::check_port_free`]).
@@ -150,6 +193,12 @@ async fn start(exe: &Path, options: &Options, dir: &Path) -> anyhow::Result<Vec<
         for earlier in bootstrap.into_iter().filter(|&b| b < i) {
             args.extend(["--bootstrap".into(), full(earlier).to_string()]);
         }
+        let admin = options
+            .admin_base()
+            .map(|base| std::net::SocketAddr::from(([127, 0, 0, 1], base + index)));
+        if let Some(admin) = admin {
+            args.extend(["--admin".into(), admin.to_string()]);
+        }
         for cell in &options.cell {
             args.extend(["--cell".into(), cell.clone()]);
         }
@@ -162,6 +211,7 @@ async fn start(exe: &Path, options: &Options, dir: &Path) -> anyhow::Result<Vec<
             peer: *peer,
             addr: full(i),
             dir: node_dir.clone(),
+            admin,
             child,
         });
     }
@@ -213,12 +263,17 @@ async fn spawn(exe: &Path, args: &[String], dir: &Path) -> anyhow::Result<Child>
 }
 
 fn print_table(nodes: &[DevNode], dir: &Path) {
-    println!("node  pid      peer id                                               address");
+    println!(
+        "node  pid      peer id                                               address                                                                        dashboard"
+    );
     for node in nodes {
         let pid = node.pid().map_or("-".into(), |p| p.to_string());
+        let dashboard = node
+            .admin
+            .map_or("-".into(), |admin| format!("http://{admin}/"));
         println!(
-            "{:<5} {:<8} {:<53} {}",
-            node.index, pid, node.peer, node.addr
+            "{:<5} {:<8} {:<53} {:<78} {}",
+            node.index, pid, node.peer, node.addr, dashboard
         );
     }
     println!("identities and logs: {}", dir.display());
@@ -289,4 +344,31 @@ fn terminate(pid: u32) {
     }
     #[cfg(not(unix))]
     let _ = pid;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        options: Options,
+    }
+
+    fn admin_base(args: &[&str]) -> Option<u16> {
+        let args = ["devnet", "3"].iter().chain(args);
+        Cli::try_parse_from(args).unwrap().options.admin_base()
+    }
+
+    #[test]
+    fn dashboards_sit_a_thousand_ports_above_the_nodes_unless_told() {
+        assert_eq!(admin_base(&[]), Some(5100));
+        assert_eq!(admin_base(&["--base-port", "7000"]), Some(8000));
+        assert_eq!(admin_base(&["--admin-base-port", "9000"]), Some(9000));
+        assert_eq!(admin_base(&["--no-admin"]), None);
+        let both = ["devnet", "3", "--no-admin", "--admin-base-port", "9000"];
+        assert!(Cli::try_parse_from(both).is_err());
+    }
 }

@@ -297,12 +297,15 @@ async fn a_cell_behind_a_relay_is_reached_through_p2p_circuit() {
 #[tokio::test]
 async fn devnet_starts_serves_and_stops_without_leftovers() {
     let base = free_port_block(3);
+    let admin_base = free_port_block(3);
     let dir = tempfile::tempdir().unwrap();
     let mut devnet = spawn_ww(&[
         "devnet",
         "3",
         "--base-port",
         &base.to_string(),
+        "--admin-base-port",
+        &admin_base.to_string(),
         "--dir",
         dir.path().to_str().unwrap(),
     ]);
@@ -317,15 +320,46 @@ async fn devnet_starts_serves_and_stops_without_leftovers() {
             .expect("devnet exited early");
         let fields: Vec<&str> = line.split_whitespace().collect();
         if fields.first().is_some_and(|f| f.parse::<u16>().is_ok()) {
-            rows.push((fields[1].parse::<u32>().unwrap(), fields[3].to_string()));
+            let pid = fields[1].parse::<u32>().unwrap();
+            rows.push((pid, fields[3].to_string(), fields[4].to_string()));
         }
     }
-    for (i, (_, addr)) in rows.iter().enumerate() {
+    for (i, (_, addr, dashboard)) in rows.iter().enumerate() {
         assert!(
             addr.starts_with(&format!("/ip4/127.0.0.1/tcp/{}/p2p/", base + i as u16)),
             "{addr}"
         );
+        let admin = format!("127.0.0.1:{}", admin_base + i as u16);
+        assert_eq!(dashboard, &format!("http://{admin}/"));
+        let (status, _) = http_get(admin.parse().unwrap(), "/healthz").await;
+        assert_eq!(status, 200, "node {i}'s dashboard");
     }
+    // Node 0's dashboard links to the others' (they tell it their admin addresses).
+    let peer_of = |addr: &str| addr.rsplit('/').next().unwrap().to_string();
+    let node0 = format!("127.0.0.1:{admin_base}").parse().unwrap();
+    let mut links = Vec::new();
+    for _ in 0..200 {
+        let (_, body) = http_get(node0, "/api/state").await;
+        let state: serde_json::Value = serde_json::from_str(&body).unwrap();
+        links = rows[1..]
+            .iter()
+            .map(|(_, addr, _)| {
+                let known = state["cluster"].as_array().and_then(|known| {
+                    known
+                        .iter()
+                        .find(|k| k["peer_id"] == peer_of(addr).as_str())
+                });
+                known.map(|k| k["dashboard"].clone()).unwrap_or_default()
+            })
+            .collect();
+        if links.iter().all(|link| !link.is_null()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let expected: Vec<serde_json::Value> =
+        rows[1..].iter().map(|row| row.2.clone().into()).collect();
+    assert_eq!(links, expected);
     let (ok, out, err) = ww(
         &["dial", "--any", "/ww/echo/0.1.0", "--bootstrap", &rows[2].1],
         b"devnet",
@@ -342,7 +376,7 @@ async fn devnet_starts_serves_and_stops_without_leftovers() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status}");
-    for (pid, _) in rows {
+    for (pid, _, _) in rows {
         assert!(
             !std::path::Path::new(&format!("/proc/{pid}")).exists()
                 || std::fs::read_to_string(format!("/proc/{pid}/stat"))
