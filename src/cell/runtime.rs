@@ -64,8 +64,8 @@ impl Runtime {
         metrics: Arc<Metrics>,
         cache: Option<Cache>,
     ) -> anyhow::Result<Arc<Self>> {
-        let reset_in_place = pool.is_some() && reset_in_place();
-        let (engine, pooling) = match Engine::new(&engine_config(pool, reset_in_place)) {
+        let in_place = reset_in_place();
+        let (engine, pooling) = match Engine::new(&engine_config(pool, in_place)) {
             Ok(engine) => (engine, pool.is_some()),
             Err(error) if pool.is_some() => {
                 tracing::warn!(%error, "pooling allocator unavailable; allocating instances on demand");
@@ -81,14 +81,13 @@ impl Runtime {
         streams::add_to_linker(&mut linker, Host::streams)?;
         dialer::add_to_linker(&mut linker, Host::dialer)?;
         spawn_epoch_ticker(&engine)?;
-        let reset_in_place = pooling && reset_in_place;
         Ok(Arc::new(Self {
             engine,
             linker,
             metrics,
             cache,
             pooling,
-            reset_in_place,
+            reset_in_place: pooling && in_place,
         }))
     }
 

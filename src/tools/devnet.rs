@@ -130,11 +130,15 @@ fn check_port_range(base: u16, nodes: u16, flag: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fails if a dashboard port the devnet needs is taken.
+/// Fails if a dashboard port the devnet needs is taken (see
+/// [`ww::net::check_port_free`]).
 fn check_admin_ports_free(base: u16, nodes: u16) -> anyhow::Result<()> {
     for port in (0..nodes).map(|i| base + i) {
-        std::net::TcpListener::bind(("127.0.0.1", port))
-            .with_context(|| format!("dashboard port {port} is in use"))
+        let addr = format!("/ip4/127.0.0.1/tcp/{port}")
+            .parse()
+            .expect("a valid multiaddr");
+        ww::net::check_port_free(&addr)
+            .with_context(|| format!("dashboard port {port}"))
             .context("pick another --admin-base-port, or --no-admin")?;
     }
     Ok(())
