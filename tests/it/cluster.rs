@@ -296,16 +296,15 @@ async fn a_cell_behind_a_relay_is_reached_through_p2p_circuit() {
 
 #[tokio::test]
 async fn devnet_starts_serves_and_stops_without_leftovers() {
-    let base = free_port_block(3);
-    let admin_base = free_port_block(3);
+    // The defaults: dashboards 1000 ports above the nodes.
+    let base = free_devnet_base(3);
+    let admin_base = base + 1000;
     let dir = tempfile::tempdir().unwrap();
     let mut devnet = spawn_ww(&[
         "devnet",
         "3",
         "--base-port",
         &base.to_string(),
-        "--admin-base-port",
-        &admin_base.to_string(),
         "--dir",
         dir.path().to_str().unwrap(),
     ]);

@@ -109,10 +109,7 @@ impl Devnet {
     /// reads its table.
     async fn start(nodes: usize, node_args: &[&str]) -> Devnet {
         use tokio::io::AsyncBufReadExt as _;
-        let base = free_port_block(nodes as u16);
-        // Dashboards on ports free now, not the default base + 1000, which another
-        // test's connection may hold.
-        let admin_base = free_port_block(nodes as u16).to_string();
+        let base = free_devnet_base(nodes as u16);
         let dir = tempfile::tempdir().unwrap();
         let count = nodes.to_string();
         let base = base.to_string();
@@ -121,8 +118,6 @@ impl Devnet {
             &count,
             "--base-port",
             &base,
-            "--admin-base-port",
-            &admin_base,
             "--dir",
             dir.path().to_str().unwrap(),
             "--",

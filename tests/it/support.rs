@@ -489,6 +489,22 @@ pub fn free_tcp_port() -> u16 {
         .port()
 }
 
+/// A `--base-port` for a `ww devnet` of `n` nodes that can run at its defaults: the
+/// nodes' ports (see [`free_port_block`]) and the dashboards' 1000 above them were
+/// all free a moment ago.
+pub fn free_devnet_base(n: u16) -> u16 {
+    for _ in 0..100 {
+        let base = free_port_block(n);
+        let dashboards_free = base.checked_add(1000 + n).is_some()
+            && (base + 1000..base + 1000 + n)
+                .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if dashboards_free {
+            return base;
+        }
+    }
+    panic!("no devnet base port with {n} free node and dashboard ports");
+}
+
 /// `n` consecutive ports, each free for both TCP and UDP on 127.0.0.1 a moment ago.
 pub fn free_port_block(n: u16) -> u16 {
     for _ in 0..100 {
